@@ -1,0 +1,100 @@
+"""Sparse index layouts: the contract between index building and the kernels.
+
+Shape alphabet (see `minference_jax/types.py`): B batch, T query length, S key
+length, N query heads, K key/value heads, G = N // K, D head dim, Tb = ceil(T /
+block_size) query blocks, NS/NV the padded (layer-maximum) slash/vertical
+budgets, KB the padded block-sparse top-k.
+
+Every layout covers ALL query heads of a layer. A head that does not use the
+layout's pattern has every count equal to zero; kernels and the XLA path
+produce zeros for it, and the attention dispatch merges per-kind outputs. Heads
+with different budgets share one structure: arrays are padded to the layer's
+largest budget and the per-row counts say how many entries are valid. Entries
+past a count are padding and must never be read as data (their value is
+unspecified but in range [0, S)).
+
+All arrays are int32. Layouts are frozen pytree dataclasses: arrays are
+leaves, the block size is static, so they pass through `jax.jit` and `vmap`.
+"""
+
+import dataclasses
+
+import jax
+from jaxtyping import Array, Int
+
+BLOCK_SIZE = 64  # MInference's BLOCK_M = BLOCK_N = 64 (reference kernel).
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class VerticalSlashLayout:
+  """Per 64-row query block: key windows (from slash lines) and key columns.
+
+  For query block m (rows [m * bs, min((m + 1) * bs, T))):
+  - `block_offset[b, n, m, :block_count[b, n, m]]`: start column of each
+    bs-wide key window [o, o + bs). Starts are NOT aligned to bs. Windows are
+    disjoint and ascending. The kernel applies the causal mask (col <= row) and
+    the sequence-end mask (col < S) inside every window.
+  - `column_index[b, n, m, :column_count[b, n, m]]`: single key columns not
+    covered by any window, ascending, every one < m * bs (left of the row
+    block), so they need no causal mask.
+  The union over windows and columns is a superset of the exact causal
+  Vertical-Slash mask of that row block, and no key appears twice.
+
+  Fields:
+    block_count:  Int[B, N, Tb], values in [0, NS].
+    block_offset: Int[B, N, Tb, NS], values in [0, S) where valid.
+    column_count: Int[B, N, Tb], values in [0, NV].
+    column_index: Int[B, N, Tb, NV], values in [0, m * bs) where valid.
+    block_size:   static int (64).
+  """
+
+  block_count: Int[Array, "B N Tb"]
+  block_offset: Int[Array, "B N Tb NS"]
+  column_count: Int[Array, "B N Tb"]
+  column_index: Int[Array, "B N Tb NV"]
+  block_size: int = dataclasses.field(
+      default=BLOCK_SIZE, metadata=dict(static=True)
+  )
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class BlockSparseLayout:
+  """Per query block: the selected key blocks (block-causal).
+
+  For query block m, `block_index[b, n, m, :block_count[b, n, m]]` are key
+  block ids in [0, m], sorted ascending, no duplicates. Key block j covers
+  columns [j * bs, min((j + 1) * bs, S)). The kernel applies the causal mask
+  on the diagonal block (j == m) and the sequence-end mask.
+
+  Fields:
+    block_count: Int[B, N, Tb], values in [0, min(m + 1, KB)].
+    block_index: Int[B, N, Tb, KB], values in [0, m] where valid.
+    block_size:  static int (64).
+  """
+
+  block_count: Int[Array, "B N Tb"]
+  block_index: Int[Array, "B N Tb KB"]
+  block_size: int = dataclasses.field(
+      default=BLOCK_SIZE, metadata=dict(static=True)
+  )
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class AShapeLayout:
+  """A-shape needs no index arrays: per head, sink and local window sizes.
+
+  Query row t attends to keys j <= t with j < n_init[n] (sink) or
+  t - j < n_local[n] (local window, distance 0 .. n_local - 1). A key in both
+  sets is counted once. A head with n_init == n_local == 0 is inactive
+  (zero output).
+
+  Fields:
+    n_init:  Int[N], values >= 0.
+    n_local: Int[N], values >= 0.
+  """
+
+  n_init: Int[Array, "N"]
+  n_local: Int[Array, "N"]
