@@ -1,10 +1,20 @@
 """Pallas GPU kernels (Triton lowering) for MInference sparse attention.
 
 This package knows only arrays and index layouts; it imports nothing from
-`minference_jax` or `models`.
+`minference_jax` or `models`. One package per op (`flash`, `a_shape`,
+`vertical_slash`, `block_sparse`), each with a frozen `Config` and a
+Pallas-Triton kernel; every public function takes `interpret=True` for CPU.
 """
 
+from pallas_kernels.a_shape import a_shape_attention as a_shape_attention
+from pallas_kernels.block_sparse import (
+    block_sparse_attention as block_sparse_attention,
+)
+from pallas_kernels.flash import flash_attention as flash_attention
 from pallas_kernels.layouts import AShapeLayout as AShapeLayout
 from pallas_kernels.layouts import BLOCK_SIZE as BLOCK_SIZE
 from pallas_kernels.layouts import BlockSparseLayout as BlockSparseLayout
 from pallas_kernels.layouts import VerticalSlashLayout as VerticalSlashLayout
+from pallas_kernels.vertical_slash import (
+    vertical_slash_attention as vertical_slash_attention,
+)

@@ -1,0 +1,1 @@
+"""Config-driven experiment scripts: demos, benchmarks, evaluations, plots."""

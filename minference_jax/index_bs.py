@@ -1,0 +1,121 @@
+"""Block-Sparse online index building: MInference 1.0's pooled block top-k."""
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from beartype import beartype
+from jaxtyping import Array, Float, jaxtyped
+
+from minference_jax.index_vs import (
+    check_prefill_qk,
+    per_head_active,
+    per_head_ints,
+)
+from pallas_kernels.layouts import BLOCK_SIZE, BlockSparseLayout
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def _mean_pool(x: jax.Array, block: int) -> jax.Array:
+  """[B, T, H, D] -> [B, ceil(T / block), H, D] f32 block means.
+
+  The sequence is zero-padded to a multiple of `block` and every block sum is
+  divided by `block`, so the last (partial) block's mean includes the padding
+  zeros, as in MInference.
+  """
+  b, t, h, d = x.shape
+  nb = -(-t // block)
+  x = jnp.pad(x.astype(jnp.float32), ((0, 0), (0, nb * block - t), (0, 0),
+                                      (0, 0)))
+  return x.reshape(b, nb, block, h, d).sum(axis=2) / block  # [B, nb, H, D]
+
+
+@functools.partial(jax.jit, static_argnames=("counts", "block"))
+def _bs_jit(q, k, counts, block):
+  b, t, n, _ = q.shape
+  kv_heads = k.shape[2]
+  g = n // kv_heads
+  kb = max(max(counts), 1)
+  q_pool = jnp.moveaxis(_mean_pool(q, block), 2, 0)  # [N, B, Tb, D]
+  k_pool = _mean_pool(k, block)  # [B, Sb, K, D]
+  nb = q_pool.shape[2]
+  rows = jnp.arange(nb, dtype=jnp.int32)  # query block m
+  causal = rows[None, :] <= rows[:, None]  # [Tb, Sb] key block <= m
+
+  def one_head(args):
+    h, q_h, count = args  # q_h: [B, Tb, D]
+    k_h = jax.lax.dynamic_index_in_dim(k_pool, h // g, axis=2, keepdims=False)
+    # Unscaled pooled logits, no softmax (rank-equivalent to the paper's).
+    scores = jnp.einsum(
+        "bmd,bjd->bmj", q_h, k_h, precision=_HIGHEST
+    )  # [B, Tb, Sb]
+    scores = jnp.where(causal, scores, -jnp.inf)
+    # Stable top-k: masked blocks (-inf) come after all causal ones, so the
+    # first min(m + 1, count) entries are the row's top-count causal blocks.
+    _, idx = jax.lax.top_k(scores, kb)  # [B, Tb, KB] descending score
+    n_valid = jnp.minimum(rows + 1, count)  # [Tb]
+    pad = jnp.arange(kb)[None, :] >= n_valid[:, None]  # [Tb, KB]
+    kept = jnp.sort(jnp.where(pad, nb, idx), axis=-1)
+    kept = jnp.where(pad, rows[:, None], kept)  # padding: the row's own block
+    return kept.astype(jnp.int32), n_valid.astype(jnp.int32)
+
+  # One query head at a time: peak memory is one [B, Tb, Sb] score matrix.
+  index, count = jax.lax.map(
+      one_head,
+      (jnp.arange(n), q_pool, jnp.asarray(counts, jnp.int32)),
+  )  # [N, B, Tb, KB], [N, Tb]
+  return BlockSparseLayout(
+      block_count=jnp.broadcast_to(count[None], (b, n, nb)),
+      block_index=jnp.moveaxis(index, 0, 1),
+      block_size=block,
+  )
+
+
+@jaxtyped(typechecker=beartype)
+def block_sparse_indices(
+    q: Float[Array, "B T N D"],
+    k: Float[Array, "B S K D"],
+    top_k: int | Sequence[int],
+    block: int = BLOCK_SIZE,
+    *,
+    active: Sequence[bool] | None = None,
+) -> BlockSparseLayout:
+  """MInference's Block-Sparse estimate: top-k key blocks per query block.
+
+  Q and K are mean-pooled over `block`-token blocks (zero padding included
+  in the last block's mean, divided by `block`); block logits are
+  pooled_q . pooled_k^T with no scaling and no softmax, masked block-causally
+  (key block j <= query block m). Per head, the budget is
+  k_h = min(top_k_h, Sb); row block m keeps its min(m + 1, k_h) best key
+  blocks (so rows with m < k_h are dense), sorted ascending. Query head n
+  reads KV head n // G (pooled K is indexed, never repeated).
+
+  Args:
+    q: [B, T, N, D] queries.
+    k: [B, S, K, D] keys, S == T (full prefill), N % K == 0.
+    top_k: blocks per row, an int or a static per-query-head tuple.
+    block: static block size (64 for the kernels).
+    active: static per-head tuple of bools; inactive heads get counts 0.
+
+  Returns:
+    BlockSparseLayout with block_index [B, N, Tb, KB], KB = the largest
+    clamped top_k over the active heads (at least 1). Padding past a count
+    is the row's own block id m (keeps rows non-decreasing and causal).
+
+  Raises:
+    TypeError: non-int top_k / block, non-bool `active`, non-float q/k.
+    ValueError: inconsistent shapes, T != S, negative top_k, non-positive
+      block, per-head tuples of the wrong length.
+  """
+  _, t, n, _, _ = check_prefill_qk(q, k)
+  budget = per_head_ints("top_k", top_k, n)
+  if isinstance(block, bool) or not isinstance(block, int):
+    raise TypeError(f"block must be an int, got {type(block).__name__}")
+  if block < 1:
+    raise ValueError(f"block must be >= 1, got {block}")
+  on = per_head_active(active, n)
+  n_blocks = -(-t // block)
+  counts = tuple(min(kk, n_blocks) if a else 0 for kk, a in zip(budget, on))
+  return _bs_jit(q, k, counts=counts, block=block)

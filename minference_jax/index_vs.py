@@ -1,0 +1,499 @@
+"""Vertical-Slash online index building: MInference 1.0 estimate and merge."""
+
+# Two jitted stages (MInference §3.2, App. C.4.2; reference implementation
+# `vertical_and_slash_kernel` and `convert_vertical_slash_indexes`):
+# 1. `vertical_slash_indices(q, k, ...)`: softmax of the last `last_q` queries
+#    against all keys; column sums rank the vertical lines, diagonal sums the
+#    slash lines; keep the top budgets per head.
+# 2. `vertical_slash_layout(indices, T)`: per 64-row query block, merge the
+#    slash lines into 64-wide key windows and keep the vertical lines that no
+#    window covers as single key columns (the kernels' index layout).
+# The input checks shared with `index_bs` live here too.
+
+import dataclasses
+import functools
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from beartype import beartype
+from jaxtyping import Array, Float, Int, jaxtyped
+
+from minference_jax.patterns import (
+    VS_FORCED_SLASH_OFFSETS,
+    VS_LAST_Q,
+    VS_MIN_SLASH,
+    VS_MIN_VERTICAL,
+)
+from minference_jax.types import DEFAULT_MASK_VALUE
+from pallas_kernels.layouts import BLOCK_SIZE, VerticalSlashLayout
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+# ----------------------------------------------------------- input checks
+def check_prefill_qk(q, k) -> tuple[int, int, int, int, int]:
+  """Validates a full-prefill q/k pair; returns (B, T, N, D, K).
+
+  Raises:
+    TypeError: q or k is not a floating-point array.
+    ValueError: wrong ranks, batch or head-dim mismatch, N % K != 0, T != S.
+  """
+  for name, x, dims in (("q", q, "[B, T, N, D]"), ("k", k, "[B, S, K, D]")):
+    if not hasattr(x, "ndim") or x.ndim != 4:
+      shape = getattr(x, "shape", type(x).__name__)
+      raise ValueError(f"{name} must be 4-D {dims}, got shape {shape}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      raise TypeError(f"{name} must be floating point, got {x.dtype}")
+  b, t, n, d = q.shape
+  if k.shape[0] != b:
+    raise ValueError(f"batch mismatch: q{q.shape} vs k{k.shape}")
+  if k.shape[3] != d:
+    raise ValueError(f"head dim mismatch: q{q.shape} vs k{k.shape}")
+  kv_heads = k.shape[2]
+  if kv_heads == 0 or n % kv_heads:
+    raise ValueError(
+        f"query heads N={n} (q{q.shape}) must be a multiple of KV heads"
+        f" K={kv_heads} (k{k.shape})"
+    )
+  if k.shape[1] != t:
+    raise ValueError(
+        f"index building needs a full prefill (T == S); got q{q.shape},"
+        f" k{k.shape}"
+    )
+  if t == 0:
+    raise ValueError(f"empty sequence: q{q.shape}")
+  return b, t, n, d, kv_heads
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+  if isinstance(value, bool) or not isinstance(value, int):
+    raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+  if value < minimum:
+    raise ValueError(f"{name} must be >= {minimum}, got {value}")
+  return value
+
+
+def per_head_ints(name: str, value, n_heads: int) -> tuple[int, ...]:
+  """An int or a per-query-head sequence of ints -> a tuple of N ints >= 0.
+
+  Raises:
+    TypeError: a value is not an int (bools are rejected).
+    ValueError: a negative value, or a sequence whose length is not N.
+  """
+  if isinstance(value, (list, tuple)):
+    if len(value) != n_heads:
+      raise ValueError(
+          f"{name} has {len(value)} per-head values; expected one per query"
+          f" head (N={n_heads})"
+      )
+    return tuple(
+        _check_int(f"{name}[{i}]", x, 0) for i, x in enumerate(value)
+    )
+  return (_check_int(name, value, 0),) * n_heads
+
+
+def per_head_active(active, n_heads: int) -> tuple[bool, ...]:
+  """None (all heads) or a per-query-head sequence of bools -> tuple of N."""
+  if active is None:
+    return (True,) * n_heads
+  if not isinstance(active, (list, tuple)):
+    raise TypeError(
+        f"active must be None or a tuple of bools, got {type(active).__name__}"
+    )
+  if len(active) != n_heads:
+    raise ValueError(
+        f"active has {len(active)} entries; expected one per query head"
+        f" (N={n_heads})"
+    )
+  if not all(isinstance(a, bool) for a in active):
+    raise TypeError(f"active must hold Python bools, got {active}")
+  return tuple(active)
+
+
+# ---------------------------------------------------------------- indices
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class VerticalSlashIndices:
+  """Per (batch, query head): the selected vertical and slash lines.
+
+  Heads with different budgets share one structure padded to the layer's
+  largest budget; entries past a count are padding (vertical: S - 1, slash:
+  0, chosen so the arrays stay monotone) and must not be read as data.
+
+  Fields:
+    vertical:       Int[B, N, NV], key columns in [0, S), ascending.
+    vertical_count: Int[B, N], values in [0, NV].
+    slash:          Int[B, N, NS], diagonal offsets (row - column) in
+                    [0, S), strictly descending.
+    slash_count:    Int[B, N], values in [0, NS].
+  """
+
+  vertical: Int[Array, "B N NV"]
+  vertical_count: Int[Array, "B N"]
+  slash: Int[Array, "B N NS"]
+  slash_count: Int[Array, "B N"]
+
+
+def _diagonal_sums(probs: jax.Array) -> jax.Array:
+  """Sums a [..., L, S] matrix of the last L rows along its diagonals.
+
+  Row i sits at absolute position S - L + i. Entry o of the result is
+  sum_i probs[i, S - L + i - o] (terms with a negative column are 0): the
+  mass on the slash line with offset o = row - column.
+
+  A skew by reshape instead of a loop: reverse the columns, pad each row with
+  L zeros, flatten and re-read with a row stride one shorter, which shifts row
+  i right by i; column L - 1 + o then holds the offset-o element of every row.
+  """
+  *lead, l, s = probs.shape
+  rev = probs[..., ::-1]  # [..., L, S]; rev[i, r] = probs[i, S - 1 - r]
+  pad = [(0, 0)] * len(lead) + [(0, 0), (0, l)]
+  padded = jnp.pad(rev, pad)  # [..., L, S + L]
+  flat = padded.reshape(*lead, l * (s + l))[..., : l * (s + l - 1)]
+  skew = flat.reshape(*lead, l, s + l - 1)  # skew[i, c] = padded[i, c - i]
+  return skew[..., l - 1 : l - 1 + s].sum(axis=-2)  # [..., S]
+
+
+def _top_sorted(scores, counts, k_max: int, descending: bool):
+  """Top `counts[g]` positions of scores[..., g, :], sorted, padded.
+
+  Args:
+    scores: [B, G, S] f32, forced entries are +inf.
+    counts: [G] int32, per-head number of entries to keep (<= k_max).
+    k_max: static layer budget (<= S).
+    descending: sort the kept positions descending (slashes) or ascending.
+
+  Returns:
+    [B, G, k_max] int32: kept positions first, then padding (0 when
+    descending, S - 1 when ascending).
+  """
+  s = scores.shape[-1]
+  # The first counts[g] entries of the stable descending top-k order are the
+  # top-counts[g] set; ties (forced +inf, underflowed zeros) go to the lower
+  # position: smaller column / smaller offset.
+  _, idx = jax.lax.top_k(scores, k_max)  # [B, G, k_max]
+  pad = jnp.arange(k_max)[None, None, :] >= counts[None, :, None]
+  if descending:
+    kept = -jnp.sort(-jnp.where(pad, -1, idx), axis=-1)
+    return jnp.where(pad, 0, kept).astype(jnp.int32)
+  kept = jnp.sort(jnp.where(pad, s, idx), axis=-1)
+  return jnp.where(pad, s - 1, kept).astype(jnp.int32)
+
+
+@functools.partial(
+    jax.jit, static_argnames=("v_counts", "s_counts", "last_q")
+)
+def _vs_indices_jit(q, k, v_counts, s_counts, last_q):
+  b, t, n, d = q.shape
+  kv_heads = k.shape[2]
+  g = n // kv_heads
+  nv, ns = max(max(v_counts), 1), max(max(s_counts), 1)
+  q_last = q[:, t - last_q :].reshape(b, last_q, kv_heads, g, d)
+  q_last = jnp.moveaxis(q_last, 2, 0)  # [K, B, L, G, D]
+  v_cnt = jnp.asarray(v_counts, jnp.int32).reshape(kv_heads, g)  # [K, G]
+  s_cnt = jnp.asarray(s_counts, jnp.int32).reshape(kv_heads, g)
+  rows = t - last_q + jnp.arange(last_q)  # [L] absolute query positions
+  cols = jnp.arange(t)  # [S]
+  visible = cols[None, :] <= rows[:, None]  # [L, S] causal (the corner)
+
+  def one_kv_head(args):
+    h, q_h, v_cnt_h, s_cnt_h = args  # q_h: [B, L, G, D]; counts: [G]
+    k_h = jax.lax.dynamic_index_in_dim(k, h, axis=2, keepdims=False)
+    logits = jnp.einsum(
+        "blgd,bsd->bgls",
+        q_h,
+        k_h,
+        precision=_HIGHEST,
+        preferred_element_type=jnp.float32,
+    ) * (d**-0.5)  # [B, G, L, S]
+    logits = jnp.where(visible, logits, DEFAULT_MASK_VALUE)
+    probs = jax.nn.softmax(logits, axis=-1)  # [B, G, L, S] f32
+    vertical = jnp.sum(probs, axis=-2)  # [B, G, S]
+    slash = _diagonal_sums(probs)  # [B, G, S], index = offset
+    vertical = jnp.where(cols < VS_MIN_VERTICAL, jnp.inf, vertical)
+    slash = jnp.where(cols < VS_FORCED_SLASH_OFFSETS, jnp.inf, slash)
+    return (
+        _top_sorted(vertical, v_cnt_h, nv, descending=False),
+        _top_sorted(slash, s_cnt_h, ns, descending=True),
+    )
+
+  # One KV head (and its G query heads) at a time: peak memory is the
+  # [B, G, L, S] f32 probabilities of one group, never [B, N, L, S].
+  vertical, slash = jax.lax.map(
+      one_kv_head, (jnp.arange(kv_heads), q_last, v_cnt, s_cnt)
+  )  # [K, B, G, NV], [K, B, G, NS]
+  vertical = jnp.moveaxis(vertical, 0, 1).reshape(b, n, nv)
+  slash = jnp.moveaxis(slash, 0, 1).reshape(b, n, ns)
+  return VerticalSlashIndices(
+      vertical=vertical,
+      vertical_count=jnp.broadcast_to(
+          jnp.asarray(v_counts, jnp.int32), (b, n)
+      ),
+      slash=slash,
+      slash_count=jnp.broadcast_to(jnp.asarray(s_counts, jnp.int32), (b, n)),
+  )
+
+
+@jaxtyped(typechecker=beartype)
+def vertical_slash_indices(
+    q: Float[Array, "B T N D"],
+    k: Float[Array, "B S K D"],
+    n_vertical: int | Sequence[int],
+    n_slash: int | Sequence[int],
+    last_q: int = VS_LAST_Q,
+    *,
+    active: Sequence[bool] | None = None,
+) -> VerticalSlashIndices:
+  """MInference's online Vertical-Slash estimate (exact semantics).
+
+  Per query head n (reading KV head n // G, K is never repeated):
+  1. Budgets are clamped: kv = min(T, max(n_vertical, 30)),
+     ks = min(T, max(n_slash, 50)); L = min(last_q, T).
+  2. P = softmax_f32(q[T - L:] k^T / sqrt(D)) with the causal mask on the
+     L x L corner ([L, S], computed in f32 whatever the input dtype).
+  3. Vertical score of column j = sum_i P[i, j]; columns 0..29 are forced.
+     Slash score of offset o = sum_i P[i, T - L + i - o]; offsets 0..99 are
+     forced. Keep the top kv columns / ks offsets.
+  Ties go to the smaller column / offset (so a slash budget below 100 keeps
+  offsets 0..ks-1 of the forced ones, and offset 0 is always kept).
+
+  Args:
+    q: [B, T, N, D] queries (RoPE applied).
+    k: [B, S, K, D] keys, S == T (full prefill), N % K == 0.
+    n_vertical: vertical budget, an int or a static tuple with one int per
+      query head.
+    n_slash: slash budget, an int or a static per-head tuple.
+    last_q: number of trailing queries used for the estimate.
+    active: static per-head tuple of bools; inactive heads get counts 0.
+
+  Returns:
+    VerticalSlashIndices with NV / NS = the largest clamped budget over the
+    active heads (at least 1).
+
+  Raises:
+    TypeError: non-int budgets or last_q, non-bool `active`, non-float q/k.
+    ValueError: inconsistent shapes, T != S, negative budgets, per-head tuples
+      of the wrong length.
+  """
+  _, t, n, _, _ = check_prefill_qk(q, k)
+  v_budget = per_head_ints("n_vertical", n_vertical, n)
+  s_budget = per_head_ints("n_slash", n_slash, n)
+  last_q = min(_check_int("last_q", last_q, 1), t)
+  on = per_head_active(active, n)
+  v_counts = tuple(
+      min(t, max(v, VS_MIN_VERTICAL)) if a else 0
+      for v, a in zip(v_budget, on)
+  )
+  s_counts = tuple(
+      min(t, max(s, VS_MIN_SLASH)) if a else 0 for s, a in zip(s_budget, on)
+  )
+  return _vs_indices_jit(
+      q, k, v_counts=v_counts, s_counts=s_counts, last_q=last_q
+  )
+
+
+# ----------------------------------------------------------------- layout
+# MInference's merge as a walk on integers (our reformulation; exact). For the
+# row block with rows [start_m, end_m), the reference keeps a current range
+# end `re`; write y = end_m - re. The next slash that changes anything is the
+# largest offset o* < y, pred(y) (offsets >= y have windows ending <= re). It
+# opens a new range if its window starts past re (o* < y - bs: new y = o*),
+# else the range grows by one window (new y = y - bs). Hence
+#   y_{k+1} = F(y_k) = min(y_k - bs, pred(y_k)),   y_0 = end_m,
+# until no offset < y is left; the first, clamped window max(end_m - o, bs)
+# falls out of the same formula. Window k starts at end_m - y_k - bs. F only
+# depends on the head's slashes, so one table per head serves every row
+# block, each walking it from its own end_m. Windows are disjoint and start
+# in [0, end_m), so a row block has at most min(NS, m + 1) of them.
+
+
+def _successor_table(slash, s_count, seq_len: int, bs: int):
+  """F on y in (-bs, T], stored at index y + bs; index 0 means "stopped".
+
+  Args:
+    slash: [B, N, NS] offsets, descending where valid.
+    s_count: [B, N] valid entries.
+
+  Returns:
+    [B, N, T + bs + 1] int32 table: index of F(y), or 0 if no offset < y.
+  """
+  b, n, ns = slash.shape
+  valid = (jnp.arange(ns) < s_count[..., None]).astype(jnp.int32)
+  bins = jnp.clip(slash, 0, seq_len)  # [B, N, NS]
+  hist = jax.vmap(jax.vmap(lambda i, w: jnp.zeros(seq_len + 1, jnp.int32)
+                           .at[i].add(w)))(bins, valid)  # [B, N, T + 1]
+  at_least = jnp.cumsum(hist[..., ::-1], axis=-1)[..., ::-1]  # # offsets >= x
+  y = jnp.arange(1 - bs, seq_len + 1, dtype=jnp.int32)  # (-bs, T]
+  n_ge = jnp.where(
+      y <= 0,
+      s_count[..., None],
+      jnp.take(at_least, jnp.clip(y, 0, seq_len), axis=-1),
+  )  # [B, N, T + bs]: list position of pred(y)
+  pred = jnp.take_along_axis(slash, jnp.minimum(n_ge, ns - 1), axis=-1)
+  table = jnp.where(
+      n_ge < s_count[..., None], jnp.minimum(y - bs, pred) + bs, 0
+  )
+  return jnp.pad(table, ((0, 0), (0, 0), (1, 0)))  # index 0: stays stopped
+
+
+def _walk(table, start, steps: int):
+  """y_1 .. y_steps of the successor table from `start`, in depth ~2 sqrt.
+
+  Jumps c = 2^j steps at a time to get every c-th value (a table of F^c by
+  repeated squaring), then fills each stretch of c values; both loops are
+  scans vectorised over all (B, N, row block) lanes.
+
+  Args:
+    table: [B, N, Y] int32 successor table (index 0 is absorbing).
+    start: [B, N, L] int32 start indices.
+    steps: static number of values to produce.
+
+  Returns:
+    [B, N, L, steps] int32 table indices.
+  """
+  b, n, lanes = start.shape
+  c = 1 << max(0, round(math.log2(steps) / 2))
+  n_chunks = -(-steps // c)
+  jump = table
+  for _ in range(c.bit_length() - 1):
+    jump = jnp.take_along_axis(jump, jump, axis=-1)  # F^(2^i)
+
+  def hop(y, _):  # y: [B, N, lanes]
+    return jnp.take_along_axis(jump, y, axis=-1), y
+
+  _, anchors = jax.lax.scan(hop, start, None, length=n_chunks)
+  anchors = jnp.moveaxis(anchors, 0, -1).reshape(b, n, lanes * n_chunks)
+
+  def step(y, _):  # y: [B, N, lanes * chunks]
+    y = jnp.take_along_axis(table, y, axis=-1)
+    return y, y
+
+  _, chain = jax.lax.scan(step, anchors, None, length=c)  # [c, B, N, L*J]
+  chain = chain.reshape(c, b, n, lanes, n_chunks)
+  chain = jnp.transpose(chain, (1, 2, 3, 4, 0))  # [B, N, L, J, c]
+  return chain.reshape(b, n, lanes, n_chunks * c)[..., :steps]
+
+
+@functools.partial(jax.jit, static_argnames=("seq_len", "block_size"))
+def _vs_layout_jit(indices: VerticalSlashIndices, seq_len: int, block_size):
+  bs = block_size
+  vertical = indices.vertical.astype(jnp.int32)  # [B, N, NV]
+  slash = indices.slash.astype(jnp.int32)  # [B, N, NS]
+  v_count = indices.vertical_count.astype(jnp.int32)  # [B, N]
+  s_count = indices.slash_count.astype(jnp.int32)
+  b, n, nv = vertical.shape
+  ns = slash.shape[-1]
+  tb = -(-seq_len // bs)
+  lanes = (b, n, tb)
+  end = jnp.minimum(jnp.arange(1, tb + 1, dtype=jnp.int32) * bs, seq_len)
+  steps = min(ns, tb)  # most windows a row block can have
+
+  # Windows: walk F from y_0 = end_m; start = end_m - y - bs = end_m - index.
+  table = _successor_table(slash, s_count, seq_len, bs)
+  start = jnp.broadcast_to(end + bs, lanes)  # table index of y_0 = end_m
+  walk = _walk(table, start, steps)  # [B, N, Tb, steps]
+  alive = walk > 0
+  block_count = jnp.sum(alive, axis=-1, dtype=jnp.int32)
+  starts = jnp.where(alive, end[:, None] - walk, 0)  # ascending, disjoint
+  block_offset = jnp.pad(starts, ((0, 0), (0, 0), (0, 0), (0, ns - steps)))
+
+  # Columns: a vertical no window covers and left of the last window (the
+  # last range end) is a single column; it then lies left of the row block.
+  # Verticals inside a window are dropped, later ones are causally useless.
+  sorted_starts = jnp.where(alive, starts, seq_len + 2 * bs)
+  v_lanes = jnp.broadcast_to(vertical[:, :, None, :], lanes + (nv,))
+  search = jax.vmap(jax.vmap(jax.vmap(jnp.searchsorted)))
+  pos = search(sorted_starts, v_lanes + 1) - 1  # last window start <= v
+  win = jnp.take_along_axis(sorted_starts, jnp.maximum(pos, 0), axis=-1)
+  covered = (pos >= 0) & (v_lanes < win + bs)  # [B, N, Tb, NV]
+  last = jnp.take_along_axis(
+      starts, jnp.maximum(block_count - 1, 0)[..., None], axis=-1
+  )  # [B, N, Tb, 1]
+  v_valid = jnp.arange(nv)[None, None, :] < v_count[..., None]  # [B, N, NV]
+  is_column = (
+      v_valid[:, :, None, :]
+      & (block_count > 0)[..., None]
+      & ~covered
+      & (v_lanes < last)
+  )  # [B, N, Tb, NV]
+  column_count = jnp.sum(is_column, axis=-1, dtype=jnp.int32)
+  col_slot = jnp.where(is_column, jnp.cumsum(is_column, axis=-1) - 1, nv)
+  bi, ni, mi = (jax.lax.broadcasted_iota(jnp.int32, lanes, a) for a in range(3))
+  column_index = jnp.zeros(lanes + (nv,), jnp.int32).at[
+      bi[..., None], ni[..., None], mi[..., None], col_slot
+  ].set(v_lanes, mode="drop")
+  return VerticalSlashLayout(
+      block_count=block_count,
+      block_offset=block_offset,
+      column_count=column_count,
+      column_index=column_index,
+      block_size=bs,
+  )
+
+
+@jaxtyped(typechecker=beartype)
+def vertical_slash_layout(
+    indices: VerticalSlashIndices,
+    seq_len: int,
+    block_size: int = BLOCK_SIZE,
+) -> VerticalSlashLayout:
+  """Converts vertical/slash lines into the kernels' per-row-block layout.
+
+  MInference's `convert_vertical_slash_indexes` merge (one thread per row
+  block walking both lists there), same result here, vectorised over batch,
+  heads and row blocks. For row block m with rows [m * bs, end_m): slashes
+  with offset >= end_m are skipped; each other slash maps to the window
+  [e - bs, e), e = max(end_m - o, bs); windows are merged into ranges that
+  grow one bs-wide window at a time; verticals not inside a window and left
+  of the last range end become single columns. Computed as a walk on a
+  per-head successor table (see the comment above `_successor_table`): about
+  2 sqrt(min(NS, Tb)) sequential gather steps, O(B N Tb min(NS, Tb)) work.
+
+  Where we differ: the last, partial row block uses end_m = T (MInference
+  uses m * bs + bs and masks rows >= T). Full row blocks are identical; the
+  partial one gets the same cover and every window start stays < T.
+  A row block that no slash reaches (impossible when offset 0 is present, as
+  `vertical_slash_indices` guarantees) gets no windows and no columns.
+
+  Properties (given offset 0 in every active head's slashes): the union of
+  windows and columns covers the exact causal Vertical-Slash mask, no key
+  appears twice, every column is < m * bs, at most NS windows (starts in
+  [0, T), ascending; in fact at most min(NS, m + 1)) and NV columns
+  (ascending) per row block. Padding past the counts is 0.
+
+  Args:
+    indices: VerticalSlashIndices of a T-token prefill.
+    seq_len: static T.
+    block_size: static row block / window size (64 for the kernels).
+
+  Returns:
+    VerticalSlashLayout with arrays [B, N, ceil(T / block_size), NS | NV].
+
+  Raises:
+    TypeError: seq_len / block_size not ints.
+    ValueError: inconsistent or empty index shapes, non-positive seq_len or
+      block_size.
+  """
+  _check_int("seq_len", seq_len, 1)
+  _check_int("block_size", block_size, 1)
+  v, s = indices.vertical, indices.slash
+  if v.ndim != 3 or s.ndim != 3 or v.shape[:2] != s.shape[:2]:
+    raise ValueError(
+        f"indices.vertical{v.shape} and indices.slash{s.shape} must be"
+        " [B, N, NV] and [B, N, NS] with the same B, N"
+    )
+  if v.shape[-1] == 0 or s.shape[-1] == 0:
+    raise ValueError(
+        f"indices need NV >= 1 and NS >= 1, got vertical{v.shape},"
+        f" slash{s.shape}"
+    )
+  for name in ("vertical_count", "slash_count"):
+    c = getattr(indices, name)
+    if c.shape != v.shape[:2]:
+      raise ValueError(
+          f"indices.{name} has shape {c.shape}; expected [B, N] ="
+          f" {v.shape[:2]}"
+      )
+  return _vs_layout_jit(indices, seq_len=seq_len, block_size=block_size)

@@ -1,0 +1,53 @@
+"""Functional JAX LLMs (LLaMA-3, Yi, Qwen2, Phi-3, GLM-4), any attention.
+
+API (details in docs/models.md):
+
+  config = ModelConfig.from_hf_config(json.load(open("config.json")))
+  config = ModelConfig.llama3_8b()            # or .preset("qwen2_7b"), ...
+  params = params_from_state_dict(config, state_dict, dtype=jnp.bfloat16)
+  config, params = load_safetensors("ckpt_dir")   # file, dir or index.json
+  model = CausalLM(config, params, attention=attn_fn, chunk_size=None)
+  logits, cache = model(tokens,                # [B, T] int
+                        positions=None,        # [B, T] RoPE positions
+                        cache=None,            # or model.init_cache(B, S)
+                        logits_for="last")     # "all" | index sequence
+    # "last" -> [B, V], "all" -> [B, T, V], indices -> [B, M, V] (float32)
+    # keyword options: q_offset (static int; None = decode from
+    # cache.length), rope_seq_len.
+  result = generate_greedy(model, prompt, max_new_tokens=32)
+  save_params(dir, config, params); config, params = restore_params(dir)
+
+Params are a plain pytree of arrays (models/weights.py documents the
+layout); the forward pass is a pure function (`forward`, `forward_jit`).
+"""
+
+from models.checkpoint import restore_params as restore_params
+from models.checkpoint import save_params as save_params
+from models.config import ARCHITECTURES as ARCHITECTURES
+from models.config import PRESETS as PRESETS
+from models.config import ModelConfig as ModelConfig
+from models.config import detect_architecture as detect_architecture
+from models.generate import GenerationResult as GenerationResult
+from models.generate import generate_greedy as generate_greedy
+from models.layers import DenseAttention as DenseAttention
+from models.llama import CausalLM as CausalLM
+from models.llama import KVCache as KVCache
+from models.llama import forward as forward
+from models.llama import forward_jit as forward_jit
+from models.memory import MemoryEstimate as MemoryEstimate
+from models.memory import estimate_prefill_memory as estimate_prefill_memory
+from models.memory import memory_table as memory_table
+from models.rope import ROPE_KINDS as ROPE_KINDS
+from models.rope import RopeConfig as RopeConfig
+from models.rope import apply_rope as apply_rope
+from models.rope import rope_cos_sin as rope_cos_sin
+from models.safetensors_io import load_safetensors as load_safetensors
+from models.safetensors_io import open_state_dict as open_state_dict
+from models.safetensors_io import read_hf_config as read_hf_config
+from models.weights import Params as Params
+from models.weights import expected_tensors as expected_tensors
+from models.weights import mapping_table as mapping_table
+from models.weights import param_shapes as param_shapes
+from models.weights import params_from_state_dict as params_from_state_dict
+from models.weights import params_to_state_dict as params_to_state_dict
+from models.weights import random_params as random_params

@@ -1,0 +1,142 @@
+"""Computed (not measured) peak device memory of a long-context prefill."""
+
+import dataclasses
+from collections.abc import Sequence
+
+from models.config import ModelConfig
+
+GIB = 1024**3
+# MInference's vertical-slash estimate scores the last 64 queries against
+# every key (reference/minference.md).
+VS_LAST_Q = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryEstimate:
+  """Peak-memory terms in bytes for one prefill (see estimate_prefill_memory).
+
+  Attributes:
+    seq_len, batch, keep_kv_cache, chunk_size: the scenario.
+    weights: all parameters.
+    kv_cache: the preallocated cache for all layers (0 when prefill-only).
+    activations: the largest set of live activations inside one layer.
+    attention_workspace: scratch of the attention callable for one layer.
+    logits: float32 logits for the requested positions.
+  """
+
+  seq_len: int
+  batch: int
+  keep_kv_cache: bool
+  chunk_size: int | None
+  weights: int
+  kv_cache: int
+  activations: int
+  attention_workspace: int
+  logits: int
+
+  @property
+  def total(self) -> int:
+    return (self.weights + self.kv_cache + self.activations
+            + self.attention_workspace + self.logits)
+
+
+def vs_estimate_workspace(config: ModelConfig, seq_len: int,
+                          batch: int = 1) -> int:
+  """float32 scores + probabilities of the last-64-query VS estimate."""
+  return 2 * batch * config.num_heads * VS_LAST_Q * seq_len * 4
+
+
+def estimate_prefill_memory(
+    config: ModelConfig,
+    seq_len: int,
+    *,
+    batch: int = 1,
+    keep_kv_cache: bool = False,
+    chunk_size: int | None = 4096,
+    dtype_bytes: int = 2,
+    attention_workspace: int | None = None,
+    logits_positions: int = 1,
+) -> MemoryEstimate:
+  """Peak memory of a prefill through models/llama.py, by accounting.
+
+  Model of the peak (one layer is live at a time; XLA frees a layer's
+  activations before the next):
+    * attention phase: residual x [B,T,H], q [B,T,N,D], k and v [B,T,K,D],
+      the attention output [B,T,N,D], the float32 cos/sin tables
+      [B,T,R/2] and the attention workspace;
+    * output/MLP phase: x, the attention output, the new residual and one
+      chunk's temporaries (float32 norm input [c,H]; gate, up and their
+      float32 product [c,I]).
+  The KV cache, when kept, holds K and V for all layers at full length.
+
+  Args:
+    config: the geometry.
+    seq_len: prompt tokens T.
+    batch: B.
+    keep_kv_cache: preallocate a cache for all T tokens (for decoding).
+    chunk_size: sequence chunk for norms/MLP (None: unchunked).
+    dtype_bytes: bytes per parameter/activation (2 for bfloat16).
+    attention_workspace: bytes of attention scratch per layer; default the
+      MInference vertical-slash estimate (vs_estimate_workspace).
+    logits_positions: positions whose float32 logits are produced.
+
+  Returns:
+    A MemoryEstimate (bytes).
+
+  Raises:
+    ValueError: for non-positive sizes.
+  """
+  if seq_len <= 0 or batch <= 0:
+    raise ValueError(f"seq_len and batch must be positive, got {seq_len}, "
+                     f"{batch}")
+  c = config
+  tokens = batch * seq_len
+  x = tokens * c.hidden_size * dtype_bytes
+  q = tokens * c.q_dim * dtype_bytes
+  kv = 2 * tokens * c.kv_dim * dtype_bytes
+  o = q
+  rope = 2 * tokens * (c.rope.rotary_dim // 2) * 4
+  if attention_workspace is None:
+    attention_workspace = vs_estimate_workspace(c, seq_len, batch)
+  chunk = tokens if chunk_size is None else batch * min(chunk_size, seq_len)
+  chunk_tmp = chunk * (c.hidden_size * 4
+                       + c.intermediate_size * (2 * dtype_bytes + 3 * 4))
+  attention_phase = x + q + kv + o + rope
+  mlp_phase = x + o + x + chunk_tmp
+  if attention_phase + attention_workspace > mlp_phase:
+    activations, workspace = attention_phase, attention_workspace
+  else:
+    activations, workspace = mlp_phase, 0
+  return MemoryEstimate(
+      seq_len=seq_len,
+      batch=batch,
+      keep_kv_cache=keep_kv_cache,
+      chunk_size=chunk_size,
+      weights=c.num_params() * dtype_bytes,
+      kv_cache=(tokens * c.kv_bytes_per_token(dtype_bytes)
+                if keep_kv_cache else 0),
+      activations=activations,
+      attention_workspace=workspace,
+      logits=batch * logits_positions * c.vocab_size * 4,
+  )
+
+
+def memory_table(
+    config: ModelConfig,
+    seq_lens: Sequence[int],
+    *,
+    chunk_size: int | None = 4096,
+) -> str:
+  """A Markdown table (GiB) of prefill-only and with-cache estimates."""
+  rows = ["| tokens | KV cache kept | weights | KV cache | activations "
+          "| attn workspace | total |",
+          "|---:|:---:|---:|---:|---:|---:|---:|"]
+  for t in seq_lens:
+    for keep in (False, True):
+      e = estimate_prefill_memory(config, t, keep_kv_cache=keep,
+                                  chunk_size=chunk_size)
+      cells = [e.weights, e.kv_cache, e.activations, e.attention_workspace,
+               e.total]
+      rows.append(f"| {t:,} | {'yes' if keep else 'no'} | "
+                  + " | ".join(f"{v / GIB:.1f}" for v in cells) + " |")
+  return "\n".join(rows)
