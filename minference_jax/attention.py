@@ -21,10 +21,12 @@ from minference_jax.patterns import (
 from minference_jax.types import AttentionFn
 
 # Below this many tokens, backend="auto" runs dense attention even in sparse
-# layers. MInference's HF path has no such fallback; vLLM's dual-chunk
-# backend uses 32768. Provisional: to be set from GPU measurements of
-# cuDNN dense vs the Pallas sparse kernels (reference/gpu_measurements.md).
-DEFAULT_DENSE_THRESHOLD = 8192
+# layers. Measured on an H200 (experiments/results/kernel_crossover_h200.json,
+# bf16, N=32, K=8, D=128, MInference default budgets): index build + kernel
+# beats cuDNN dense from 16K (A-shape), 32K (Block-Sparse) and 128K
+# (Vertical-Slash, the pattern of almost every published head). One threshold
+# for all kinds keeps "never slower than dense" for every layer.
+DEFAULT_DENSE_THRESHOLD = 131072
 
 DenseImpl = Literal["auto", "cudnn", "xla", "pallas"]
 SparseBackend = Literal["xla", "pallas"]

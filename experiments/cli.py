@@ -1,0 +1,121 @@
+"""The `minference-jax` console command: demo, synthetic demo, generate."""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+
+def _load_model(model_path: str | None, dtype_name: str):
+  """(config, params, tokenizer) from a GGUF file or an HF safetensors dir."""
+  import jax.numpy as jnp
+
+  from models import ModelConfig, load_safetensors, params_from_state_dict
+  from models.assets import smollm2_gguf_path
+  from models.gguf_io import load_gguf
+  from models.tokenizer import Tokenizer
+
+  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype_name]
+  path = Path(model_path) if model_path else smollm2_gguf_path()
+  if not path.exists():
+    raise SystemExit(f"error: model path {path} does not exist")
+  if path.suffix == ".gguf":
+    hf_config, state = load_gguf(path)
+    config = ModelConfig.from_hf_config(hf_config)
+    params = params_from_state_dict(config, state, dtype=dtype)
+    return config, params, Tokenizer.from_gguf(path)
+  config, params = load_safetensors(path)
+  directory = path if path.is_dir() else path.parent
+  tokenizer_file = directory / "tokenizer.json"
+  if not tokenizer_file.exists():
+    raise SystemExit(f"error: no tokenizer.json next to {path}")
+  return config, params, Tokenizer.from_file(tokenizer_file)
+
+
+def _generate(args) -> None:
+  import numpy as np
+
+  from minference_jax.attention import make_attention
+  from minference_jax.pattern_config import PatternConfig
+  from models import CausalLM, generate_greedy
+
+  console = Console()
+  config, params, tok = _load_model(args.model, args.dtype)
+  prompt = args.prompt if args.prompt is not None else Path(
+      args.prompt_file).read_text()
+  if args.chat:
+    ids = tok.apply_chat_template([{"role": "user", "content": prompt}],
+                                  add_generation_prompt=True, tokenize=True)
+  else:
+    ids = tok.encode(prompt)
+  patterns = None
+  if args.patterns:
+    patterns = (PatternConfig.load_minference_json(args.patterns)
+                if args.minference_format else
+                PatternConfig.load_json(args.patterns))
+  attn = make_attention(patterns, backend=args.backend)
+  model = CausalLM(config, params, attention=attn)
+  console.print(f"prompt: {len(ids)} tokens; attention: {args.backend}"
+                f"{' with ' + args.patterns if args.patterns else ''}")
+  from tqdm import tqdm
+
+  bar = tqdm(total=args.max_new_tokens, desc="decode", disable=None)
+
+  def progress(phase, done, total):
+    if phase == "decode":
+      bar.n = done
+      bar.refresh()
+
+  start = time.perf_counter()
+  result = generate_greedy(model, np.asarray([ids], np.int32),
+                           max_new_tokens=args.max_new_tokens,
+                           prefill_chunk=args.prefill_chunk, progress=progress)
+  bar.close()
+  text = tok.decode(result.tokens[0, : result.lengths[0]].tolist(),
+                    skip_special_tokens=True)
+  console.print(f"[bold]{text.strip()}[/]")
+  console.print(f"({time.perf_counter() - start:.1f} s incl. compile)")
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(prog="minference-jax")
+  sub = parser.add_subparsers(dest="command", required=True)
+  sub.add_parser("demo", help="SmolLM2 needle-in-a-haystack, dense vs sparse",
+                 add_help=False)
+  sub.add_parser("synthetic-demo", help="every pattern on synthetic Q/K/V",
+                 add_help=False)
+  gen = sub.add_parser("generate", help="greedy generation for any prompt")
+  gen.add_argument("--model", help=".gguf file or HF safetensors dir "
+                   "(default: the bundled SmolLM2-135M-Instruct)")
+  src = gen.add_mutually_exclusive_group(required=True)
+  src.add_argument("--prompt")
+  src.add_argument("--prompt-file")
+  gen.add_argument("--chat", action="store_true",
+                   help="wrap the prompt in the model's chat template")
+  gen.add_argument("--patterns", help="pattern config JSON (ours, or "
+                   "MInference's with --minference-format)")
+  gen.add_argument("--minference-format", action="store_true")
+  gen.add_argument("--backend", default="auto",
+                   choices=("auto", "xla", "pallas", "dense"))
+  gen.add_argument("--max-new-tokens", type=int, default=32)
+  gen.add_argument("--prefill-chunk", type=int, default=None)
+  gen.add_argument("--dtype", default="float32",
+                   choices=("float32", "bfloat16"))
+  argv = sys.argv[1:] if argv is None else list(argv)
+  args, rest = parser.parse_known_args(argv)
+  if args.command == "demo":
+    from experiments import demo
+    demo.main(rest)
+  elif args.command == "synthetic-demo":
+    from experiments import synthetic_demo
+    synthetic_demo.main(rest)
+  else:
+    if rest:
+      parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    _generate(args)
+
+
+if __name__ == "__main__":
+  main()
