@@ -158,8 +158,8 @@ def main(argv=None) -> None:
     png = plot_attention_patterns(
         maps[layer], {"vertical-slash": covers[layer]}, heads,
         args.out / f"smollm2_layer{layer}_patterns.png",
-        title=f"SmolLM2-135M layer {layer}, {t} tokens: attention and "
-              f"{pattern}")
+        title=f"SmolLM2-135M layer {layer}, {t} tokens\nVertical-Slash "
+              f"{pattern.n_vertical}/{pattern.n_slash}")
     console.print(f"wrote {png}")
 
 
