@@ -339,3 +339,26 @@ def pad_short_kv(
     return k, v
   pad = ((0, 0), (0, min_len - s), (0, 0), (0, 0))
   return jnp.pad(k, pad), jnp.pad(v, pad)
+
+
+def q_block_spec(block_q: int, n_q_blocks: int, d: int) -> pl.BlockSpec:
+  """[B, T, N, D] query/output tile for grid (i, h, b), heavy blocks first.
+
+  Program i handles query block n_q_blocks - 1 - i, so the causal rows with
+  the most keys start first.
+  """
+  return pl.BlockSpec(
+      (None, block_q, None, d),
+      lambda i, h, bb: (bb, n_q_blocks - 1 - i, h, 0),
+  )
+
+
+def kv_head_spec(s: int, d: int, group: int) -> pl.BlockSpec:
+  """The whole [S, D] key/value sequence of KV head h // group (GQA).
+
+  On the Triton lowering a ref is a pointer, so spanning the sequence is free;
+  kernels walk it with dynamic slices and gathers.
+  """
+  return pl.BlockSpec(
+      (None, s, None, d), lambda i, h, bb: (bb, 0, lax.div(h, group), 0)
+  )

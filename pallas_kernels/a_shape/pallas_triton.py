@@ -99,13 +99,8 @@ def _fwd(q, k, v, n_init, n_local, *, config: Config, interpret: bool):
   n_q_blocks = pl.cdiv(t, bq)
   k, v = common.pad_short_kv(k, v, bk)
   head_spec = pl.BlockSpec((n,), lambda i, h, bb: (0,))
-  q_spec = pl.BlockSpec(
-      (None, bq, None, d), lambda i, h, bb: (bb, n_q_blocks - 1 - i, h, 0)
-  )
-  kv_spec = pl.BlockSpec(
-      (None, k.shape[1], None, d),
-      lambda i, h, bb: (bb, 0, lax.div(h, g), 0),
-  )
+  q_spec = common.q_block_spec(bq, n_q_blocks, d)
+  kv_spec = common.kv_head_spec(k.shape[1], d, g)
   return pl.pallas_call(
       kernel,
       out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),

@@ -82,13 +82,8 @@ def _fwd(q, k, v, block_count, block_index, *, block_size: int,
                             lambda i, h, bb: (bb, h, tb - 1 - i))
   index_spec = pl.BlockSpec((None, None, None, top_k),
                             lambda i, h, bb: (bb, h, tb - 1 - i, 0))
-  q_spec = pl.BlockSpec(
-      (None, bs, None, d), lambda i, h, bb: (bb, tb - 1 - i, h, 0)
-  )
-  kv_spec = pl.BlockSpec(
-      (None, k.shape[1], None, d),
-      lambda i, h, bb: (bb, 0, lax.div(h, g), 0),
-  )
+  q_spec = common.q_block_spec(bs, tb, d)
+  kv_spec = common.kv_head_spec(k.shape[1], d, g)
   return pl.pallas_call(
       kernel,
       out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
