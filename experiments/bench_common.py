@@ -26,6 +26,7 @@ import yaml
 from pallas_kernels.layouts import (
     AShapeLayout,
     BlockSparseLayout,
+    VerticalSlashChainLayout,
     VerticalSlashLayout,
 )
 from pallas_kernels.reference import masked_attention_reference
@@ -210,6 +211,19 @@ def vs_tile_pairs(layout: VerticalSlashLayout) -> float:
   return windows * bs * bs + columns * bs
 
 
+def vs_chain_tile_pairs(chain: VerticalSlashChainLayout,
+                       windows: VerticalSlashLayout, t: int) -> float:
+  """q-k pairs the chain VS kernel computes: the windows (counted from the
+  expanded layout of the same indices, `windows`) plus bs per vertical left
+  of each row block (the chain kernel gathers every one of them and masks
+  those that a window already holds)."""
+  bs = chain.block_size
+  tb = -(-t // bs)
+  n_windows = float(jnp.sum(windows.block_count, dtype=jnp.float32))
+  left = chain.vertical_prefix[:, :, : tb * bs : bs]  # [B, N, Tb]
+  return n_windows * bs * bs + float(jnp.sum(left, dtype=jnp.float32)) * bs
+
+
 def bs_tile_pairs(layout: BlockSparseLayout) -> float:
   bs = layout.block_size
   return float(jnp.sum(layout.block_count, dtype=jnp.float32)) * bs * bs
@@ -345,6 +359,27 @@ def rows_relative_error(out, q, k, v, rows, mask_fn, heads_per_chunk=8):
 # ------------------------------------------------ fallback layout builders
 
 
+def _clustered_lines(key, b, n, t, n_vertical, n_slash, local_scale, n_far,
+                     far_spread):
+  """Unsorted slash offsets [B, N, NS] and verticals [B, N, NV] (see
+  `clustered_vs_layout`); both may hold duplicates."""
+  kn, kf, kc, kv, kw, kx = jax.random.split(key, 6)
+  shape = (b, n, n_slash)
+  near = 100 + jnp.floor(jax.random.exponential(kn, shape) * local_scale)
+  lo, hi = math.log(4096), math.log(max(t // 2, 8192))
+  centres = jnp.exp(jax.random.uniform(kf, (b, n, n_far), minval=lo,
+                                       maxval=hi))
+  pick = jax.random.randint(kc, shape, 0, n_far)
+  far = jnp.take_along_axis(centres, pick, axis=-1) + jax.random.randint(
+      kw, shape, -far_spread, far_spread)
+  is_far = jax.random.uniform(kx, shape) < 0.1
+  offs = jnp.where(is_far, far, near).astype(jnp.int32)
+  offs = jnp.where(jnp.arange(n_slash) < 100, jnp.arange(n_slash), offs)
+  vert = jax.random.randint(kv, (b, n, n_vertical), 30, t)
+  vert = jnp.where(jnp.arange(n_vertical) < 30, jnp.arange(n_vertical), vert)
+  return jnp.clip(offs, 0, t - 1), vert
+
+
 def clustered_vs_layout(
     key, b: int, n: int, t: int, n_vertical: int, n_slash: int, bs: int = 64,
     *, local_scale: float = 1500.0, n_far: int = 4, far_spread: int = 256,
@@ -360,21 +395,11 @@ def clustered_vs_layout(
   in MInference's merge; verticals not inside a window and left of the row
   block become columns.
   """
-  kn, kf, kc, kv, kw, kx = jax.random.split(key, 6)
   n_slash = min(n_slash, t)
   n_vertical = min(n_vertical, t)
-  shape = (b, n, n_slash)
-  near = 100 + jnp.floor(jax.random.exponential(kn, shape) * local_scale)
-  lo, hi = math.log(4096), math.log(max(t // 2, 8192))
-  centres = jnp.exp(jax.random.uniform(kf, (b, n, n_far), minval=lo,
-                                       maxval=hi))
-  pick = jax.random.randint(kc, shape, 0, n_far)
-  far = jnp.take_along_axis(centres, pick, axis=-1) + jax.random.randint(
-      kw, shape, -far_spread, far_spread)
-  is_far = jax.random.uniform(kx, shape) < 0.1
-  offs = jnp.where(is_far, far, near).astype(jnp.int32)
-  offs = jnp.where(jnp.arange(n_slash) < 100, jnp.arange(n_slash), offs)
-  offs = jnp.sort(jnp.clip(offs, 0, t - 1), axis=-1)  # [B, N, NS]
+  offs, vert = _clustered_lines(key, b, n, t, n_vertical, n_slash,
+                                local_scale, n_far, far_spread)
+  offs = jnp.sort(offs, axis=-1)  # [B, N, NS]
 
   # Windows in distance space: delta covers distances (delta, delta + bs].
   def merge(carry, o):  # o: [B, N], ascending along the scan
@@ -402,8 +427,6 @@ def clustered_vs_layout(
           slots < okm, em - bs - dl[jnp.maximum(okm - 1 - slots, 0)], 0)
   )(ok, e))(delta, n_ok)  # [B, N, Tb, NS]
   # Verticals: 30 sinks + distinct random columns, ascending.
-  vert = jax.random.randint(kv, (b, n, n_vertical), 30, t)
-  vert = jnp.where(jnp.arange(n_vertical) < 30, jnp.arange(n_vertical), vert)
   vert = jnp.sort(vert, axis=-1)
   dup = jnp.concatenate([jnp.zeros((b, n, 1), bool),
                          vert[..., 1:] == vert[..., :-1]], -1)
@@ -426,6 +449,46 @@ def clustered_vs_layout(
   return VerticalSlashLayout(
       block_count=n_ok, block_offset=block_offset.astype(jnp.int32),
       column_count=column_count, column_index=column_index, block_size=bs,
+  )
+
+
+def clustered_vs_indices(
+    key, b: int, n: int, t: int, n_vertical: int, n_slash: int, *,
+    local_scale: float = 1500.0, n_far: int = 4, far_spread: int = 256,
+):
+  """Clustered Vertical-Slash lines without an estimate (indices form).
+
+  The same distributions as `clustered_vs_layout`: slash offsets 0..99
+  always, the rest mostly within a few thousand of the diagonal
+  (exponential, scale `local_scale`), 10% in `n_far` far clusters
+  (log-uniform centres, +-far_spread); verticals 0..29 plus random columns.
+  Duplicates are dropped (counts per head say how many are left).
+
+  Returns:
+    minference_jax.index.VerticalSlashIndices [B, N, NV] / [B, N, NS].
+  """
+  from minference_jax.index import VerticalSlashIndices
+
+  n_slash = min(n_slash, t)
+  n_vertical = min(n_vertical, t)
+  offs, vert = _clustered_lines(key, b, n, t, n_vertical, n_slash,
+                                local_scale, n_far, far_spread)
+
+  def distinct(x, descending):  # [B, N, X] -> sorted distinct, count
+    x = jnp.sort(x, axis=-1)
+    dup = jnp.concatenate([jnp.zeros(x.shape[:-1] + (1,), bool),
+                           x[..., 1:] == x[..., :-1]], -1)
+    count = jnp.sum(~dup, axis=-1, dtype=jnp.int32)
+    if descending:
+      return -jnp.sort(-jnp.where(dup, -1, x), axis=-1), count
+    return jnp.sort(jnp.where(dup, t, x), axis=-1), count
+
+  slash, s_count = distinct(offs, True)
+  vertical, v_count = distinct(vert, False)
+  return VerticalSlashIndices(
+      vertical=jnp.minimum(vertical, t - 1).astype(jnp.int32),
+      vertical_count=v_count,
+      slash=jnp.maximum(slash, 0).astype(jnp.int32), slash_count=s_count,
   )
 
 

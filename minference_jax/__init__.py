@@ -18,4 +18,7 @@ from minference_jax.patterns import VerticalSlash as VerticalSlash
 from minference_jax.types import AttentionFn as AttentionFn
 from pallas_kernels.layouts import AShapeLayout as AShapeLayout
 from pallas_kernels.layouts import BlockSparseLayout as BlockSparseLayout
+from pallas_kernels.layouts import (
+    VerticalSlashChainLayout as VerticalSlashChainLayout,
+)
 from pallas_kernels.layouts import VerticalSlashLayout as VerticalSlashLayout

@@ -1,6 +1,7 @@
 """The attention seam: a factory of AttentionFn objects, dense or MInference."""
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any, Callable, Literal
 
 import jax
@@ -20,13 +21,20 @@ from minference_jax.patterns import (
 )
 from minference_jax.types import AttentionFn
 
-# Below this many tokens, backend="auto" runs dense attention even in sparse
-# layers. Measured on an H200 (experiments/results/kernel_crossover_h200.json,
-# bf16, N=32, K=8, D=128, MInference default budgets): index build + kernel
-# beats cuDNN dense from 16K (A-shape), 32K (Block-Sparse) and 128K
-# (Vertical-Slash, the pattern of almost every published head). One threshold
-# for all kinds keeps "never slower than dense" for every layer.
-DEFAULT_DENSE_THRESHOLD = 131072
+# Below these many tokens, backend="auto" runs a pattern kind's heads dense.
+# Measured on an H200 (experiments/results/kernel_crossover_h200.json, bf16,
+# N=32, K=8, D=128, MInference default budgets): index build + kernel beats
+# cuDNN dense from 16K (A-shape), 32K (Block-Sparse) and 128K
+# (Vertical-Slash, the pattern of almost every published head), so "auto" is
+# never slower than dense for any kind.
+DEFAULT_DENSE_THRESHOLDS = (
+    (PatternKind.A_SHAPE, 16384),
+    (PatternKind.BLOCK_SPARSE, 32768),
+    (PatternKind.VERTICAL_SLASH, 131072),
+)
+# The largest of them: one threshold that is safe for every kind.
+DEFAULT_DENSE_THRESHOLD = max(v for _, v in DEFAULT_DENSE_THRESHOLDS)
+Thresholds = int | tuple[tuple[PatternKind, int], ...]
 
 DenseImpl = Literal["auto", "cudnn", "xla", "pallas"]
 SparseBackend = Literal["xla", "pallas"]
@@ -35,6 +43,22 @@ SparseBackend = Literal["xla", "pallas"]
 # ------------------------------------------------------------- validation
 def _is_static_int(x: Any) -> bool:
   return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def _check_thresholds(threshold) -> None:
+  """An int >= 0 or ((PatternKind, int >= 0), ...); raises ValueError."""
+  values = (
+      [threshold] if _is_static_int(threshold)
+      else [v for _, v in threshold] if isinstance(threshold, tuple)
+      and all(isinstance(p, tuple) and len(p) == 2
+              and isinstance(p[0], PatternKind) for p in threshold)
+      else None
+  )
+  if values is None or not all(_is_static_int(v) and v >= 0 for v in values):
+    raise ValueError(
+        "dense_threshold must be an int >= 0 or per-kind ints >= 0, got"
+        f" {threshold!r}"
+    )
 
 
 def _check_inputs(q, k, v, layer_idx, q_offset) -> None:
@@ -252,7 +276,9 @@ class MInferenceAttention:
       every layer.
     backend: "xla" (`minference_jax.sparse_xla`) or "pallas"
       (`pallas_kernels`) sparse paths.
-    dense_threshold: full prefills shorter than this many tokens run dense.
+    dense_threshold: full prefills shorter than this many tokens run dense;
+      an int for every kind, or ((PatternKind, int), ...) per kind (kinds
+      not listed: 0).
     interpret: run Pallas kernels in interpret mode (CPU tests).
     dense: the dense attention used for dense heads, short inputs and
       decode steps.
@@ -260,7 +286,7 @@ class MInferenceAttention:
 
   pattern_config: PatternConfig | Pattern
   backend: SparseBackend = "xla"
-  dense_threshold: int = 0
+  dense_threshold: Thresholds = 0
   interpret: bool = False
   dense: DenseAttention = DenseAttention()
 
@@ -274,12 +300,15 @@ class MInferenceAttention:
       raise ValueError(
           f"backend must be 'xla' or 'pallas', got {self.backend!r}"
       )
-    if not _is_static_int(self.dense_threshold) or self.dense_threshold < 0:
-      raise ValueError(
-          f"dense_threshold must be an int >= 0, got {self.dense_threshold!r}"
-      )
+    _check_thresholds(self.dense_threshold)
     if not isinstance(self.dense, DenseAttention):
       raise TypeError(f"dense must be a DenseAttention, got {self.dense!r}")
+
+  def threshold_for(self, kind: PatternKind) -> int:
+    """Full prefills shorter than this run `kind`'s heads dense."""
+    if _is_static_int(self.dense_threshold):
+      return int(self.dense_threshold)
+    return dict(self.dense_threshold).get(kind, 0)
 
   def layer_patterns(
       self, layer_idx: int, num_heads: int
@@ -333,11 +362,10 @@ class MInferenceAttention:
     _check_inputs(q, k, v, layer_idx, q_offset)
     patterns = self.layer_patterns(layer_idx, q.shape[2])
     t = q.shape[1]
-    if (
-        not _is_prefill(q, k, q_offset)
-        or t < self.dense_threshold
-        or all(isinstance(p, Dense) for p in patterns)
-    ):
+    sparse_kinds = {p.kind for p in patterns if not isinstance(p, Dense)}
+    if not _is_prefill(q, k, q_offset) or all(
+        t < self.threshold_for(kind) for kind in sparse_kinds
+    ):  # (also true when every head is dense)
       return self.dense.attend(q, k, v, q_offset=q_offset)
     with jax.named_scope(f"minf_layer{layer_idx}"):
       out, dense_out = None, None
@@ -346,7 +374,8 @@ class MInferenceAttention:
       fold = t if self.backend == "pallas" else None
       for group in _group_heads(patterns, fold):
         o = None
-        if group.kind is not PatternKind.DENSE:
+        if (group.kind is not PatternKind.DENSE
+            and t >= self.threshold_for(group.kind)):
           try:
             o = self._run_sparse(group, q, k, v)
           except NotImplementedError:
@@ -470,7 +499,7 @@ def _sparse_factory(backend: SparseBackend, dense_impl: DenseImpl):
 def _auto_factory(pattern_config, *, dense_threshold, interpret, platform):
   backend = "pallas" if platform == "gpu" else "xla"
   threshold = (
-      DEFAULT_DENSE_THRESHOLD if dense_threshold is None else dense_threshold
+      DEFAULT_DENSE_THRESHOLDS if dense_threshold is None else dense_threshold
   )
   return _sparse_factory(backend, "auto")(
       pattern_config, dense_threshold=threshold, interpret=interpret,
@@ -488,7 +517,7 @@ def make_attention(
     pattern_config: PatternConfig | Pattern | None = None,
     backend: str = "auto",
     *,
-    dense_threshold: int | None = None,
+    dense_threshold: int | Mapping[str | PatternKind, int] | None = None,
     interpret: bool = False,
     platform: str | None = None,
 ) -> AttentionFn:
@@ -503,13 +532,15 @@ def make_attention(
     heads use the Pallas flash kernel.
   - "auto": "pallas" on GPU and "xla" elsewhere, with cuDNN/XLA dense, and
     dense attention for prefills shorter than `dense_threshold` (default
-    `DEFAULT_DENSE_THRESHOLD`).
+    `DEFAULT_DENSE_THRESHOLDS`, per pattern kind, measured on an H200).
 
   Args:
     pattern_config: per-layer, per-head patterns; a single Pattern for every
       head; or None for dense attention everywhere.
     backend: a name from `available_backends()`.
-    dense_threshold: prefills shorter than this many tokens run dense (for
+    dense_threshold: prefills shorter than this many tokens run dense: one
+      int, or a mapping from pattern kind ("a_shape", "vertical_slash",
+      "block_sparse" or a PatternKind) to int, kinds not given: 0 (for
       "xla"/"pallas" the default is 0: always sparse).
     interpret: run Pallas kernels in interpret mode.
     platform: overrides `jax.default_backend()` for "auto" ("gpu", "cpu").
@@ -532,12 +563,24 @@ def make_attention(
         "pattern_config must be a PatternConfig, a Pattern or None, got"
         f" {type(pattern_config).__name__}"
     )
-  if dense_threshold is not None and (
-      not _is_static_int(dense_threshold) or dense_threshold < 0
-  ):
-    raise ValueError(
-        f"dense_threshold must be an int >= 0 or None, got {dense_threshold!r}"
-    )
+  if dense_threshold is not None and not _is_static_int(dense_threshold):
+    if not isinstance(dense_threshold, Mapping):
+      raise ValueError(
+          "dense_threshold must be an int >= 0, a mapping kind -> int or"
+          f" None, got {dense_threshold!r}"
+      )
+    try:
+      dense_threshold = tuple(sorted(
+          ((PatternKind(kind), value) for kind, value in
+           dense_threshold.items()), key=lambda kv: kv[0].value,
+      ))
+    except ValueError as e:
+      raise ValueError(
+          f"dense_threshold has an unknown pattern kind: {e}; kinds:"
+          f" {[k.value for k in PatternKind]}"
+      ) from None
+  if dense_threshold is not None:
+    _check_thresholds(dense_threshold)
   return _BACKENDS[backend](
       pattern_config,
       dense_threshold=dense_threshold,

@@ -12,6 +12,9 @@ from jaxtyping import jaxtyped
 from minference_jax.index_bs import block_sparse_indices as block_sparse_indices
 from minference_jax.index_vs import VerticalSlashIndices as VerticalSlashIndices
 from minference_jax.index_vs import (
+    vertical_slash_chain_layout as vertical_slash_chain_layout,
+)
+from minference_jax.index_vs import (
     vertical_slash_indices as vertical_slash_indices,
 )
 from minference_jax.index_vs import (

@@ -27,7 +27,11 @@ from minference_jax.patterns import (
     VS_MIN_VERTICAL,
 )
 from minference_jax.types import DEFAULT_MASK_VALUE
-from pallas_kernels.layouts import BLOCK_SIZE, VerticalSlashLayout
+from pallas_kernels.layouts import (
+    BLOCK_SIZE,
+    VerticalSlashChainLayout,
+    VerticalSlashLayout,
+)
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -146,6 +150,8 @@ def _diagonal_sums(probs: jax.Array) -> jax.Array:
   A skew by reshape instead of a loop: reverse the columns, pad each row with
   L zeros, flatten and re-read with a row stride one shorter, which shifts row
   i right by i; column L - 1 + o then holds the offset-o element of every row.
+  Reverse, pad, reshapes and slices are index arithmetic that XLA fuses into
+  the reduction, so an elementwise `probs` is not materialised.
   """
   *lead, l, s = probs.shape
   rev = probs[..., ::-1]  # [..., L, S]; rev[i, r] = probs[i, S - 1 - r]
@@ -156,30 +162,113 @@ def _diagonal_sums(probs: jax.Array) -> jax.Array:
   return skew[..., l - 1 : l - 1 + s].sum(axis=-2)  # [..., S]
 
 
-def _top_sorted(scores, counts, k_max: int, descending: bool):
-  """Top `counts[g]` positions of scores[..., g, :], sorted, padded.
+def _masked_f32(logits: jax.Array, visible: jax.Array) -> jax.Array:
+  return jnp.where(visible, logits.astype(jnp.float32), DEFAULT_MASK_VALUE)
+
+
+def _softmax_stats(logits, visible) -> tuple[jax.Array, jax.Array]:
+  """Row max m and sum z = sum_j exp(l_j - m) of [..., L, S] logits.
+
+  One variadic reduction carrying (max, rescaled sum) pairs (the online
+  softmax of Milakov & Gimelshein 2018), so the logits are read once instead
+  of twice. `visible` [L, S] is the causal mask. Returns f32 [..., L].
+  """
+  logits = _masked_f32(logits, visible)
+
+  def combine(a, b):
+    (m_a, z_a), (m_b, z_b) = a, b
+    m = jnp.maximum(m_a, m_b)
+    return m, z_a * jnp.exp(m_a - m) + z_b * jnp.exp(m_b - m)
+
+  init = (jnp.float32(DEFAULT_MASK_VALUE), jnp.float32(0.0))
+  return jax.lax.reduce(
+      (logits, jnp.ones_like(logits)), init, combine, (logits.ndim - 1,)
+  )
+
+
+def _line_scores(logits, visible, m, z):
+  """Vertical (column) and slash (diagonal) sums of softmax(logits).
 
   Args:
-    scores: [B, G, S] f32, forced entries are +inf.
-    counts: [G] int32, per-head number of entries to keep (<= k_max).
+    logits: [..., L, S] logits of the last L query rows.
+    visible: [L, S] causal mask.
+    m: [..., L] row maxima; z: [..., L] row sums of exp(logits - m).
+
+  Returns:
+    vertical [..., S] (column sums) and slash [..., S] (`_diagonal_sums`),
+    f32. The probabilities are an elementwise expression of the logits that
+    both reductions recompute, so they are never stored.
+  """
+  probs = jnp.exp(_masked_f32(logits, visible) - m[..., None]) / z[..., None]
+  return jnp.sum(probs, axis=-2), _diagonal_sums(probs)
+
+
+def _sortable_key(x: jax.Array) -> jax.Array:
+  """f32 -> uint32 with the same order (-inf < ... < +inf), NaN-free input."""
+  bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+  negative = (bits >> 31) == 1
+  return jnp.where(negative, ~bits, bits | jnp.uint32(1 << 31))
+
+
+def _kth_largest(keys: jax.Array, counts: jax.Array) -> jax.Array:
+  """The counts-th largest value of keys [..., S] (uint32), per row.
+
+  A radix search from the top: 8 passes fix 4 bits each; a pass counts, for
+  15 candidate thresholds at once, how many keys are >= each and keeps the
+  largest candidate with at least `counts` keys above it. Reads the keys 8
+  times, no sort. counts [...] int32 in [1, S].
+  """
+  digits = jnp.arange(1, 16, dtype=jnp.uint32)  # [15]
+  lo = jnp.zeros(keys.shape[:-1], jnp.uint32)  # count(keys >= lo) >= counts
+  for shift in range(28, -1, -4):
+    cand = lo[..., None] + (digits << shift)  # [..., 15], no overflow
+    n_ge = jnp.sum(
+        keys[..., None, :] >= cand[..., None], axis=-1, dtype=jnp.int32
+    )  # [..., 15]
+    lo = lo + (jnp.sum(n_ge >= counts[..., None], axis=-1).astype(
+        jnp.uint32) << shift)
+  return lo
+
+
+def _top_sorted(scores, counts, k_max: int, descending: bool):
+  """Top `counts[n]` positions of scores[b, n, :], sorted, padded.
+
+  Exactly lax.top_k's set with ties to the lower position, found without a
+  sort: the counts-th largest score t (radix search), every position above t
+  and the first (by position) positions equal to t; the kept positions come
+  out ascending from a cumulative count and a binary search.
+
+  Args:
+    scores: [B, N, S] f32, forced entries are +inf.
+    counts: [N] int32, per-head number of entries to keep (<= k_max).
     k_max: static layer budget (<= S).
     descending: sort the kept positions descending (slashes) or ascending.
 
   Returns:
-    [B, G, k_max] int32: kept positions first, then padding (0 when
+    [B, N, k_max] int32: kept positions first, then padding (0 when
     descending, S - 1 when ascending).
   """
   s = scores.shape[-1]
-  # The first counts[g] entries of the stable descending top-k order are the
-  # top-counts[g] set; ties (forced +inf, underflowed zeros) go to the lower
-  # position: smaller column / smaller offset.
-  _, idx = jax.lax.top_k(scores, k_max)  # [B, G, k_max]
-  pad = jnp.arange(k_max)[None, None, :] >= counts[None, :, None]
+  counts = jnp.broadcast_to(counts[None, :], scores.shape[:-1])  # [B, N]
+  keys = _sortable_key(scores)  # [B, N, S]
+  t = _kth_largest(keys, jnp.maximum(counts, 1))[..., None]  # [B, N, 1]
+  above = keys > t
+  n_above = jnp.sum(above, axis=-1, keepdims=True, dtype=jnp.int32)
+  at_t = jnp.cumsum(keys == t, axis=-1, dtype=jnp.int32)  # inclusive rank
+  keep = above | ((keys == t) & (at_t <= counts[..., None] - n_above))
+  kept_before = jnp.cumsum(keep, axis=-1, dtype=jnp.int32)  # [B, N, S]
+  slot = jnp.arange(k_max, dtype=jnp.int32)  # [k_max]
+  search = jax.vmap(jax.vmap(
+      lambda c, r: jnp.searchsorted(c, r, side="left", method="scan")))
+  asc = search(kept_before, jnp.broadcast_to(slot + 1, counts.shape + (
+      k_max,)))  # [B, N, k_max]: position of the (r+1)-th kept entry
+  pad = slot[None, None, :] >= counts[..., None]
   if descending:
-    kept = -jnp.sort(-jnp.where(pad, -1, idx), axis=-1)
-    return jnp.where(pad, 0, kept).astype(jnp.int32)
-  kept = jnp.sort(jnp.where(pad, s, idx), axis=-1)
-  return jnp.where(pad, s - 1, kept).astype(jnp.int32)
+    rev = jnp.take_along_axis(
+        asc, jnp.maximum(counts[..., None] - 1 - slot, 0), axis=-1
+    )
+    return jnp.where(pad, 0, rev).astype(jnp.int32)
+  return jnp.where(pad, s - 1, asc).astype(jnp.int32)
 
 
 @functools.partial(
@@ -191,48 +280,29 @@ def _vs_indices_jit(q, k, v_counts, s_counts, last_q):
   g = n // kv_heads
   nv, ns = max(max(v_counts), 1), max(max(s_counts), 1)
   q_last = q[:, t - last_q :].reshape(b, last_q, kv_heads, g, d)
-  q_last = jnp.moveaxis(q_last, 2, 0)  # [K, B, L, G, D]
-  v_cnt = jnp.asarray(v_counts, jnp.int32).reshape(kv_heads, g)  # [K, G]
-  s_cnt = jnp.asarray(s_counts, jnp.int32).reshape(kv_heads, g)
   rows = t - last_q + jnp.arange(last_q)  # [L] absolute query positions
   cols = jnp.arange(t)  # [S]
   visible = cols[None, :] <= rows[:, None]  # [L, S] causal (the corner)
-
-  def one_kv_head(args):
-    h, q_h, v_cnt_h, s_cnt_h = args  # q_h: [B, L, G, D]; counts: [G]
-    k_h = jax.lax.dynamic_index_in_dim(k, h, axis=2, keepdims=False)
-    logits = jnp.einsum(
-        "blgd,bsd->bgls",
-        q_h,
-        k_h,
-        precision=_HIGHEST,
-        preferred_element_type=jnp.float32,
-    ) * (d**-0.5)  # [B, G, L, S]
-    logits = jnp.where(visible, logits, DEFAULT_MASK_VALUE)
-    probs = jax.nn.softmax(logits, axis=-1)  # [B, G, L, S] f32
-    vertical = jnp.sum(probs, axis=-2)  # [B, G, S]
-    slash = _diagonal_sums(probs)  # [B, G, S], index = offset
-    vertical = jnp.where(cols < VS_MIN_VERTICAL, jnp.inf, vertical)
-    slash = jnp.where(cols < VS_FORCED_SLASH_OFFSETS, jnp.inf, slash)
-    return (
-        _top_sorted(vertical, v_cnt_h, nv, descending=False),
-        _top_sorted(slash, s_cnt_h, ns, descending=True),
-    )
-
-  # One KV head (and its G query heads) at a time: peak memory is the
-  # [B, G, L, S] f32 probabilities of one group, never [B, N, L, S].
-  vertical, slash = jax.lax.map(
-      one_kv_head, (jnp.arange(kv_heads), q_last, v_cnt, s_cnt)
-  )  # [K, B, G, NV], [K, B, G, NS]
-  vertical = jnp.moveaxis(vertical, 0, 1).reshape(b, n, nv)
-  slash = jnp.moveaxis(slash, 0, 1).reshape(b, n, ns)
+  precision = (_HIGHEST if q.dtype == jnp.float32
+               else jax.lax.Precision.DEFAULT)
+  # Logits in the input dtype, as MInference computes them (f32 stays f32);
+  # GQA through the einsum's K axis, K is never repeated.
+  logits = jnp.einsum(
+      "blkgd,bskd->bkgls", q_last, k, precision=precision,
+      preferred_element_type=jnp.float32,
+  ) * (d**-0.5)  # [B, K, G, L, S]
+  logits = logits.astype(q.dtype).reshape(b, n, last_q, t)  # [B, N, L, S]
+  m, z = _softmax_stats(logits, visible)  # [B, N, L]
+  vertical, slash = _line_scores(logits, visible, m, z)  # [B, N, S] f32
+  vertical = jnp.where(cols < VS_MIN_VERTICAL, jnp.inf, vertical)
+  slash = jnp.where(cols < VS_FORCED_SLASH_OFFSETS, jnp.inf, slash)
+  v_cnt = jnp.asarray(v_counts, jnp.int32)  # [N]
+  s_cnt = jnp.asarray(s_counts, jnp.int32)
   return VerticalSlashIndices(
-      vertical=vertical,
-      vertical_count=jnp.broadcast_to(
-          jnp.asarray(v_counts, jnp.int32), (b, n)
-      ),
-      slash=slash,
-      slash_count=jnp.broadcast_to(jnp.asarray(s_counts, jnp.int32), (b, n)),
+      vertical=_top_sorted(vertical, v_cnt, nv, descending=False),
+      vertical_count=jnp.broadcast_to(v_cnt, (b, n)),
+      slash=_top_sorted(slash, s_cnt, ns, descending=True),
+      slash_count=jnp.broadcast_to(s_cnt, (b, n)),
   )
 
 
@@ -252,7 +322,9 @@ def vertical_slash_indices(
   1. Budgets are clamped: kv = min(T, max(n_vertical, 30)),
      ks = min(T, max(n_slash, 50)); L = min(last_q, T).
   2. P = softmax_f32(q[T - L:] k^T / sqrt(D)) with the causal mask on the
-     L x L corner ([L, S], computed in f32 whatever the input dtype).
+     L x L corner ([L, S]); the logits are rounded to the input dtype as in
+     MInference (f32 inputs: f32 at HIGHEST precision), the softmax and
+     the sums are f32. All heads at once: peak memory [B, N, L, S].
   3. Vertical score of column j = sum_i P[i, j]; columns 0..29 are forced.
      Slash score of offset o = sum_i P[i, T - L + i - o]; offsets 0..99 are
      forced. Keep the top kv columns / ks offsets.
@@ -309,6 +381,12 @@ def vertical_slash_indices(
 # in [0, end_m), so a row block has at most min(NS, m + 1) of them.
 
 
+def _histogram(bins, valid, size: int):
+  """Per (b, n) counts of `bins` [B, N, X] where `valid`: [B, N, size] int32."""
+  add = lambda i, w: jnp.zeros(size, jnp.int32).at[i].add(w, mode="drop")
+  return jax.vmap(jax.vmap(add))(bins, valid.astype(jnp.int32))
+
+
 def _successor_table(slash, s_count, seq_len: int, bs: int):
   """F on y in (-bs, T], stored at index y + bs; index 0 means "stopped".
 
@@ -319,11 +397,9 @@ def _successor_table(slash, s_count, seq_len: int, bs: int):
   Returns:
     [B, N, T + bs + 1] int32 table: index of F(y), or 0 if no offset < y.
   """
-  b, n, ns = slash.shape
-  valid = (jnp.arange(ns) < s_count[..., None]).astype(jnp.int32)
-  bins = jnp.clip(slash, 0, seq_len)  # [B, N, NS]
-  hist = jax.vmap(jax.vmap(lambda i, w: jnp.zeros(seq_len + 1, jnp.int32)
-                           .at[i].add(w)))(bins, valid)  # [B, N, T + 1]
+  ns = slash.shape[-1]
+  valid = jnp.arange(ns) < s_count[..., None]  # [B, N, NS]
+  hist = _histogram(jnp.clip(slash, 0, seq_len), valid, seq_len + 1)
   at_least = jnp.cumsum(hist[..., ::-1], axis=-1)[..., ::-1]  # # offsets >= x
   y = jnp.arange(1 - bs, seq_len + 1, dtype=jnp.int32)  # (-bs, T]
   n_ge = jnp.where(
@@ -374,6 +450,30 @@ def _walk(table, start, steps: int):
   chain = chain.reshape(c, b, n, lanes, n_chunks)
   chain = jnp.transpose(chain, (1, 2, 3, 4, 0))  # [B, N, L, J, c]
   return chain.reshape(b, n, lanes, n_chunks * c)[..., :steps]
+
+
+def _check_layout_inputs(indices: VerticalSlashIndices, seq_len, block_size):
+  """Raises TypeError / ValueError on bad layout-builder arguments."""
+  _check_int("seq_len", seq_len, 1)
+  _check_int("block_size", block_size, 1)
+  v, s = indices.vertical, indices.slash
+  if v.ndim != 3 or s.ndim != 3 or v.shape[:2] != s.shape[:2]:
+    raise ValueError(
+        f"indices.vertical{v.shape} and indices.slash{s.shape} must be"
+        " [B, N, NV] and [B, N, NS] with the same B, N"
+    )
+  if v.shape[-1] == 0 or s.shape[-1] == 0:
+    raise ValueError(
+        f"indices need NV >= 1 and NS >= 1, got vertical{v.shape},"
+        f" slash{s.shape}"
+    )
+  for name in ("vertical_count", "slash_count"):
+    c = getattr(indices, name)
+    if c.shape != v.shape[:2]:
+      raise ValueError(
+          f"indices.{name} has shape {c.shape}; expected [B, N] ="
+          f" {v.shape[:2]}"
+      )
 
 
 @functools.partial(jax.jit, static_argnames=("seq_len", "block_size"))
@@ -433,6 +533,60 @@ def _vs_layout_jit(indices: VerticalSlashIndices, seq_len: int, block_size):
   )
 
 
+@functools.partial(jax.jit, static_argnames=("seq_len", "block_size"))
+def _vs_chain_jit(indices: VerticalSlashIndices, seq_len: int, block_size):
+  bs = block_size
+  vertical = indices.vertical.astype(jnp.int32)  # [B, N, NV]
+  v_count = indices.vertical_count.astype(jnp.int32)  # [B, N]
+  nv = vertical.shape[-1]
+  size = seq_len + bs + 1
+  table = _successor_table(
+      indices.slash.astype(jnp.int32),
+      indices.slash_count.astype(jnp.int32), seq_len, bs,
+  )  # [B, N, T + bs + 1]
+  valid = jnp.arange(nv) < v_count[..., None]  # [B, N, NV]
+  # prefix[c] = #verticals < c: a histogram at v + 1, accumulated.
+  prefix = jnp.cumsum(
+      _histogram(jnp.clip(vertical, 0, seq_len) + 1, valid, size), axis=-1,
+      dtype=jnp.int32,
+  )  # [B, N, T + bs + 1]
+  return VerticalSlashChainLayout(
+      window_next=table,
+      vertical=jnp.where(valid, vertical, seq_len - 1),
+      vertical_prefix=prefix,
+      block_size=bs,
+  )
+
+
+@jaxtyped(typechecker=beartype)
+def vertical_slash_chain_layout(
+    indices: VerticalSlashIndices,
+    seq_len: int,
+    block_size: int = BLOCK_SIZE,
+) -> VerticalSlashChainLayout:
+  """The O(T)-per-head form of `vertical_slash_layout` that the kernel walks.
+
+  Same windows and the same key set as `vertical_slash_layout` (for indices
+  with slash offset 0, as `vertical_slash_indices` makes them), stored as
+  the per-head successor table of the merge walk plus the vertical prefix
+  counts: [B, N, T + bs + 1] int32 twice instead of [B, N, Tb, NS + NV]
+  (at T = 1M, N = 32: 0.27 GB instead of 15 GB), built in O(B N T).
+
+  Args:
+    indices: VerticalSlashIndices of a T-token prefill.
+    seq_len: static T.
+    block_size: static row block / window size (64 for the kernels).
+
+  Returns:
+    VerticalSlashChainLayout (see its docstring for how it is read).
+
+  Raises:
+    TypeError / ValueError: as `vertical_slash_layout`.
+  """
+  _check_layout_inputs(indices, seq_len, block_size)
+  return _vs_chain_jit(indices, seq_len=seq_len, block_size=block_size)
+
+
 @jaxtyped(typechecker=beartype)
 def vertical_slash_layout(
     indices: VerticalSlashIndices,
@@ -476,24 +630,5 @@ def vertical_slash_layout(
     ValueError: inconsistent or empty index shapes, non-positive seq_len or
       block_size.
   """
-  _check_int("seq_len", seq_len, 1)
-  _check_int("block_size", block_size, 1)
-  v, s = indices.vertical, indices.slash
-  if v.ndim != 3 or s.ndim != 3 or v.shape[:2] != s.shape[:2]:
-    raise ValueError(
-        f"indices.vertical{v.shape} and indices.slash{s.shape} must be"
-        " [B, N, NV] and [B, N, NS] with the same B, N"
-    )
-  if v.shape[-1] == 0 or s.shape[-1] == 0:
-    raise ValueError(
-        f"indices need NV >= 1 and NS >= 1, got vertical{v.shape},"
-        f" slash{s.shape}"
-    )
-  for name in ("vertical_count", "slash_count"):
-    c = getattr(indices, name)
-    if c.shape != v.shape[:2]:
-      raise ValueError(
-          f"indices.{name} has shape {c.shape}; expected [B, N] ="
-          f" {v.shape[:2]}"
-      )
+  _check_layout_inputs(indices, seq_len, block_size)
   return _vs_layout_jit(indices, seq_len=seq_len, block_size=block_size)

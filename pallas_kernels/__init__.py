@@ -14,6 +14,9 @@ from pallas_kernels.flash import flash_attention as flash_attention
 from pallas_kernels.layouts import AShapeLayout as AShapeLayout
 from pallas_kernels.layouts import BLOCK_SIZE as BLOCK_SIZE
 from pallas_kernels.layouts import BlockSparseLayout as BlockSparseLayout
+from pallas_kernels.layouts import (
+    VerticalSlashChainLayout as VerticalSlashChainLayout,
+)
 from pallas_kernels.layouts import VerticalSlashLayout as VerticalSlashLayout
 from pallas_kernels.vertical_slash import (
     vertical_slash_attention as vertical_slash_attention,

@@ -60,6 +60,49 @@ class VerticalSlashLayout:
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
+class VerticalSlashChainLayout:
+  """Vertical-Slash layout in O(S) per head: what the Pallas kernel walks.
+
+  `VerticalSlashLayout` stores every row block's windows, [B, N, Tb, NS]
+  (12.8 GB at 1M tokens, 32 heads and NS = 6096). MInference's window merge
+  depends only on the head's slash list (see `minference_jax.index_vs`), so
+  one successor table per head encodes the windows of every row block; the
+  kernel follows it from the row block's end. Verticals are kept once per
+  head, with their prefix counts.
+
+  For query block m (rows [r0, e), r0 = m * bs, e = min(r0 + bs, T)):
+  - windows: j = window_next[b, n, e + bs]; while j > 0: the key window
+    [e - j, e - j + bs), then j = window_next[b, n, j]. Windows come out
+    disjoint with ascending starts; they get the causal and sequence-end
+    masks, and inside them keys c < r0 that are verticals are skipped
+    (they belong to the column set, so no key is counted twice).
+  - columns: vertical[b, n, :vertical_prefix[b, n, r0]], i.e. every vertical
+    left of the row block (ascending, no mask needed).
+  The key set equals `VerticalSlashLayout`'s for indices that contain slash
+  offset 0 (which `vertical_slash_indices` guarantees): there, windows cover
+  the row block's own columns [r0, e), and a vertical left of r0 is either
+  inside a window or a column.
+
+  Fields:
+    window_next:     Int[B, N, S + bs + 1], values in [0, S + bs]; entry 0
+                     ("stop") is 0 and window_next[j] < j.
+    vertical:        Int[B, N, NV], ascending where valid, in [0, S).
+    vertical_prefix: Int[B, N, S + bs + 1]: number of valid verticals < c
+                     (constant for c >= S); the count of row block m's
+                     columns is vertical_prefix[m * bs].
+    block_size:      static int (64).
+  """
+
+  window_next: Int[Array, "B N Y"]
+  vertical: Int[Array, "B N NV"]
+  vertical_prefix: Int[Array, "B N Y"]
+  block_size: int = dataclasses.field(
+      default=BLOCK_SIZE, metadata=dict(static=True)
+  )
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
 class BlockSparseLayout:
   """Per query block: the selected key blocks (block-causal).
 

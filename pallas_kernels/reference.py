@@ -12,6 +12,7 @@ from jaxtyping import Array, Bool, Float
 from pallas_kernels.layouts import (
     AShapeLayout,
     BlockSparseLayout,
+    VerticalSlashChainLayout,
     VerticalSlashLayout,
 )
 
@@ -64,6 +65,52 @@ def vertical_slash_mask(
   return (windows & causal_mask(t, s)[None, None]) | (
       columns & causal_mask(t, s)[None, None]
   )
+
+
+def vertical_slash_chain_mask(
+    layout: VerticalSlashChainLayout, t: int, s: int
+) -> Bool[Array, "B N T S"]:
+  """The exact key set the chain Vertical-Slash kernel computes.
+
+  Follows `VerticalSlashChainLayout`'s reading rule literally, one row block
+  at a time: walk the successor table from the block's end, union the
+  windows, drop verticals left of the block from them, add the verticals
+  left of the block as columns, then apply the causal mask.
+  """
+  bs = layout.block_size
+  nv = layout.vertical.shape[-1]
+  tb = -(-t // bs)
+  cols = jnp.arange(s)  # [S]
+
+  def per_row_block(table, prefix, vertical, m):
+    # table, prefix: [S + bs + 1]; vertical: [NV]; m: [] -> two [S] masks
+    r0 = m * bs
+    end = jnp.minimum(r0 + bs, t)
+
+    def body(carry):
+      j, cover = carry
+      start = end - j
+      cover = cover | ((cols >= start) & (cols < start + bs))
+      return table[j], cover
+
+    _, windows = jax.lax.while_loop(
+        lambda c: c[0] > 0, body, (table[end + bs], jnp.zeros((s,), bool))
+    )
+    is_vertical = prefix[cols + 1] > prefix[cols]  # [S]
+    windows = windows & ~(is_vertical & (cols < r0))
+    valid = jnp.arange(nv) < prefix[r0]  # the verticals left of the block
+    columns = jnp.zeros((s,), bool).at[jnp.where(valid, vertical, s)].set(
+        True, mode="drop"
+    )
+    return windows | columns
+
+  per_head = jax.vmap(per_row_block, in_axes=(None, None, None, 0))
+  fn = jax.vmap(jax.vmap(per_head, in_axes=(0, 0, 0, None)),
+                in_axes=(0, 0, 0, None))
+  cover = fn(layout.window_next, layout.vertical_prefix, layout.vertical,
+             jnp.arange(tb))  # [B, N, Tb, S]
+  rows = cover[:, :, _row_block_of(t, bs), :]  # [B, N, T, S]
+  return rows & causal_mask(t, s)[None, None]
 
 
 def block_sparse_mask(

@@ -12,13 +12,20 @@ import pallas_kernels
 from minference_jax import attention as attention_lib
 from minference_jax.attention import (
     DEFAULT_DENSE_THRESHOLD,
+    DEFAULT_DENSE_THRESHOLDS,
     DenseAttention,
     MInferenceAttention,
     available_backends,
     make_attention,
 )
 from minference_jax.pattern_config import PatternConfig
-from minference_jax.patterns import AShape, BlockSparse, Dense, VerticalSlash
+from minference_jax.patterns import (
+    AShape,
+    BlockSparse,
+    Dense,
+    PatternKind,
+    VerticalSlash,
+)
 from minference_jax.types import AttentionFn
 from pallas_kernels.layouts import AShapeLayout
 from pallas_kernels.reference import (
@@ -88,7 +95,8 @@ def test_factory_backends_satisfy_protocol_and_are_hashable():
   assert (xla.backend, xla.dense_threshold) == ("xla", 0)
   gpu = make_attention(cfg, "auto", platform="gpu")
   assert gpu.backend == "pallas"
-  assert gpu.dense_threshold == DEFAULT_DENSE_THRESHOLD
+  assert gpu.dense_threshold == DEFAULT_DENSE_THRESHOLDS
+  assert max(v for _, v in DEFAULT_DENSE_THRESHOLDS) == DEFAULT_DENSE_THRESHOLD
   assert gpu.dense.implementation == "auto"
   cpu = make_attention(cfg, "auto", platform="cpu", dense_threshold=5)
   assert (cpu.backend, cpu.dense_threshold) == ("xla", 5)
@@ -298,6 +306,29 @@ def test_dense_threshold_routes_short_prefills_dense():
   _close(below(q, k, v, layer_idx=0), dense)
   at = make_attention(cfg, "auto", dense_threshold=192, platform="cpu")
   assert float(jnp.max(jnp.abs(at(q, k, v, layer_idx=0) - dense))) > 1e-2
+
+
+def test_per_kind_thresholds_route_each_kind():
+  """{"a_shape": 0, "vertical_slash": 10**6}: A-shape heads sparse, VS dense."""
+  _index()
+  heads = (AShape(n_init=4, n_local=40), VerticalSlash(n_vertical=30,
+                                                        n_slash=50)) * 3
+  cfg = PatternConfig(layers=(heads,))
+  q, k, v = _qkv(11, **SHAPE)
+  dense = _dense_reference(q, k, v)
+  attn = make_attention(
+      cfg, "auto", platform="cpu",
+      dense_threshold={"a_shape": 0, "vertical_slash": 10**6},
+  )
+  assert attn.threshold_for(PatternKind.BLOCK_SPARSE) == 0
+  out = attn(q, k, v, layer_idx=0)
+  err = jnp.max(jnp.abs(out - dense), axis=(0, 1, 3))  # [N]
+  assert (err[1::2] < 1e-5).all(), f"VS heads must be dense: {err}"
+  assert (err[0::2] > 1e-2).all(), f"A-shape heads must be sparse: {err}"
+  with pytest.raises(ValueError, match="unknown pattern kind"):
+    make_attention(cfg, "auto", dense_threshold={"diagonal": 5})
+  with pytest.raises(ValueError, match="dense_threshold must be"):
+    make_attention(cfg, "auto", dense_threshold={"a_shape": -1})
 
 
 def test_not_implemented_sparse_path_falls_back_to_dense(monkeypatch):

@@ -14,10 +14,14 @@ from minference_jax.index import (
     VerticalSlashIndices,
     a_shape_layout,
     block_sparse_indices,
+    vertical_slash_chain_layout,
     vertical_slash_indices,
     vertical_slash_layout,
 )
-from pallas_kernels.reference import vertical_slash_mask
+from pallas_kernels.reference import (
+    vertical_slash_chain_mask,
+    vertical_slash_mask,
+)
 
 # (N, K): GQA group sizes 1, 2, 4 and 8.
 HEADS = [(2, 2), (4, 2), (4, 1), (8, 1)]
@@ -253,6 +257,33 @@ def test_vs_layout_covers_exact_mask(b, n, t, bs, seed):
   indices = random_indices(rng, b, n, t, force_zero=True)
   layout = vertical_slash_layout(indices, t, bs)
   check_layout_properties(layout, indices, t)
+
+
+@SETTINGS
+@given(
+    b=st.sampled_from([1, 2]),
+    n=st.sampled_from([1, 3]),
+    t=st.sampled_from([10, 64, 150, 300]),
+    bs=st.sampled_from([64, 16]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_vs_chain_layout_has_the_expanded_key_set(b, n, t, bs, seed):
+  """The O(T) chain layout reads back to exactly the expanded key set."""
+  rng = np.random.default_rng(seed)
+  indices = random_indices(rng, b, n, t, force_zero=True)
+  chain = vertical_slash_chain_layout(indices, t, bs)
+  size = t + bs + 1
+  assert chain.window_next.shape == (b, n, size)
+  assert chain.vertical_prefix.shape == (b, n, size)
+  nxt = np.asarray(chain.window_next)
+  assert (nxt[..., 0] == 0).all() and (nxt[..., 1:] < np.arange(1, size)).all()
+  prefix = np.asarray(chain.vertical_prefix)
+  assert (np.diff(prefix, axis=-1) >= 0).all() and (prefix[..., 0] == 0).all()
+  np.testing.assert_array_equal(prefix[..., -1], indices.vertical_count)
+  want = vertical_slash_mask(vertical_slash_layout(indices, t, bs), t, t)
+  got = vertical_slash_chain_mask(chain, t, t)
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want),
+                                err_msg=f"seed={seed}")
 
 
 @pytest.mark.parametrize("t, heads", [(200, (8, 2)), (45, (4, 4))])

@@ -6,7 +6,10 @@ import pytest
 
 import kernel_test_utils as ktu
 from pallas_kernels.layouts import VerticalSlashLayout
-from pallas_kernels.reference import vertical_slash_mask
+from pallas_kernels.reference import (
+    vertical_slash_chain_mask,
+    vertical_slash_mask,
+)
 from pallas_kernels.vertical_slash import Config, vertical_slash_attention
 
 # (B, T, N, K, D, dtype, NS, NV): T not a multiple of 64 and T < 64, GQA
@@ -101,6 +104,31 @@ def test_with_index_builder():
   out = vertical_slash_attention(q, k, v, layout, interpret=True)
   want = ktu.reference(q, k, v, vertical_slash_mask(layout, t, t))
   ktu.assert_close(out, want, jnp.float32, seed, "index builder")
+
+
+@pytest.mark.parametrize("t, n, kv, d, dtype", [
+    (50, 2, 1, 64, jnp.float32),
+    (300, 4, 2, 96, jnp.float32),
+    (333, 4, 4, 128, jnp.bfloat16),
+    (256, 8, 2, 64, jnp.float16),
+])
+def test_chain_layout_matches_reference(t, n, kv, d, dtype):
+  """The chain kernel (O(T) layout) on the real builder's indices."""
+  index = pytest.importorskip(
+      "minference_jax.index", reason="minference_jax.index not written yet"
+  )
+  rng, seed = ktu.fresh_rng()
+  q, k, v = ktu.random_qkv(rng, 1, t, n, kv, d, dtype)
+  active = tuple(bool(h != 1) for h in range(n))  # head 1 inactive
+  n_vertical = tuple(int(x) for x in rng.integers(1, 80, n))
+  n_slash = tuple(int(x) for x in rng.integers(1, 120, n))
+  indices = index.vertical_slash_indices(q, k, n_vertical, n_slash,
+                                         active=active)
+  layout = index.vertical_slash_chain_layout(indices, t)
+  out = vertical_slash_attention(q, k, v, layout, interpret=True)
+  want = ktu.reference(q, k, v, vertical_slash_chain_mask(layout, t, t))
+  assert not np.asarray(out[:, :, 1]).any(), "inactive head must be zero"
+  ktu.assert_close(out, want, dtype, seed, f"chain T={t} D={d}")
 
 
 def test_bad_layouts_raise():

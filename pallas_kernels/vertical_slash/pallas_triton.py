@@ -11,8 +11,10 @@ from jax.experimental.pallas import triton as plt
 from jaxtyping import Array, Float, jaxtyped
 
 from pallas_kernels import common
-from pallas_kernels.layouts import VerticalSlashLayout
+from pallas_kernels.layouts import VerticalSlashChainLayout, VerticalSlashLayout
+from pallas_kernels.vertical_slash import phases
 from pallas_kernels.vertical_slash.base import Config
+from pallas_kernels.vertical_slash.chain_triton import chain_fwd
 
 
 def _kernel(block_count_ref, block_offset_ref, column_count_ref,
@@ -69,45 +71,11 @@ def _kernel(block_count_ref, block_offset_ref, column_count_ref,
   state = lax.fori_loop(0, n_free, free_window, state)
   state = lax.fori_loop(n_free, n_blocks, masked_window, state)
 
-  # Phase 2: gathered columns, full chunks unmasked, then the partial one.
-  n_cols = column_count_ref[0]
-
-  def full_chunk(c, st):
-    start = pl.multiple_of(c * block_c, block_c)
-    idx = column_index_ref[pl.ds(start, block_c)]  # [bc]
-    k = common.gather_rows(k_ref, idx, d, d_pad)
-    v = common.gather_rows(v_ref, idx, d, d_pad)
-    return common.attend(st, q, k, v, None, precision)
-
-  def partial_chunk(c, st):
-    start = pl.multiple_of(c * block_c, block_c)
-    valid = start + common.iota(block_c) < n_cols  # [bc]
-    idx = plt.load(
-        column_index_ref.at[pl.ds(start, block_c)], mask=valid, other=0
-    )
-    k = common.gather_rows(k_ref, idx, d, d_pad)
-    v = common.gather_rows(v_ref, idx, d, d_pad)
-    mask = jnp.broadcast_to(valid[None, :], (bs, block_c))
-    return common.attend(st, q, k, v, mask, precision)
-
-  n_full_chunks = common.idiv(n_cols, block_c)
-  state = lax.fori_loop(0, n_full_chunks, full_chunk, state)
-  state = lax.fori_loop(
-      n_full_chunks, common.cdiv(n_cols, block_c), partial_chunk, state
-  )
+  # Phase 2: gathered columns.
+  state = phases.column_phase(state, q, k_ref, v_ref, column_index_ref,
+                       column_count_ref[0], d=d, d_pad=d_pad, bs=bs,
+                       block_c=block_c, precision=precision)
   common.store_out(o_ref, common.finish(state), d, row_ok)
-
-
-def _at_least(arr: jax.Array, size: int) -> jax.Array:
-  """Pads a [B, N, Tb, X] budget array to X >= size (padding is never read).
-
-  Budgets narrower than one load (e.g. NV = 40 < block_c = 64, or 0) are
-  padded so the statically sized loads stay inside the array; this is tiny.
-  """
-  if arr.shape[-1] >= size:
-    return arr
-  pad = ((0, 0),) * (arr.ndim - 1) + ((0, size - arr.shape[-1]),)
-  return jnp.pad(arr, pad)
 
 
 @functools.partial(jax.jit, static_argnames=("block_size", "config",
@@ -124,8 +92,8 @@ def _fwd(q, k, v, block_count, block_offset, column_count, column_index, *,
     common.check_index_array(
         f"VerticalSlashLayout.{name}", arr, (b, n, tb), ndim
     )
-  block_offset = _at_least(block_offset, 1)
-  column_index = _at_least(column_index, config.block_c)
+  block_offset = phases.at_least(block_offset, 1)
+  column_index = phases.at_least(column_index, config.block_c)
   n_slash, n_vert = block_offset.shape[-1], column_index.shape[-1]
   d_pad = common.padded_head_dim(d)
   bs = block_size
@@ -166,7 +134,7 @@ def vertical_slash_attention(
     q: Float[Array, "B T N D"],
     k: Float[Array, "B S K D"],
     v: Float[Array, "B S K D"],
-    layout: VerticalSlashLayout,
+    layout: VerticalSlashLayout | VerticalSlashChainLayout,
     *,
     config: Config | None = None,
     interpret: bool = False,
@@ -197,6 +165,10 @@ def vertical_slash_attention(
   """
   if config is None:
     config = Config.get_default(q.shape[-1])
+  if isinstance(layout, VerticalSlashChainLayout):
+    return chain_fwd(q, k, v, layout.window_next, layout.vertical,
+                     layout.vertical_prefix, block_size=layout.block_size,
+                     config=config, interpret=interpret)
   return _fwd(q, k, v, layout.block_count, layout.block_offset,
               layout.column_count, layout.column_index,
               block_size=layout.block_size, config=config,
