@@ -1,11 +1,17 @@
-"""GPU comparison: Vertical-Slash kernel on the chain layout vs the expanded one.
+"""GPU measurements of the Vertical-Slash index path and its two layouts.
 
-For each T: the same indices (the real estimate on synthetic q/k, and the
-clustered generator) run through both layouts and both kernels; outputs are
-compared with each other and, at small T, with the f32 reference on sampled
-rows. Also times the parts of the index build. Writes JSON to --out.
+Modes (each writes JSON to --out):
+- default: for each T, the same indices (the real estimate on synthetic q/k,
+  and the clustered generator) through the expanded and the chain layout and
+  both kernels; outputs compared with each other and, at T <= 32K, with the
+  f32 reference on sampled rows; plus the estimate's parts at T >= 128K.
+- --sweep: chain kernel launch knobs vs the expanded kernel at 128K.
+- --estimate-variants: alternative formulations of the estimate's slowest
+  parts at 1M (diagonal sums, top-k selection).
+- --model-indices FILES: the kernels on index sets recorded from a real
+  model (experiments.model_head_indices), vs cuDNN.
 
-  PYTHONPATH=. python3 -m experiments.gpu_vs_chain --out DIR [--seq-lens ...]
+  PYTHONPATH=. python3 -m experiments.gpu_vs_chain --out DIR [mode]
 """
 
 import argparse
@@ -123,6 +129,96 @@ def run(t, n, kv, d, budget, seed, check_rows):
   return rows_out
 
 
+def estimate_variants(t=1048576, n=32, kv=8, d=128, seed=0):
+  """Times alternative formulations of the estimate's slowest parts."""
+  s = synthetic.synthetic_qkv(seed, batch=1, seq_len=t, num_heads=n,
+                              num_kv_heads=kv, head_dim=d, dtype=jnp.bfloat16)
+  q, k = jax.block_until_ready((s.q, s.k))
+  last = 64
+  g = n // kv
+  q_last = q[:, t - last:].reshape(1, last, kv, g, d)
+  lg = jax.block_until_ready((jnp.einsum(
+      "blkgd,bskd->bkgls", q_last, k, preferred_element_type=jnp.float32)
+      * d**-0.5).astype(jnp.bfloat16).reshape(1, n, last, t))
+  rows = t - last + jnp.arange(last)
+  visible = jnp.arange(t)[None, :] <= rows[:, None]
+  m, z = index_vs._softmax_stats(lg, visible)
+
+  def probs(lg):
+    return jnp.exp(index_vs._masked_f32(lg, visible) - m[..., None]) / z[
+        ..., None]
+
+  def diag_reshape(lg):
+    return index_vs._diagonal_sums(probs(lg))
+
+  def diag_gather(lg):
+    p = probs(lg)
+    r = jnp.arange(last)[:, None]
+    o = jnp.arange(t)[None, :]
+    cols = t - last + r - o
+    on = jnp.take_along_axis(p, jnp.broadcast_to(jnp.maximum(cols, 0),
+                                                 p.shape), axis=-1)
+    return jnp.sum(jnp.where(cols >= 0, on, 0.0), axis=-2)
+
+  def diag_slices(lg):
+    p = jnp.pad(probs(lg), ((0, 0), (0, 0), (0, 0), (last, 0)))
+    acc = 0.0
+    for i in range(last):  # benchmark only: which HLO XLA fuses best
+      acc = acc + p[:, :, i, i + 1: i + 1 + t]
+    return acc[..., ::-1]
+
+  def vertical(lg):
+    return jnp.sum(probs(lg), axis=-2)
+
+  slash = diag_reshape(lg)
+  keys = index_vs._sortable_key(slash)
+  counts = jnp.full(keys.shape[:-1], 6096, jnp.int32)
+
+  def radix(keys):
+    return index_vs._kth_largest(keys, counts)
+
+  def radix_multi(keys):
+    digits = jnp.arange(1, 16, dtype=jnp.uint32)
+    lo = jnp.zeros(keys.shape[:-1], jnp.uint32)
+    for shift in range(28, -1, -4):
+      cand = lo[..., None] + (digits << shift)
+      n_ge = jnp.stack([jnp.sum(keys >= cand[..., i:i + 1], axis=-1,
+                                dtype=jnp.int32) for i in range(15)], -1)
+      lo = lo + (jnp.sum(n_ge >= counts[..., None], axis=-1).astype(
+          jnp.uint32) << shift)
+    return lo
+
+  def bisect(keys):
+    lo = jnp.zeros(keys.shape[:-1], jnp.uint32)
+    for bit in range(31, -1, -1):
+      cand = lo | jnp.uint32(1 << bit)
+      ok = jnp.sum(keys >= cand[..., None], axis=-1) >= counts
+      lo = jnp.where(ok, cand, lo)
+    return lo
+
+  out = {}
+  ref = None
+  for name, fn, arg in (("diag_reshape", diag_reshape, lg),
+                        ("diag_gather", diag_gather, lg),
+                        ("diag_slices", diag_slices, lg),
+                        ("vertical", vertical, lg),
+                        ("radix", radix, keys),
+                        ("radix_multi", radix_multi, keys),
+                        ("bisect", bisect, keys)):
+    try:
+      o, r = _timed(fn, (arg,))
+      out[name] = r["median_ms"]
+      if name.startswith("diag"):
+        ref = o if ref is None else ref
+        out[name + "_maxdiff"] = float(jnp.max(jnp.abs(o - ref)))
+      if name in ("radix_multi", "bisect"):
+        out[name + "_same"] = bool(jnp.all(o == radix(keys)))
+    except Exception as e:  # noqa: BLE001
+      out[name] = f"{type(e).__name__}: {str(e)[:200]}"
+    print(name, out[name], flush=True)
+  return out
+
+
 def bench_model_indices(paths, n=32, kv=8, d=128, seed=0):
   """VS kernels on index sets recorded from SmolLM2's heads (npz files from
   experiments.model_head_indices), with synthetic q/k/v values, vs cuDNN."""
@@ -173,11 +269,16 @@ def main():
   ap.add_argument("--out", default="outputs")
   ap.add_argument("--kv-heads", type=int, default=8)
   ap.add_argument("--sweep", action="store_true")
+  ap.add_argument("--estimate-variants", action="store_true")
   ap.add_argument("--model-indices", nargs="*", default=None,
                   help="npz files from experiments.model_head_indices")
   args = ap.parse_args()
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
+  if args.estimate_variants:
+    res = estimate_variants()
+    (out / "estimate_variants.json").write_text(json.dumps(res, indent=1))
+    return
   if args.model_indices:
     rows = bench_model_indices(args.model_indices)
     (out / "gpu_vs_model_indices.json").write_text(json.dumps(
@@ -213,7 +314,7 @@ def sweep_variants(t=131072, n=32, kv=8, d=128, seed=0):
     ref, r = _timed(vertical_slash_attention, (q, k, v, lay), 3.0)
     print(name, "expanded", r["median_ms"], flush=True)
     out.append(dict(source=name, variant="expanded", ms=r["median_ms"]))
-    for warps, stages in ((4, 2), (4, 3), (8, 2), (4, 1)):
+    for warps, stages in ((4, 2), (4, 3)):
       cfg = Config(block_c=64, num_warps=warps, num_stages=stages)
       fn = functools.partial(vertical_slash_attention, config=cfg)
       try:

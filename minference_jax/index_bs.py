@@ -12,10 +12,16 @@ from minference_jax.index_vs import (
     check_prefill_qk,
     per_head_active,
     per_head_ints,
+    top_sorted_positions,
 )
 from pallas_kernels.layouts import BLOCK_SIZE, BlockSparseLayout
 
 _HIGHEST = jax.lax.Precision.HIGHEST
+# From this many query blocks (256K tokens at 64) the per-row radix top-k
+# beats lax.top_k on an H200 (N=32, top-100: 96 vs 164 ms at 512K, 366 vs
+# 636 ms at 1M; lax.top_k 1.5 / 9.4 ms vs radix 6.8 / 10.9 ms at 32K / 128K,
+# experiments/results/bench_kernels_h200_bs_radix.json and _k8.json).
+RADIX_MIN_BLOCKS = 4096
 
 
 def _mean_pool(x: jax.Array, block: int) -> jax.Array:
@@ -32,8 +38,8 @@ def _mean_pool(x: jax.Array, block: int) -> jax.Array:
   return x.reshape(b, nb, block, h, d).sum(axis=2) / block  # [B, nb, H, D]
 
 
-@functools.partial(jax.jit, static_argnames=("counts", "block"))
-def _bs_jit(q, k, counts, block):
+@functools.partial(jax.jit, static_argnames=("counts", "block", "radix"))
+def _bs_jit(q, k, counts, block, radix):
   b, t, n, _ = q.shape
   kv_heads = k.shape[2]
   g = n // kv_heads
@@ -52,14 +58,19 @@ def _bs_jit(q, k, counts, block):
         "bmd,bjd->bmj", q_h, k_h, precision=_HIGHEST
     )  # [B, Tb, Sb]
     scores = jnp.where(causal, scores, -jnp.inf)
-    # Stable top-k: masked blocks (-inf) come after all causal ones, so the
-    # first min(m + 1, count) entries are the row's top-count causal blocks.
-    _, idx = jax.lax.top_k(scores, kb)  # [B, Tb, KB] descending score
-    n_valid = jnp.minimum(rows + 1, count)  # [Tb]
+    # The row's top min(m + 1, count) causal blocks (ties to the lower
+    # block), ascending: masked blocks (-inf) rank below the m + 1 causal
+    # ones. Long inputs use the sort-free radix selection, short ones
+    # lax.top_k (fewer launches); both give the same set.
+    n_valid = jnp.minimum(rows + 1, count).astype(jnp.int32)  # [Tb]
     pad = jnp.arange(kb)[None, :] >= n_valid[:, None]  # [Tb, KB]
-    kept = jnp.sort(jnp.where(pad, nb, idx), axis=-1)
+    if radix:
+      kept = top_sorted_positions(scores, n_valid, kb, descending=False)
+    else:
+      _, idx = jax.lax.top_k(scores, kb)  # [B, Tb, KB] descending score
+      kept = jnp.sort(jnp.where(pad, nb, idx), axis=-1)
     kept = jnp.where(pad, rows[:, None], kept)  # padding: the row's own block
-    return kept.astype(jnp.int32), n_valid.astype(jnp.int32)
+    return kept.astype(jnp.int32), n_valid
 
   # One query head at a time: peak memory is one [B, Tb, Sb] score matrix.
   index, count = jax.lax.map(
@@ -118,4 +129,5 @@ def block_sparse_indices(
   on = per_head_active(active, n)
   n_blocks = -(-t // block)
   counts = tuple(min(kk, n_blocks) if a else 0 for kk, a in zip(budget, on))
-  return _bs_jit(q, k, counts=counts, block=block)
+  return _bs_jit(q, k, counts=counts, block=block,
+                 radix=n_blocks >= RADIX_MIN_BLOCKS)

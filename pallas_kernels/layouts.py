@@ -74,18 +74,23 @@ class VerticalSlashChainLayout:
   - windows: j = window_next[b, n, e + bs]; while j > 0: the key window
     [e - j, e - j + bs), then j = window_next[b, n, j]. Windows come out
     disjoint with ascending starts; they get the causal and sequence-end
-    masks, and inside them keys c < r0 that are verticals are skipped
-    (they belong to the column set, so no key is counted twice).
-  - columns: vertical[b, n, :vertical_prefix[b, n, r0]], i.e. every vertical
-    left of the row block (ascending, no mask needed).
+    masks. Walked by runs of contiguous windows (what the kernel does):
+    from j, the run_length[j] windows [e - j + i * bs, ... + bs), then
+    j = run_next[j].
+  - columns: the verticals left of the row block,
+    vertical[b, n, :vertical_prefix[b, n, r0]] (ascending), except those
+    inside a window.
   The key set equals `VerticalSlashLayout`'s for indices that contain slash
   offset 0 (which `vertical_slash_indices` guarantees): there, windows cover
-  the row block's own columns [r0, e), and a vertical left of r0 is either
-  inside a window or a column.
+  the row block's own columns [r0, e), so every vertical right of r0 that
+  matters is inside a window.
 
   Fields:
     window_next:     Int[B, N, S + bs + 1], values in [0, S + bs]; entry 0
                      ("stop") is 0 and window_next[j] < j.
+    run_length:      Int[B, N, S + bs + 1], >= 1: windows in the run of
+                     contiguous windows that starts at window j.
+    run_next:        Int[B, N, S + bs + 1]: window_next after that run.
     vertical:        Int[B, N, NV], ascending where valid, in [0, S).
     vertical_prefix: Int[B, N, S + bs + 1]: number of valid verticals < c
                      (constant for c >= S); the count of row block m's
@@ -94,6 +99,8 @@ class VerticalSlashChainLayout:
   """
 
   window_next: Int[Array, "B N Y"]
+  run_length: Int[Array, "B N Y"]
+  run_next: Int[Array, "B N Y"]
   vertical: Int[Array, "B N NV"]
   vertical_prefix: Int[Array, "B N Y"]
   block_size: int = dataclasses.field(

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import numpy_reference as ref
+from minference_jax import index_bs
 from minference_jax.index import (
     VerticalSlashIndices,
     a_shape_layout,
@@ -322,9 +323,12 @@ def test_vs_end_to_end_cover_under_jit(t, heads):
     t=st.sampled_from([30, 64, 130, 257]),
     block=st.sampled_from([64, 16]),
     per_head=st.booleans(),
+    radix=st.booleans(),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_block_sparse_matches_reference(b, heads, t, block, per_head, seed):
+def test_block_sparse_matches_reference(b, heads, t, block, per_head, radix,
+                                        seed):
+  """Both selections (lax.top_k for short inputs, radix for long ones)."""
   n, kv = heads
   rng = np.random.default_rng(seed)
   q, k = structured_qk(rng, b, t, n, kv)
@@ -334,9 +338,14 @@ def test_block_sparse_matches_reference(b, heads, t, block, per_head, seed):
     active = tuple(bool(x) for x in rng.random(n) < 0.75)
   else:
     top_k, active = int(rng.integers(1, nb + 3)), None
-  layout = block_sparse_indices(
-      jnp.asarray(q), jnp.asarray(k), top_k, block, active=active
-  )
+  saved = index_bs.RADIX_MIN_BLOCKS
+  index_bs.RADIX_MIN_BLOCKS = 1 if radix else 1 << 40
+  try:
+    layout = block_sparse_indices(
+        jnp.asarray(q), jnp.asarray(k), top_k, block, active=active
+    )
+  finally:
+    index_bs.RADIX_MIN_BLOCKS = saved
   count, index = np.asarray(layout.block_count), np.asarray(layout.block_index)
   assert layout.block_size == block and index.dtype == np.int32
   assert count.shape == (b, n, nb)

@@ -45,9 +45,9 @@ def _cases(b, t, n, kv, d, dtype, n_slash=96, n_vert=80, top_k=7):
   def vs(q, k, v, c, o, cc, ci):
     return vertical_slash_attention(q, k, v, VerticalSlashLayout(c, o, cc, ci))
 
-  def vs_chain(q, k, v, nxt, vert, prefix):
-    return vertical_slash_attention(
-        q, k, v, VerticalSlashChainLayout(nxt, vert, prefix))
+  def vs_chain(q, k, v, nxt, run_length, run_next, vert, prefix):
+    return vertical_slash_attention(q, k, v, VerticalSlashChainLayout(
+        nxt, run_length, run_next, vert, prefix))
 
   def bsp(q, k, v, c, i):
     return block_sparse_attention(q, k, v, BlockSparseLayout(c, i))
@@ -61,7 +61,7 @@ def _cases(b, t, n, kv, d, dtype, n_slash=96, n_vert=80, top_k=7):
       ("vertical_slash", vs, (q, k, k, _i32(b, n, tb), _i32(b, n, tb, n_slash),
                               _i32(b, n, tb), _i32(b, n, tb, n_vert))),
       ("vertical_slash_chain", vs_chain,
-       (q, k, k, _i32(b, n, t + 65), _i32(b, n, n_vert),
+       (q, k, k, *[_i32(b, n, t + 65)] * 3, _i32(b, n, n_vert),
         _i32(b, n, t + 65))),
       ("block_sparse", bsp, (q, k, k, _i32(b, n, tb), _i32(b, n, tb, top_k))),
   ]

@@ -166,9 +166,10 @@ def vertical_slash_attention(
   if config is None:
     config = Config.get_default(q.shape[-1])
   if isinstance(layout, VerticalSlashChainLayout):
-    return chain_fwd(q, k, v, layout.window_next, layout.vertical,
-                     layout.vertical_prefix, block_size=layout.block_size,
-                     config=config, interpret=interpret)
+    return chain_fwd(q, k, v, layout.window_next, layout.run_length,
+                     layout.run_next, layout.vertical, layout.vertical_prefix,
+                     block_size=layout.block_size, config=config,
+                     interpret=interpret)
   return _fwd(q, k, v, layout.block_count, layout.block_offset,
               layout.column_count, layout.column_index,
               block_size=layout.block_size, config=config,
