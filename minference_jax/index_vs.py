@@ -213,27 +213,57 @@ def _sortable_key(x: jax.Array) -> jax.Array:
   return jnp.where(negative, ~bits, bits | jnp.uint32(1 << 31))
 
 
+def _radix_digit(keys, counts, lo, shift: int, count_ge):
+  """One 4-bit radix pass: the largest candidate lo + d << shift (d <= 15)
+  with at least `counts` keys >= it. count_ge(keys, cand [..., 15]) counts
+  the keys >= each candidate -> [..., 15] int32."""
+  digits = jnp.arange(1, 16, dtype=jnp.uint32)  # [15]
+  cand = lo[..., None] + (digits << shift)  # [..., 15], no overflow
+  n_ge = count_ge(keys, cand)  # [..., 15]
+  return lo + (jnp.sum(n_ge >= counts[..., None], axis=-1).astype(
+      jnp.uint32) << shift)
+
+
+def _count_ge_broadcast(keys, cand):
+  """One [..., 15, S] compare-and-reduce (small HLO, fast to compile)."""
+  return jnp.sum(keys[..., None, :] >= cand[..., None], axis=-1,
+                 dtype=jnp.int32)
+
+
+def _count_ge_siblings(keys, cand):
+  """15 sibling row reductions of the same keys, which XLA:GPU fuses into
+  one multi-output pass (2x faster than the broadcast form on an H200 at
+  1M tokens, experiments/results/vs_estimate_variants_h200.json) but which
+  compile slowly on CPU."""
+  return jnp.stack([
+      jnp.sum(keys >= cand[..., i : i + 1], axis=-1, dtype=jnp.int32)
+      for i in range(cand.shape[-1])
+  ], axis=-1)
+
+
+def _kth_largest_with(keys, counts, count_ge):
+  lo = jnp.zeros(keys.shape[:-1], jnp.uint32)  # count(keys >= lo) >= counts
+  for shift in range(28, -1, -4):  # 8 static passes
+    lo = _radix_digit(keys, counts, lo, shift, count_ge)
+  return lo
+
+
 def _kth_largest(keys: jax.Array, counts: jax.Array) -> jax.Array:
   """The counts-th largest value of keys [..., S] (uint32), per row.
 
   A radix search from the top: 8 passes fix 4 bits each; a pass counts, for
   15 candidate thresholds at once, how many keys are >= each and keeps the
   largest candidate with at least `counts` keys above it. Reads the keys 8
-  times, no sort. counts [...] int32 in [1, S].
+  times, no sort. counts [...] int32 in [1, S]. The counting form is chosen
+  per platform (the same result): sibling reductions on CUDA, one
+  broadcast reduction elsewhere.
   """
-  digits = jnp.arange(1, 16, dtype=jnp.uint32)  # [15]
-  lo = jnp.zeros(keys.shape[:-1], jnp.uint32)  # count(keys >= lo) >= counts
-  for shift in range(28, -1, -4):  # 8 static passes
-    cand = lo[..., None] + (digits << shift)  # [..., 15], no overflow
-    # 15 sibling row reductions of the same keys: XLA fuses them into one
-    # multi-output pass (2x faster on an H200 than one [..., 15, S] reduce).
-    n_ge = jnp.stack([
-        jnp.sum(keys >= cand[..., i : i + 1], axis=-1, dtype=jnp.int32)
-        for i in range(15)
-    ], axis=-1)  # [..., 15]
-    lo = lo + (jnp.sum(n_ge >= counts[..., None], axis=-1).astype(
-        jnp.uint32) << shift)
-  return lo
+  return jax.lax.platform_dependent(
+      keys, counts,
+      cuda=functools.partial(_kth_largest_with, count_ge=_count_ge_siblings),
+      default=functools.partial(_kth_largest_with,
+                                count_ge=_count_ge_broadcast),
+  )
 
 
 def top_sorted_positions(scores, counts, k_max: int, descending: bool):

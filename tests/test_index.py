@@ -315,6 +315,25 @@ def test_vs_end_to_end_cover_under_jit(t, heads):
   check_layout_properties(layout, indices, t)
 
 
+def test_radix_select_forms_agree_with_a_sort():
+  """Both counting forms of the radix k-th largest (the CUDA and the default
+  one) equal the k-th largest from a sort, with heavy ties and extremes."""
+  from minference_jax import index_vs
+
+  rng = np.random.default_rng()
+  keys = rng.integers(0, 2**32, (3, 5, 257), dtype=np.uint64)
+  keys[0] = rng.integers(0, 4, (5, 257))  # mostly ties
+  keys[1, :, :9] = 2**32 - 1  # forced (+inf-like) entries
+  keys = jnp.asarray(keys.astype(np.uint32))
+  counts = jnp.asarray(rng.integers(1, 258, (3, 5)), jnp.int32)
+  want = -np.sort(-np.asarray(keys).astype(np.int64), axis=-1)
+  want = np.take_along_axis(want, np.asarray(counts)[..., None] - 1, -1)[..., 0]
+  for count_ge in (index_vs._count_ge_broadcast, index_vs._count_ge_siblings):
+    got = index_vs._kth_largest_with(keys, counts, count_ge)
+    np.testing.assert_array_equal(np.asarray(got).astype(np.int64), want,
+                                  err_msg=count_ge.__name__)
+
+
 # ---------------------------------------------------------- block-sparse
 @SETTINGS
 @given(
