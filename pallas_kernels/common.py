@@ -286,6 +286,30 @@ def attend(
   return SoftmaxState(m_new, l_new, acc)
 
 
+def attend_tile(
+    state: SoftmaxState, q: jax.Array, k_ref, v_ref, start, size: int, *,
+    d: int, d_pad: int, precision: lax.Precision,
+    causal_rows: jax.Array | None = None, t: int | None = None,
+) -> SoftmaxState:
+  """One online-softmax step over the contiguous keys [start, start + size).
+
+  Without `causal_rows` the tile is mask-free (every key is before every
+  row and inside the sequence). With `causal_rows` [rows] (absolute query
+  positions) and the sequence length `t`, keys after a row or at/after `t`
+  are masked (and not loaded).
+  """
+  if causal_rows is None:
+    k = load_rows(k_ref, start, size, d, d_pad, None)
+    v = load_rows(v_ref, start, size, d, d_pad, None)
+    return attend(state, q, k, v, None, precision)
+  cols = start + iota(size)  # [size]
+  col_ok = cols < t
+  k = load_rows(k_ref, start, size, d, d_pad, col_ok)
+  v = load_rows(v_ref, start, size, d, d_pad, col_ok)
+  mask = cols[None, :] <= causal_rows[:, None]  # [rows, size]
+  return attend(state, q, k, v, mask, precision)
+
+
 def finish(state: SoftmaxState) -> jax.Array:
   """acc / l in f32; rows that saw no key (l == 0) become 0."""
   has_keys = state.l > 0.0

@@ -35,20 +35,16 @@ def _kernel(block_count_ref, block_index_ref, q_ref, k_ref, v_ref, o_ref, *,
   has_diag = (count > 0) & (last == m)
   n_full = count - has_diag.astype(jnp.int32)
 
+  tile = functools.partial(common.attend_tile, q=q, k_ref=k_ref,
+                           v_ref=v_ref, size=bs, d=d, d_pad=d_pad,
+                           precision=precision)
+
   def full_block(j, st):
-    start = pl.multiple_of(block_index_ref[j] * bs, bs)
-    k = common.load_rows(k_ref, start, bs, d, d_pad, None)
-    v = common.load_rows(v_ref, start, bs, d, d_pad, None)
-    return common.attend(st, q, k, v, None, precision)
+    return tile(st, start=pl.multiple_of(block_index_ref[j] * bs, bs))
 
   def diag_block(j, st):
     start = pl.multiple_of(block_index_ref[j] * bs, bs)
-    cols = start + common.iota(bs)  # [bs]
-    col_ok = cols < t
-    k = common.load_rows(k_ref, start, bs, d, d_pad, col_ok)
-    v = common.load_rows(v_ref, start, bs, d, d_pad, col_ok)
-    mask = cols[None, :] <= rows[:, None]  # [bs, bs]
-    return common.attend(st, q, k, v, mask, precision)
+    return tile(st, start=start, causal_rows=rows, t=t)
 
   state = lax.fori_loop(0, n_full, full_block, state)
   state = lax.fori_loop(n_full, count, diag_block, state)

@@ -29,20 +29,16 @@ def _kernel(q_ref, k_ref, v_ref, o_ref, *, t, d, d_pad, block_q, block_k,
   q = common.load_q(q_ref, block_q, d, d_pad, scale, row_ok)  # [bq, Dp]
   state = common.init_state(block_q, d_pad)
 
+  tile = functools.partial(common.attend_tile, q=q, k_ref=k_ref,
+                           v_ref=v_ref, size=block_k, d=d, d_pad=d_pad,
+                           precision=precision)
+
   def full_step(j, st):
-    start = pl.multiple_of(j * block_k, block_k)
-    k = common.load_rows(k_ref, start, block_k, d, d_pad, None)
-    v = common.load_rows(v_ref, start, block_k, d, d_pad, None)
-    return common.attend(st, q, k, v, None, precision)
+    return tile(st, start=pl.multiple_of(j * block_k, block_k))
 
   def diag_step(j, st):
     start = pl.multiple_of(j * block_k, block_k)
-    cols = start + common.iota(block_k)  # [bk]
-    col_ok = cols < t
-    k = common.load_rows(k_ref, start, block_k, d, d_pad, col_ok)
-    v = common.load_rows(v_ref, start, block_k, d, d_pad, col_ok)
-    mask = cols[None, :] <= rows[:, None]  # [bq, bk]
-    return common.attend(st, q, k, v, mask, precision)
+    return tile(st, start=start, causal_rows=rows, t=t)
 
   # Tiles [0, n_full) end at or before row r0: every row sees all of them.
   n_full = common.idiv(r0 + 1, block_k)

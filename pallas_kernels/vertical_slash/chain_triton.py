@@ -41,20 +41,15 @@ def _kernel(next_ref, run_length_ref, run_next_ref, prefix_ref, vertical_ref,
   row_ok = rows < t if t % bs else None
   q = common.load_q(q_ref, bs, d, d_pad, scale, row_ok)  # [bs, Dp]
 
+  tile = functools.partial(common.attend_tile, q=q, k_ref=k_ref,
+                           v_ref=v_ref, size=bs, d=d, d_pad=d_pad,
+                           precision=precision)
+
   def free_window(first, i, st):
-    start = first + i * bs
-    k = common.load_rows(k_ref, start, bs, d, d_pad, None)
-    v = common.load_rows(v_ref, start, bs, d, d_pad, None)
-    return common.attend(st, q, k, v, None, precision)
+    return tile(st, start=first + i * bs)
 
   def masked_window(first, i, st):
-    start = first + i * bs
-    cols = start + common.iota(bs)  # [bs]
-    col_ok = cols < t
-    k = common.load_rows(k_ref, start, bs, d, d_pad, col_ok)
-    v = common.load_rows(v_ref, start, bs, d, d_pad, col_ok)
-    mask = cols[None, :] <= rows[:, None]  # [bs, bs]
-    return common.attend(st, q, k, v, mask, precision)
+    return tile(st, start=first + i * bs, causal_rows=rows, t=t)
 
   def run(carry):
     j, st = carry

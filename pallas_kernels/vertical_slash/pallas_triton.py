@@ -53,20 +53,15 @@ def _kernel(block_count_ref, block_offset_ref, column_count_ref,
       0, n_search, search, (jnp.int32(0), n_blocks)
   )
 
+  tile = functools.partial(common.attend_tile, q=q, k_ref=k_ref,
+                           v_ref=v_ref, size=bs, d=d, d_pad=d_pad,
+                           precision=precision)
+
   def free_window(j, st):
-    start = block_offset_ref[j]
-    k = common.load_rows(k_ref, start, bs, d, d_pad, None)
-    v = common.load_rows(v_ref, start, bs, d, d_pad, None)
-    return common.attend(st, q, k, v, None, precision)
+    return tile(st, start=block_offset_ref[j])
 
   def masked_window(j, st):
-    start = block_offset_ref[j]
-    cols = start + common.iota(bs)  # [bs]
-    col_ok = cols < t
-    k = common.load_rows(k_ref, start, bs, d, d_pad, col_ok)
-    v = common.load_rows(v_ref, start, bs, d, d_pad, col_ok)
-    mask = cols[None, :] <= rows[:, None]  # [bs, bs]
-    return common.attend(st, q, k, v, mask, precision)
+    return tile(st, start=block_offset_ref[j], causal_rows=rows, t=t)
 
   state = lax.fori_loop(0, n_free, free_window, state)
   state = lax.fori_loop(n_free, n_blocks, masked_window, state)
