@@ -403,6 +403,11 @@ def test_pallas_interpret_mixed_layer_matches_references():
   cfg = PatternConfig(layers=(_MIXED,))
   attn = make_attention(cfg, "pallas", interpret=True)
   _close(attn(q, k, v, layer_idx=0), expected)
+  # The O(T) chain layout gives the same layer.
+  chain = dataclasses.replace(attn, vs_layout="chain")
+  _close(chain(q, k, v, layer_idx=0), expected)
+  with pytest.raises(ValueError, match="vs_layout must be"):
+    dataclasses.replace(attn, vs_layout="runs")
   # An all-dense layer runs the Pallas flash kernel.
   dense_cfg = PatternConfig.uniform(Dense(), 1, 6)
   out = make_attention(dense_cfg, "pallas", interpret=True)(
