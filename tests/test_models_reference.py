@@ -6,12 +6,12 @@
 import json
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import safetensors.numpy
 
+from attention_reference import reference_attention
 from models.config import ModelConfig
 from models.llama import CausalLM
 from models.safetensors_io import load_safetensors
@@ -27,27 +27,6 @@ CASES = {
   "glm": "glm",
   "chatglm": "glm",
 }
-
-
-def reference_attention(q, k, v, *, layer_idx: int, q_offset: int = 0):
-  """Plain f32 causal GQA softmax attention (HIGHEST matmul precision).
-
-  q: [B, T, N, D]; k, v: [B, S, K, D]; query head n reads KV head n // G.
-  """
-  del layer_idx
-  b, t, n, d = q.shape
-  s, kh = k.shape[1], k.shape[2]
-  hi = jax.lax.Precision.HIGHEST
-  qg = q.astype(jnp.float32).reshape(b, t, kh, n // kh, d)  # [B, T, K, G, D]
-  scores = jnp.einsum(
-    "btkgd,bskd->bkgts", qg, k.astype(jnp.float32), precision=hi
-  ) / np.sqrt(d)  # [B, K, G, T, S]
-  allowed = (q_offset + jnp.arange(t))[:, None] >= jnp.arange(s)[None, :]
-  probs = jax.nn.softmax(jnp.where(allowed, scores, -1e30), axis=-1)
-  out = jnp.einsum(
-    "bkgts,bskd->btkgd", probs, v.astype(jnp.float32), precision=hi
-  )
-  return out.reshape(b, t, n, d).astype(q.dtype)
 
 
 def _expected(name: str) -> dict[str, np.ndarray]:
