@@ -18,6 +18,7 @@ Conventions used by every kernel in this package:
   so every load or store that may cross the sequence end is masked here.
 """
 
+import dataclasses
 import math
 from typing import NamedTuple
 
@@ -346,6 +347,31 @@ def check_launch(num_warps: int, num_stages: int) -> None:
     raise ValueError(f"num_stages must be an int, got {num_stages!r}")
   if num_stages < 1:
     raise ValueError(f"num_stages={num_stages} must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TileConfig:
+  """Tile sizes and Triton launch knobs of a dense-tiled kernel.
+
+  The per-op `Config`s of `flash` and `a_shape` subclass it with their own
+  defaults and `get_default`.
+
+  Attributes:
+    block_q: query rows per program (power of two >= 16).
+    block_k: key rows per inner step (power of two >= 16).
+    num_warps: Triton warps per program.
+    num_stages: Triton software-pipelining depth of the key loops.
+  """
+
+  block_q: int = 64
+  block_k: int = 64
+  num_warps: int = 4
+  num_stages: int = 3
+
+  def __post_init__(self):
+    check_block("block_q", self.block_q)
+    check_block("block_k", self.block_k)
+    check_launch(self.num_warps, self.num_stages)
 
 
 def pad_short_kv(

@@ -2,29 +2,15 @@
 
 import dataclasses
 
-from pallas_kernels.common import check_block, check_launch
+from pallas_kernels.common import TileConfig
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class Config:
-  """Tile sizes and Triton launch knobs of `flash_attention`.
-
-  Attributes:
-    block_q: query rows per program (power of two >= 16).
-    block_k: key rows per inner step (power of two >= 16).
-    num_warps: Triton warps per program.
-    num_stages: Triton software-pipelining depth of the key loop.
-  """
+class Config(TileConfig):
+  """Tile sizes and Triton launch knobs of `flash_attention` (TileConfig)."""
 
   block_q: int = 128
-  block_k: int = 64
   num_warps: int = 8
-  num_stages: int = 3
-
-  def __post_init__(self):
-    check_block("block_q", self.block_q)
-    check_block("block_k", self.block_k)
-    check_launch(self.num_warps, self.num_stages)
 
   @classmethod
   def get_default(cls, head_dim: int = 128) -> "Config":
