@@ -39,32 +39,21 @@ def _timed(fn, args, budget_s=2.0):
 
 def _index_parts(q, k, nv, ns):
   """Separately jitted stages of vertical_slash_indices (same maths)."""
-  b, t, n, d = q.shape
-  kv = k.shape[2]
-  g = n // kv
-  last = 64
-
-  def logits_fn(q, k):
-    q_last = q[:, t - last:].reshape(b, last, kv, g, d)
-    lg = jnp.einsum("blkgd,bskd->bkgls", q_last, k,
-                    preferred_element_type=jnp.float32) * (d**-0.5)
-    return lg.astype(q.dtype).reshape(b, n, last, t)
-
-  rows = t - last + jnp.arange(last)
-  visible = jnp.arange(t)[None, :] <= rows[:, None]
-  stats = lambda lg: index_vs._softmax_stats(lg, visible)
-  lines = lambda lg, m, z: index_vs._line_scores(lg, visible, m, z)
+  n = q.shape[2]
+  logits_fn = functools.partial(index_vs.last_q_logits, last_q=64)
+  stats = index_vs._softmax_stats
+  lines = index_vs._line_scores
   counts = jnp.full((n,), ns, jnp.int32)
-  select = lambda s: index_vs._top_sorted(s, counts, ns, True)
+  select = lambda s: index_vs.top_sorted_positions(s, counts, ns, True)
 
   def topk_select(s):
     _, idx = jax.lax.top_k(s, ns)
     return jnp.sort(idx, axis=-1)
 
   out = {}
-  lg, out["logits"] = _timed(logits_fn, (q, k))
-  (m, z), out["softmax_stats"] = _timed(stats, (lg,))
-  (vert, slash), out["line_scores"] = _timed(lines, (lg, m, z))
+  (lg, visible), out["logits"] = _timed(logits_fn, (q, k))
+  (m, z), out["softmax_stats"] = _timed(stats, (lg, visible))
+  (_, slash), out["line_scores"] = _timed(lines, (lg, visible, m, z))
   _, out["select_radix_slash"] = _timed(select, (slash,))
   _, out["select_lax_top_k_slash"] = _timed(topk_select, (slash,))
   return {key: r["median_ms"] for key, r in out.items()}
@@ -135,13 +124,7 @@ def estimate_variants(t=1048576, n=32, kv=8, d=128, seed=0):
                               num_kv_heads=kv, head_dim=d, dtype=jnp.bfloat16)
   q, k = jax.block_until_ready((s.q, s.k))
   last = 64
-  g = n // kv
-  q_last = q[:, t - last:].reshape(1, last, kv, g, d)
-  lg = jax.block_until_ready((jnp.einsum(
-      "blkgd,bskd->bkgls", q_last, k, preferred_element_type=jnp.float32)
-      * d**-0.5).astype(jnp.bfloat16).reshape(1, n, last, t))
-  rows = t - last + jnp.arange(last)
-  visible = jnp.arange(t)[None, :] <= rows[:, None]
+  lg, visible = jax.block_until_ready(index_vs.last_q_logits(q, k, last))
   m, z = index_vs._softmax_stats(lg, visible)
 
   def probs(lg):
@@ -174,19 +157,13 @@ def estimate_variants(t=1048576, n=32, kv=8, d=128, seed=0):
   keys = index_vs._sortable_key(slash)
   counts = jnp.full(keys.shape[:-1], 6096, jnp.int32)
 
-  def radix(keys):
-    return index_vs._kth_largest(keys, counts)
+  def radix(keys):  # one [..., 15, S] compare-and-reduce per pass
+    return index_vs._kth_largest_with(keys, counts,
+                                      index_vs._count_ge_broadcast)
 
-  def radix_multi(keys):
-    digits = jnp.arange(1, 16, dtype=jnp.uint32)
-    lo = jnp.zeros(keys.shape[:-1], jnp.uint32)
-    for shift in range(28, -1, -4):
-      cand = lo[..., None] + (digits << shift)
-      n_ge = jnp.stack([jnp.sum(keys >= cand[..., i:i + 1], axis=-1,
-                                dtype=jnp.int32) for i in range(15)], -1)
-      lo = lo + (jnp.sum(n_ge >= counts[..., None], axis=-1).astype(
-          jnp.uint32) << shift)
-    return lo
+  def radix_multi(keys):  # 15 sibling reductions per pass
+    return index_vs._kth_largest_with(keys, counts,
+                                      index_vs._count_ge_siblings)
 
   def bisect(keys):
     lo = jnp.zeros(keys.shape[:-1], jnp.uint32)

@@ -309,27 +309,38 @@ def top_sorted_positions(scores, counts, k_max: int, descending: bool):
   return jnp.where(pad, s - 1, asc).astype(jnp.int32)
 
 
-@functools.partial(
-    jax.jit, static_argnames=("v_counts", "s_counts", "last_q")
-)
-def _vs_indices_jit(q, k, v_counts, s_counts, last_q):
+def last_q_logits(q, k, last_q: int):
+  """Logits of the last `last_q` queries against all keys, and their mask.
+
+  In the input dtype, as MInference computes them (f32 inputs at HIGHEST
+  precision); GQA through the einsum's K axis, K is never repeated.
+
+  Returns:
+    logits [B, N, L, S] (unmasked) and visible [L, S], the causal mask of
+    the L x L corner (row i sits at absolute position S - L + i).
+  """
   b, t, n, d = q.shape
   kv_heads = k.shape[2]
-  g = n // kv_heads
-  nv, ns = max(max(v_counts), 1), max(max(s_counts), 1)
-  q_last = q[:, t - last_q :].reshape(b, last_q, kv_heads, g, d)
+  q_last = q[:, t - last_q :].reshape(b, last_q, kv_heads, n // kv_heads, d)
   rows = t - last_q + jnp.arange(last_q)  # [L] absolute query positions
-  cols = jnp.arange(t)  # [S]
-  visible = cols[None, :] <= rows[:, None]  # [L, S] causal (the corner)
+  visible = jnp.arange(t)[None, :] <= rows[:, None]  # [L, S]
   precision = (_HIGHEST if q.dtype == jnp.float32
                else jax.lax.Precision.DEFAULT)
-  # Logits in the input dtype, as MInference computes them (f32 stays f32);
-  # GQA through the einsum's K axis, K is never repeated.
   logits = jnp.einsum(
       "blkgd,bskd->bkgls", q_last, k, precision=precision,
       preferred_element_type=jnp.float32,
   ) * (d**-0.5)  # [B, K, G, L, S]
-  logits = logits.astype(q.dtype).reshape(b, n, last_q, t)  # [B, N, L, S]
+  return logits.astype(q.dtype).reshape(b, n, last_q, t), visible
+
+
+@functools.partial(
+    jax.jit, static_argnames=("v_counts", "s_counts", "last_q")
+)
+def _vs_indices_jit(q, k, v_counts, s_counts, last_q):
+  b, t, n, _ = q.shape
+  nv, ns = max(max(v_counts), 1), max(max(s_counts), 1)
+  logits, visible = last_q_logits(q, k, last_q)  # [B, N, L, S], [L, S]
+  cols = jnp.arange(t)  # [S]
   m, z = _softmax_stats(logits, visible)  # [B, N, L]
   vertical, slash = _line_scores(logits, visible, m, z)  # [B, N, S] f32
   vertical = jnp.where(cols < VS_MIN_VERTICAL, jnp.inf, vertical)
