@@ -245,14 +245,18 @@ def check_layout_properties(layout, indices, t):
   assert not missing.any(), np.argwhere(missing)[:5]
 
 
-@SETTINGS
-@given(
+# Random index sets for the layout builders (both layout forms).
+LAYOUT_CASES = given(
     b=st.sampled_from([1, 2]),
     n=st.sampled_from([1, 3]),
     t=st.sampled_from([10, 64, 150, 300]),
     bs=st.sampled_from([64, 16]),
     seed=st.integers(0, 2**31 - 1),
 )
+
+
+@SETTINGS
+@LAYOUT_CASES
 def test_vs_layout_covers_exact_mask(b, n, t, bs, seed):
   rng = np.random.default_rng(seed)
   indices = random_indices(rng, b, n, t, force_zero=True)
@@ -261,13 +265,7 @@ def test_vs_layout_covers_exact_mask(b, n, t, bs, seed):
 
 
 @SETTINGS
-@given(
-    b=st.sampled_from([1, 2]),
-    n=st.sampled_from([1, 3]),
-    t=st.sampled_from([10, 64, 150, 300]),
-    bs=st.sampled_from([64, 16]),
-    seed=st.integers(0, 2**31 - 1),
-)
+@LAYOUT_CASES
 def test_vs_chain_layout_has_the_expanded_key_set(b, n, t, bs, seed):
   """The O(T) chain layout reads back to exactly the expanded key set."""
   rng = np.random.default_rng(seed)
@@ -281,6 +279,17 @@ def test_vs_chain_layout_has_the_expanded_key_set(b, n, t, bs, seed):
   prefix = np.asarray(chain.vertical_prefix)
   assert (np.diff(prefix, axis=-1) >= 0).all() and (prefix[..., 0] == 0).all()
   np.testing.assert_array_equal(prefix[..., -1], indices.vertical_count)
+  # Runs: window j continues its run iff its successor is the adjacent
+  # window j - bs; run_next is the successor of the run's last window.
+  j = np.arange(1, size)
+  length = np.asarray(chain.run_length)[..., 1:]
+  adjacent = (nxt[..., 1:] == j - bs) & (j - bs > 0)
+  below = np.asarray(chain.run_length)[..., np.maximum(j - bs, 0)]
+  np.testing.assert_array_equal(length, 1 + np.where(adjacent, below, 0))
+  last = j - (length - 1) * bs
+  np.testing.assert_array_equal(
+      np.asarray(chain.run_next)[..., 1:],
+      np.take_along_axis(nxt, last, axis=-1), err_msg=f"seed={seed}")
   want = vertical_slash_mask(vertical_slash_layout(indices, t, bs), t, t)
   got = vertical_slash_chain_mask(chain, t, t)
   np.testing.assert_array_equal(np.asarray(got), np.asarray(want),
