@@ -285,7 +285,7 @@ class MInferenceAttention:
     vs_layout: Vertical-Slash layout for the "pallas" backend: "expanded"
       (`vertical_slash_layout`, [B, N, Tb, NS] int32, the faster kernel)
       or "chain" (`vertical_slash_chain_layout`, O(T) per head: about 15 GB
-      less index memory per layer at 1M tokens, a 1.3-1.5x slower kernel on
+      less index memory per layer at 1M tokens, a 1.3-1.6x slower kernel on
       an H200). The "xla" backend always uses the expanded layout.
   """
 
