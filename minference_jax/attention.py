@@ -287,6 +287,8 @@ class MInferenceAttention:
       or "chain" (`vertical_slash_chain_layout`, O(T) per head: about 15 GB
       less index memory per layer at 1M tokens, a 1.3-1.6x slower kernel on
       an H200). The "xla" backend always uses the expanded layout.
+      The "pallas" backend also scores the Vertical-Slash estimate with the
+      fused kernel (`vertical_slash_indices(scores="pallas")`).
   """
 
   pattern_config: PatternConfig | Pattern
@@ -434,6 +436,7 @@ class MInferenceAttention:
         indices = vertical_slash_indices(
             q, k, group.values("n_vertical"), group.values("n_slash"),
             last_q, active=group.active,
+            scores="pallas" if pallas else "xla", interpret=self.interpret,
         )
         chain = pallas and self.vs_layout == "chain"
         layout = (vertical_slash_chain_layout if chain

@@ -333,16 +333,37 @@ def last_q_logits(q, k, last_q: int):
   return logits.astype(q.dtype).reshape(b, n, last_q, t), visible
 
 
+def line_scores_xla(q, k, last_q: int):
+  """Vertical and slash scores [B, N, S] f32 of the last `last_q` queries
+  (nothing forced): the plain-JAX form, and the reference of the fused
+  Pallas kernel `pallas_kernels.vs_estimate.vs_line_scores`."""
+  logits, visible = last_q_logits(q, k, last_q)  # [B, N, L, S], [L, S]
+  m, z = _softmax_stats(logits, visible)  # [B, N, L]
+  return _line_scores(logits, visible, m, z)
+
+
+# Largest last_q the fused Pallas scores take (its rows are one register tile).
+PALLAS_SCORES_MAX_LAST_Q = 128
+
+
+def _line_scores_with(scores: str, interpret: bool):
+  if scores == "pallas":
+    from pallas_kernels.vs_estimate import vs_line_scores
+
+    return functools.partial(vs_line_scores, interpret=interpret)
+  return line_scores_xla
+
+
 @functools.partial(
-    jax.jit, static_argnames=("v_counts", "s_counts", "last_q")
+    jax.jit,
+    static_argnames=("v_counts", "s_counts", "last_q", "scores", "interpret"),
 )
-def _vs_indices_jit(q, k, v_counts, s_counts, last_q):
+def _vs_indices_jit(q, k, v_counts, s_counts, last_q, scores, interpret):
   b, t, n, _ = q.shape
   nv, ns = max(max(v_counts), 1), max(max(s_counts), 1)
-  logits, visible = last_q_logits(q, k, last_q)  # [B, N, L, S], [L, S]
+  vertical, slash = _line_scores_with(scores, interpret)(
+      q, k, last_q)  # [B, N, S] f32 each
   cols = jnp.arange(t)  # [S]
-  m, z = _softmax_stats(logits, visible)  # [B, N, L]
-  vertical, slash = _line_scores(logits, visible, m, z)  # [B, N, S] f32
   vertical = jnp.where(cols < VS_MIN_VERTICAL, jnp.inf, vertical)
   slash = jnp.where(cols < VS_FORCED_SLASH_OFFSETS, jnp.inf, slash)
   v_cnt = jnp.asarray(v_counts, jnp.int32)  # [N]
@@ -364,6 +385,8 @@ def vertical_slash_indices(
     last_q: int = VS_LAST_Q,
     *,
     active: Sequence[bool] | None = None,
+    scores: str = "xla",
+    interpret: bool = False,
 ) -> VerticalSlashIndices:
   """MInference's online Vertical-Slash estimate (exact semantics).
 
@@ -388,6 +411,12 @@ def vertical_slash_indices(
     n_slash: slash budget, an int or a static per-head tuple.
     last_q: number of trailing queries used for the estimate.
     active: static per-head tuple of bools; inactive heads get counts 0.
+    scores: how step 2-3's scores are computed: "xla" (`line_scores_xla`,
+      peak memory [B, N, L, S]) or "pallas" (the fused GPU kernel
+      `pallas_kernels.vs_estimate.vs_line_scores`, K read twice, no
+      [L, S] array; same scores up to f32 summation order). "pallas" with
+      last_q > PALLAS_SCORES_MAX_LAST_Q uses "xla".
+    interpret: run the "pallas" scores in interpret mode (CPU tests).
 
   Returns:
     VerticalSlashIndices with NV / NS = the largest clamped budget over the
@@ -396,9 +425,11 @@ def vertical_slash_indices(
   Raises:
     TypeError: non-int budgets or last_q, non-bool `active`, non-float q/k.
     ValueError: inconsistent shapes, T != S, negative budgets, per-head tuples
-      of the wrong length.
+      of the wrong length, an unknown `scores`.
   """
   _, t, n, _, _ = check_prefill_qk(q, k)
+  if scores not in ("xla", "pallas"):
+    raise ValueError(f"scores must be 'xla' or 'pallas', got {scores!r}")
   v_budget = per_head_ints("n_vertical", n_vertical, n)
   s_budget = per_head_ints("n_slash", n_slash, n)
   last_q = min(_check_int("last_q", last_q, 1), t)
@@ -410,8 +441,11 @@ def vertical_slash_indices(
   s_counts = tuple(
       min(t, max(s, VS_MIN_SLASH)) if a else 0 for s, a in zip(s_budget, on)
   )
+  if last_q > PALLAS_SCORES_MAX_LAST_Q:
+    scores = "xla"
   return _vs_indices_jit(
-      q, k, v_counts=v_counts, s_counts=s_counts, last_q=last_q
+      q, k, v_counts=v_counts, s_counts=s_counts, last_q=last_q,
+      scores=scores, interpret=bool(interpret) and scores == "pallas",
   )
 
 

@@ -24,6 +24,8 @@ from pallas_kernels.layouts import (
     VerticalSlashLayout,
 )
 from pallas_kernels.vertical_slash import vertical_slash_attention
+from pallas_kernels.vs_estimate import Config as EstimateConfig
+from pallas_kernels.vs_estimate import vs_line_scores
 
 jax_triton_lowering = pytest.importorskip(
     "jax._src.pallas.triton.lowering",
@@ -159,3 +161,29 @@ def test_one_million_tokens_32_heads_use_64_bit_offsets():
       assert widths.get(arg) == {"64"}, (
           f"{name}: offsets into {arg} use widths {widths.get(arg)}"
       )
+
+
+@pytest.mark.parametrize("device_kind", ["NVIDIA A100", "NVIDIA H200"])
+@pytest.mark.parametrize("t,n,kv,d,last_q,block_k", [
+    (1000, 4, 2, 128, 64, 64), (333, 6, 2, 96, 50, 128), (200, 2, 1, 64, 16, 16),
+])
+def test_vs_estimate_lowers_for_gpu(device_kind, t, n, kv, d, last_q,
+                                    block_k):
+  """Both estimate launches lower; the scores launch holds the CTA barriers
+  around its scratch round trip (which interpret mode cannot check)."""
+  q = jax.ShapeDtypeStruct((1, t, n, d), jnp.bfloat16)
+  k = jax.ShapeDtypeStruct((1, t, kv, d), jnp.bfloat16)
+  fn = lambda q, k: vs_line_scores(q, k, last_q,
+                                   config=EstimateConfig(block_k=block_k))
+  stats, scores = _triton_modules(_lower_for_gpu(fn, (q, k), device_kind))
+  assert "tt.dot" in stats and "tt.dot" in scores
+  assert "gpu.barrier" not in stats
+  assert scores.count("gpu.barrier") == 2
+
+
+def test_vs_estimate_one_million_tokens_use_64_bit_key_offsets():
+  """K at 1M tokens x 32 KV heads x 128 is 8 GiB: 64-bit offsets into it."""
+  q = jax.ShapeDtypeStruct((1, 1 << 20, 32, 128), jnp.bfloat16)
+  fn = lambda q, k: vs_line_scores(q, k, 64)
+  for module in _triton_modules(_lower_for_gpu(fn, (q, q), "NVIDIA H200")):
+    assert _offset_widths(module).get("%arg1") == {"64"}
