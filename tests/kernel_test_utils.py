@@ -178,3 +178,19 @@ def check_bs_layout(layout: BlockSparseLayout) -> None:
     assert cnt[idx] <= min(m + 1, ind.shape[-1])
     assert (np.diff(blocks) > 0).all() and (blocks >= 0).all()
     assert (blocks <= m).all(), (idx, blocks)
+
+
+def lower_for_gpu(fn, args, device_kind: str = "NVIDIA H200"):
+  """Cross-lowers jit(fn) for an abstract GPU (e.g. "NVIDIA A100") on CPU:
+  the full Pallas -> Triton / Mosaic GPU lowering, no ptxas (that runs only
+  on a GPU), so GPU-only errors fail in CI (reference/jax_pallas.md §4)."""
+  import jax
+  from jax.sharding import AbstractDevice, AbstractMesh, AxisType
+
+  mesh = AbstractMesh(
+      (1,), ("x",), (AxisType.Explicit,),
+      abstract_device=AbstractDevice(device_kind=device_kind,
+                                     num_cores=None, platform="gpu"),
+  )
+  with jax.sharding.use_abstract_mesh(mesh):
+    return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",))

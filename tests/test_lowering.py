@@ -12,7 +12,8 @@ import re
 import jax
 import jax.numpy as jnp
 import pytest
-from jax.sharding import AbstractDevice, AbstractMesh, AxisType
+
+import kernel_test_utils as ktu
 
 from pallas_kernels.a_shape import a_shape_attention
 from pallas_kernels.block_sparse import block_sparse_attention
@@ -69,17 +70,6 @@ def _cases(b, t, n, kv, d, dtype, n_slash=96, n_vert=80, top_k=7):
   ]
 
 
-def _lower_for_gpu(fn, args, device_kind):
-  mesh = AbstractMesh(
-      (1,), ("x",), (AxisType.Explicit,),
-      abstract_device=AbstractDevice(
-          device_kind=device_kind, num_cores=None, platform="gpu"
-      ),
-  )
-  with jax.sharding.use_abstract_mesh(mesh):
-    return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",))
-
-
 def _triton_modules(lowered) -> list[str]:
   """The Triton IR (text) of every Pallas custom call in a lowered module."""
   calls = []
@@ -111,7 +101,7 @@ def _triton_modules(lowered) -> list[str]:
 def test_kernels_lower_for_gpu(device_kind, d, t, kv):
   """Every kernel lowers to Triton IR (bf16; T not a multiple of 64)."""
   for name, fn, args in _cases(2, t, 4, kv, d, jnp.bfloat16):
-    lowered = _lower_for_gpu(fn, args, device_kind)
+    lowered = ktu.lower_for_gpu(fn, args, device_kind)
     modules = _triton_modules(lowered)
     assert len(modules) == 1, f"{name}: expected one Pallas call"
     assert "tt.dot" in modules[0], f"{name}: no tensor-core dot in the IR"
@@ -120,7 +110,7 @@ def test_kernels_lower_for_gpu(device_kind, d, t, kv):
 def test_float16_and_float32_lower():
   for dtype in (jnp.float16, jnp.float32):
     for name, fn, args in _cases(1, 130, 2, 1, 128, dtype):
-      assert _triton_modules(_lower_for_gpu(fn, args, "NVIDIA H200")), name
+      assert _triton_modules(ktu.lower_for_gpu(fn, args, "NVIDIA H200")), name
 
 
 _SPLAT = re.compile(r"(%\w+) = tt\.splat (%arg\d+) ")
@@ -152,7 +142,7 @@ def test_one_million_tokens_32_heads_use_64_bit_offsets():
   """
   for name, fn, args in _cases(1, 1 << 20, 32, 32, 128, jnp.bfloat16,
                                n_slash=6096, n_vert=1000, top_k=100):
-    (module,) = _triton_modules(_lower_for_gpu(fn, args, "NVIDIA H200"))
+    (module,) = _triton_modules(ktu.lower_for_gpu(fn, args, "NVIDIA H200"))
     widths = _offset_widths(module)
     n_index_args = len(args) - 3
     q_arg, out_arg = n_index_args, len(args)  # kernel args: index.., q, k, v, o
@@ -175,7 +165,7 @@ def test_vs_estimate_lowers_for_gpu(device_kind, t, n, kv, d, last_q,
   k = jax.ShapeDtypeStruct((1, t, kv, d), jnp.bfloat16)
   fn = lambda q, k: vs_line_scores(q, k, last_q,
                                    config=EstimateConfig(block_k=block_k))
-  stats, scores = _triton_modules(_lower_for_gpu(fn, (q, k), device_kind))
+  stats, scores = _triton_modules(ktu.lower_for_gpu(fn, (q, k), device_kind))
   assert "tt.dot" in stats and "tt.dot" in scores
   assert "gpu.barrier" not in stats
   assert scores.count("gpu.barrier") == 2
@@ -185,5 +175,5 @@ def test_vs_estimate_one_million_tokens_use_64_bit_key_offsets():
   """K at 1M tokens x 32 KV heads x 128 is 8 GiB: 64-bit offsets into it."""
   q = jax.ShapeDtypeStruct((1, 1 << 20, 32, 128), jnp.bfloat16)
   fn = lambda q, k: vs_line_scores(q, k, 64)
-  for module in _triton_modules(_lower_for_gpu(fn, (q, q), "NVIDIA H200")):
+  for module in _triton_modules(ktu.lower_for_gpu(fn, (q, q), "NVIDIA H200")):
     assert _offset_widths(module).get("%arg1") == {"64"}

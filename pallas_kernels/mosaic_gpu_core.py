@@ -1,0 +1,516 @@
+"""Mosaic GPU (Hopper) tile-list attention: the pipeline of the MGPU kernels.
+
+FlashAttention-3-style (Shah et al. 2024): warp-specialised, with TMA copies
+into SMEM rings and wgmma on the tensor cores. Built on the structure of
+jax's `pallas/ops/gpu/attention_mgpu.py` (`_attention_forward`), with the
+dense key loop replaced by a per-query-block list of key tiles
+([key_rows, D], key_rows = 64 or 80) that a sparse pattern describes through
+a `TilePlan`:
+
+- `count(m)`: the number of key tiles of query block m;
+- `key_start(m, i)`: the first key row of tile i, in [0, S - key_rows]. It
+  must be 8-aligned (64-aligned with 64-row tiles keeps the 128-byte
+  swizzle): Mosaic GPU's TMA into the tiled SMEM that wgmma reads only takes
+  tile-aligned rows. An 80-row tile at o - o % 8 holds a 64-key window that
+  starts at any o;
+- `segments(m)`: consecutive step ranges, each with a static mask kind:
+  None (mask-free), or a function `mask(i, rows, cols) -> bool [64, KR]` of
+  the absolute query rows and key columns of tile i (causal diagonal, window
+  edges, ...). Only the tiles that need a mask pay for one.
+
+One CTA (`plgpu.kernel` program) handles `Config.compute_wgs` consecutive
+64-row query blocks of one (batch, head):
+- compute warpgroup w owns query block m = pair * compute_wgs + w: its q tile
+  (loaded once, reused for the output), its own K/V SMEM ring (the query
+  blocks walk different key tiles) and the online softmax in registers;
+- the last warpgroup is the producer: it reads the tile starts as scalars
+  from GMEM and issues the TMA copies of key/value tile i into ring slot
+  i % depth of warpgroup w as soon as that slot is released (consumed
+  barrier).
+
+Optionally a seed (output, base-2 log-sum-exp) of keys attended elsewhere
+(the Vertical-Slash kernel's gathered columns) is merged into the softmax
+state at the end: the result is attention over the union of both key sets.
+
+Restrictions (the Pallas-Triton kernels are the general path): bf16/fp16,
+D in {64, 128, 256}, T == S a multiple of 64, Hopper (sm_90a) GPUs.
+"""
+
+import dataclasses
+import functools
+import math
+from typing import Callable, NamedTuple, Protocol, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from pallas_kernels import common
+
+BLOCK = 64  # rows of a query block and of a key tile
+SUPPORTED_HEAD_DIMS = (64, 128, 256)
+# Opt-in dynamic SMEM of an H100/H200 CTA (227 KiB), minus a margin for the
+# barriers and the cross-warp reduction scratch Mosaic GPU reserves.
+SMEM_BYTES = 227 * 1024 - 4 * 1024
+LOG2E = math.log2(math.e)
+
+# mask(i, rows, cols) -> keep: step i's absolute query rows / key columns,
+# both int32 [64, KR] in the WGMMA layout; keep is bool [64, KR].
+MaskFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+class Segment(NamedTuple):
+  """Steps [previous segment's end, end) of a query block's tile list."""
+
+  end: jax.Array  # int32 []
+  mask: MaskFn | None  # static: None = mask-free
+
+
+class TilePlan(Protocol):
+  """One (batch, head)'s key tiles per query block m (traced in-kernel)."""
+
+  def count(self, m: jax.Array) -> jax.Array:
+    """int32 []: tiles of query block m."""
+
+  def key_start(self, m: jax.Array, i: jax.Array) -> jax.Array:
+    """int32 []: first key row of tile i < count(m), in [0, S - KR]
+    (8-aligned; see the module doc)."""
+
+  def segments(self, m: jax.Array) -> Sequence[Segment]:
+    """Ascending ends, the last == count(m); one static mask kind each."""
+
+
+# plan_fn(index_refs, batch, head) -> TilePlan; index_refs are the GMEM refs
+# of `tile_list_attention`'s `index_args`, read as scalars.
+PlanFn = Callable[[tuple, jax.Array, jax.Array], TilePlan]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+  """Launch knobs of the Mosaic GPU kernels.
+
+  Attributes:
+    compute_wgs: compute warpgroups per CTA (1 or 2); each owns one 64-row
+      query block, so a CTA covers compute_wgs consecutive query blocks.
+    max_concurrent_steps: depth of each warpgroup's K/V SMEM ring (>= 2):
+      key tiles in flight ahead of the one being computed.
+    use_schedule_barrier: with 2 compute warpgroups, alternate their wgmma
+      and softmax phases (FA3's ping-pong schedule). Off by default: on an
+      H200 it gained 1-3% on Block-Sparse and lost up to 5% on A-shape,
+      and it adds a barrier both warpgroups must keep in step.
+  """
+
+  compute_wgs: int = 2
+  max_concurrent_steps: int = 2
+  use_schedule_barrier: bool = False
+
+  def __post_init__(self):
+    if self.compute_wgs not in (1, 2):
+      raise ValueError(f"compute_wgs={self.compute_wgs} must be 1 or 2")
+    steps = self.max_concurrent_steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
+      raise ValueError(f"max_concurrent_steps={steps!r} must be an int >= 2")
+
+  def smem_bytes(self, head_dim: int, itemsize: int = 2,
+                 seeded: bool = False, key_rows: int = BLOCK) -> int:
+    """SMEM of the q/o tiles, the K/V rings ([key_rows, D] tiles) and the
+    seed's lse (if any; its output tile reuses the q/o tile)."""
+    ring = 2 * self.max_concurrent_steps * key_rows * head_dim * itemsize
+    per_wg = BLOCK * head_dim * itemsize + ring + (BLOCK * 4 if seeded else 0)
+    return self.compute_wgs * per_wg
+
+  @classmethod
+  def get_default(cls, head_dim: int = 128) -> "Config":
+    """2 query blocks per CTA while 2 rings fit in SMEM; 1 for D = 256."""
+    if head_dim <= 128:
+      return cls(compute_wgs=2, max_concurrent_steps=3 if head_dim <= 64
+                 else 2)
+    return cls(compute_wgs=1, max_concurrent_steps=2)
+
+
+class Dims(NamedTuple):
+  b: int  # batch
+  t: int  # sequence length (queries == keys)
+  n: int  # query heads
+  g: int  # query heads per KV head
+  d: int  # head dim
+  tb: int  # 64-row query blocks
+
+
+def check_inputs(q, k, v, op: str, config: Config, *,
+                 seeded: bool = False, key_rows: int = BLOCK) -> Dims:
+  """Validates q/k/v for the MGPU kernels; returns the static dims.
+
+  Raises:
+    TypeError: dtype not bfloat16/float16.
+    ValueError: D not in SUPPORTED_HEAD_DIMS, T not a positive multiple of
+      64, or a config whose SMEM does not fit.
+  """
+  b, t, n, _, g, d = common.check_qkv(q, k, v, op)
+  if q.dtype not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+    raise TypeError(f"{op}: q.dtype={q.dtype} not supported; use bfloat16 or"
+                    " float16 (the Pallas-Triton kernel takes float32)")
+  if d not in SUPPORTED_HEAD_DIMS:
+    raise ValueError(f"{op}: head dim D={d} must be one of"
+                     f" {SUPPORTED_HEAD_DIMS} (the Pallas-Triton kernel takes"
+                     " any D <= 256)")
+  if t % BLOCK or t == 0:
+    raise ValueError(f"{op}: T={t} must be a positive multiple of {BLOCK}"
+                     " (the Pallas-Triton kernel takes any T)")
+  if t < key_rows:
+    raise ValueError(f"{op}: T={t} must be at least {key_rows} (one key"
+                     " tile)")
+  need = config.smem_bytes(d, q.dtype.itemsize, seeded, key_rows)
+  if need > SMEM_BYTES:
+    raise ValueError(
+        f"{op}: {config} needs {need} bytes of SMEM at D={d}, more than"
+        f" {SMEM_BYTES}; lower compute_wgs or max_concurrent_steps")
+  return Dims(b, t, n, g, d, t // BLOCK)
+
+
+def causal_mask(i, rows, cols):
+  """Key column <= query row (the diagonal tile)."""
+  del i
+  return cols <= rows
+
+
+def _wgmma_accumulate(acc, lhs, rhs_ref, after_issue, *, fused: bool):
+  """acc + lhs @ rhs_ref (lhs in registers), running `after_issue` meanwhile.
+
+  `fused`: one register-operand wgmma into acc's registers (`pl.run_state`
+  over an initialised accumulator, as FA3 does), with `after_issue` running
+  while it is in flight. Mosaic GPU interpret mode (jax 0.11.2) interprets
+  neither `run_state` nor wgmma with a register operand, so there the same
+  product is a plain f32-accumulated dot of the 16-bit operands.
+  """
+  if fused:
+    def body(acc_ref):
+      plgpu.wgmma(acc_ref, lhs, rhs_ref)
+      after_issue()
+
+    return pl.run_state(body)(plgpu.ACC.init(acc))
+  after_issue()
+  return acc + jnp.dot(lhs, rhs_ref[...], preferred_element_type=jnp.float32)
+
+
+def _wgmma_iota(shape, dim: int) -> jax.Array:
+  """int32 index along `dim` of `shape`, in the WGMMA layout."""
+  return plgpu.broadcasted_iota(jnp.int32, shape, dim,
+                                layout=plgpu.Layout.WGMMA)
+
+
+def _masked_scores(s, mask: MaskFn, i, r0, key_start):
+  """s [64, KR] with the pairs outside `mask` set to -inf."""
+  rows = r0 + _wgmma_iota(s.shape, 0)
+  cols = key_start + _wgmma_iota(s.shape, 1)
+  return jnp.where(mask(i, rows, cols), s, -jnp.inf)
+
+
+def _softmax_update(s, m_i, l_i, acc, qk_scale, masked: bool):
+  """One online-softmax step (FlashAttention-2, section 3.1.1) in base 2.
+
+  s [64, KR] f32 scores; m_i, l_i [64] (m kept scaled, so p is one FMA +
+  exp2 per score); acc [64, D]. With `masked`, a row whose keys so far are
+  all masked keeps m = -inf; its exponent base is 0 instead (p = alpha = 0,
+  no NaN). Returns (p [64, KR] f32, acc rescaled, m_new, l_new).
+  """
+  m_new = jnp.maximum(m_i, s.max(axis=1) * qk_scale)
+  base = jnp.where(m_new == -jnp.inf, 0.0, m_new) if masked else m_new
+  alpha = jnp.exp2(m_i - base)
+  p = jnp.exp2(s * qk_scale - lax.broadcast_in_dim(base, s.shape, [0]))
+  acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
+  l_new = l_i * alpha + p.sum(axis=1)
+  return p, acc, m_new, l_new
+
+
+def _empty_state(d: int):
+  """(acc [64, D], m [64], l [64]) of no key yet, in the WGMMA layouts."""
+  row = plgpu.Layout.WGMMA.reduce(1)
+  return (plgpu.layout_cast(jnp.full((BLOCK, d), 0.0, jnp.float32),
+                            plgpu.Layout.WGMMA),
+          plgpu.layout_cast(jnp.full((BLOCK,), -jnp.inf, jnp.float32), row),
+          plgpu.layout_cast(jnp.full((BLOCK,), 0.0, jnp.float32), row))
+
+
+def _merge_seed(acc, m_i, l_i, o_smem, lse_smem):
+  """The state (acc, m, l) merged with the seed's keys: the seed is the
+  state acc = o, m = lse, l = 1 (acc = l = 0, m = -inf on its rows without
+  keys)."""
+  o = plgpu.load(o_smem, layout=plgpu.Layout.WGMMA).astype(jnp.float32)
+  lse = plgpu.load(lse_smem, layout=plgpu.Layout.WGMMA.reduce(1))
+  m_new = jnp.maximum(m_i, lse)
+  base = jnp.where(m_new == -jnp.inf, 0.0, m_new)
+  alpha = jnp.exp2(m_i - base)
+  beta = jnp.exp2(lse - base)
+  bcast = lambda x: lax.broadcast_in_dim(x, acc.shape, [0])
+  return acc * bcast(alpha) + o * bcast(beta), l_i * alpha + beta
+
+
+def smem_transforms(key_rows: int):
+  """SMEM transforms (tiling, swizzle) of the 16-bit q/o and K/V tiles.
+
+  64-row key tiles: the 128-byte swizzle. 80-row key tiles (8-aligned tiles
+  holding a 64-key window that starts anywhere): P @ V contracts over the 80
+  rows in groups of swizzle / 2 elements, so only the 32-byte swizzle fits;
+  wgmma wants the same transforms on q (the QK^T operand in SMEM) and on K
+  and V.
+  """
+  if key_rows == BLOCK:
+    swizzle = 128
+  elif key_rows % 16 == 0 and key_rows <= 4 * BLOCK:
+    swizzle = 32
+  else:
+    raise ValueError(f"key_rows={key_rows}: 64, or a multiple of 16 <= 256")
+  return (plgpu.TilingTransform((8, swizzle // 2)),
+          plgpu.SwizzleTransform(swizzle))
+
+
+def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
+                        config: Config, dims: Dims, interpret, name: str,
+                        seed: tuple | None = None, key_rows: int = BLOCK):
+  """Attention of each 64-row query block over its plan's key tiles.
+
+  Args:
+    q: [B, T, N, D] queries (bf16/fp16); k, v: [B, T, K, D].
+    index_args: int32 arrays passed to the kernel in GMEM; `plan_fn` gets
+      their refs and reads them as scalars.
+    plan_fn: (index_refs, batch, head) -> TilePlan.
+    config: launch knobs (checked by `check_inputs`).
+    dims: `check_inputs(...)`'s result.
+    interpret: None, or `plgpu.InterpretGPUParams` (CPU interpret mode).
+    name: kernel name.
+    seed: None, or (o [B, T, N, D] in q's dtype, lse [B, N, T] f32 base-2
+      log-sum-exp of the q-scaled logits, -inf / o = 0 on rows without
+      seed keys): keys attended elsewhere, merged into each query block's
+      softmax state at the end.
+    key_rows: rows of a key tile (64; 80 for tiles at 8-aligned starts that
+      hold a 64-key window starting anywhere). `key_start` must be a multiple
+      of 8 unless key_rows == 64 and it is a multiple of 64: Mosaic GPU's TMA
+      into the tiled SMEM that wgmma reads takes only tile-aligned rows.
+
+  Returns:
+    [B, T, N, D] output in q's dtype; rows without any key are zero.
+  """
+  b, t, n, g, d, tb = dims
+  dtype = q.dtype
+  wgs = config.compute_wgs
+  depth = config.max_concurrent_steps
+  seeded = seed is not None
+  # No ping-pong with a seed: Mosaic GPU interpret mode deadlocks on it when
+  # both query blocks of a CTA have empty tile lists (not investigated; the
+  # ping-pong is worth 1-3%).
+  schedule = config.use_schedule_barrier and wgs == 2 and not seeded
+  n_pairs = pl.cdiv(tb, wgs)
+  n_index = len(index_args)
+  qk_scale = d**-0.5 * LOG2E  # softmax in base 2 (exp2)
+
+  def kernel(refs, smem, barriers):
+    index_refs = refs[:n_index]
+    q_ref, k_ref, v_ref = refs[n_index:n_index + 3]
+    seed_refs = refs[n_index + 3:-1]
+    o_ref = refs[-1]
+    qo_smem, k_smem, v_smem, seed_smem = smem
+    (q_bars, k_bars, v_bars, k_free, v_free, sched_bar, seed_bars) = barriers
+    bb = lax.axis_index("batch")
+    h = lax.axis_index("heads")
+    pair = n_pairs - 1 - lax.axis_index("q_pair")  # heavy rows first
+    wg = lax.axis_index("wg")
+    plan = plan_fn(index_refs, bb, h)
+
+    def block_of(w):
+      """(m clamped to a real block, valid, count) of warpgroup w."""
+      m = pair * wgs + w
+      valid = m < tb
+      m_c = jnp.minimum(m, tb - 1)
+      return m_c, valid, jnp.where(valid, plan.count(m_c), 0)
+
+    def schedule_sync():
+      if schedule:
+        plgpu.barrier_arrive(sched_bar)
+        plgpu.barrier_wait(sched_bar)
+
+    def merge_seed(w, r0, acc, m_i, l_i):
+      """Merges warpgroup w's seed (its output tile loaded into the free q/o
+      tile, its lse TMA issued at the start) into (acc, l)."""
+      o_seed, _ = seed_refs
+      qo = qo_smem.at[w]
+      plgpu.copy_gmem_to_smem(o_seed.at[bb, pl.ds(r0, BLOCK), h], qo,
+                              seed_bars[0].at[w])
+      plgpu.barrier_wait(seed_bars[0].at[w])
+      plgpu.barrier_wait(seed_bars[1].at[w])
+      return _merge_seed(acc, m_i, l_i, qo, seed_smem.at[w])
+
+    @pl.when(wg < wgs)
+    def _compute():
+      plgpu.set_max_registers(232 if wgs == 2 else 240, action="increase")
+      w = wg
+      m, valid, count = block_of(w)
+      r0 = m * BLOCK
+      qo = qo_smem.at[w]
+      plgpu.copy_gmem_to_smem(q_ref.at[bb, pl.ds(r0, BLOCK), h], qo,
+                              q_bars.at[w])
+      if seeded:  # the lse tile, read at the end
+        plgpu.copy_gmem_to_smem(seed_refs[1].at[bb, h, pl.ds(r0, BLOCK)],
+                                seed_smem.at[w], seed_bars[1].at[w])
+      acc, m_i, l_i = _empty_state(d)
+      plgpu.barrier_wait(q_bars.at[w])
+
+      @pl.when(count > 0)
+      def _():
+        plgpu.barrier_wait(k_bars.at[w * depth])
+
+      if schedule:
+        pl.when(w == 1)(schedule_sync)
+
+      def step(i, carry, mask=None):
+        acc, m_i, l_i = carry
+        slot = lax.rem(i, depth)
+
+        def compute_qk(acc_ref):
+          plgpu.wgmma(acc_ref, qo, k_smem.at[w, slot].transpose((1, 0)))
+          schedule_sync()
+          return acc_ref[...]
+
+        s = pl.run_scoped(compute_qk,
+                          plgpu.ACC((BLOCK, key_rows), jnp.float32))
+        plgpu.barrier_arrive(k_free.at[w * depth + slot])
+        if mask is not None:
+          s = _masked_scores(s, mask, i, r0, plan.key_start(m, i))
+        p, acc, m_new, l_i = _softmax_update(s, m_i, l_i, acc, qk_scale,
+                                             masked=mask is not None)
+        p16 = p.astype(dtype)
+        if schedule:
+          acc, l_i, m_new, p16 = lax.optimization_barrier(
+              (acc, l_i, m_new, p16))
+          plgpu.barrier_arrive(sched_bar)
+        plgpu.barrier_wait(v_bars.at[w * depth + slot])
+        if schedule:
+          plgpu.barrier_wait(sched_bar)
+
+        def wait_next_k():  # overlaps the in-flight PV wgmma
+          nxt = i + 1
+
+          @pl.when(nxt < count)
+          def _():
+            plgpu.barrier_wait(k_bars.at[w * depth + lax.rem(nxt, depth)])
+
+        acc = _wgmma_accumulate(acc, p16, v_smem.at[w, slot], wait_next_k,
+                                fused=not interpret)
+        plgpu.barrier_arrive(v_free.at[w * depth + slot])
+        return acc, m_new, l_i
+
+      carry = (acc, m_i, l_i)
+      start = jnp.int32(0)
+      for seg in plan.segments(m):
+        end = jnp.minimum(seg.end, count)
+        carry = lax.fori_loop(start, end,
+                              functools.partial(step, mask=seg.mask), carry)
+        start = jnp.maximum(start, end)
+      acc, m_i, l_i = carry
+      if schedule:
+        # Keep the ping-pong in step with the other warpgroup's longer list.
+        other = block_of(1 - w)[2]
+
+        def idle(i, _):
+          schedule_sync()
+          schedule_sync()
+
+        lax.fori_loop(count, jnp.maximum(count, other), idle, None)
+        pl.when(w == 0)(schedule_sync)
+      if seeded:
+        acc, l_i = merge_seed(w, r0, acc, m_i, l_i)
+
+      # l >= 1 on every row that saw a key (its max contributes exp2(0)), and
+      # acc == l == 0 on rows without keys: max(l, 1) gives zeros.
+      acc = acc / lax.broadcast_in_dim(jnp.maximum(l_i, 1.0), acc.shape, [0])
+      qo[...] = acc.astype(dtype)
+      plgpu.commit_smem()
+
+      @pl.when(valid)
+      def _():
+        plgpu.copy_smem_to_gmem(qo, o_ref.at[bb, pl.ds(r0, BLOCK), h])
+
+      plgpu.wait_smem_to_gmem(0)
+
+    @pl.when(wg == wgs)
+    def _producer():
+      plgpu.set_max_registers(40 if wgs == 2 else 24, action="decrease")
+      kv_head = lax.div(h, jnp.int32(g))
+      blocks = [block_of(w) for w in range(wgs)]
+
+      def issue(w, i, wait):
+        """Step i of ring w: wait for slot i % depth to be released by step
+        i - depth (if `wait`), then copy key/value tile i into it (if any).
+
+        The waits run to count + depth, so the producer observes every
+        release (Mosaic GPU interpret mode checks that no barrier phase goes
+        unobserved; on the GPU the drain is idle time at the end).
+        """
+        m, _, count = blocks[w]
+        slot = lax.rem(i, depth)
+        # Read before the wait (an in-range tile even past the count).
+        start = plan.key_start(m, jnp.clip(i, 0, jnp.maximum(count - 1, 0)))
+
+        def copy(src_ref, dst_ref, bar):
+          @pl.when(i < count)
+          def _():
+            plgpu.copy_gmem_to_smem(
+                src_ref.at[bb, pl.ds(start, key_rows), kv_head],
+                dst_ref.at[w, slot], bar.at[w * depth + slot])
+
+        if not wait:
+          copy(k_ref, k_smem, k_bars)
+          copy(v_ref, v_smem, v_bars)
+          return
+
+        @pl.when(i < count + depth)
+        def _():
+          plgpu.barrier_wait(k_free.at[w * depth + slot])
+          copy(k_ref, k_smem, k_bars)
+          plgpu.barrier_wait(v_free.at[w * depth + slot])
+          copy(v_ref, v_smem, v_bars)
+
+      for i in range(depth):  # fill the rings
+        for w in range(wgs):
+          issue(w, i, wait=False)
+      longest = blocks[0][2]
+      for w in range(1, wgs):
+        longest = jnp.maximum(longest, blocks[w][2])
+
+      @pl.loop(depth, longest + depth)
+      def _(i):
+        for w in range(wgs):
+          issue(w, i, wait=True)
+
+  def entry(*refs):
+    transforms = smem_transforms(key_rows)
+    qo = plgpu.SMEM((wgs, BLOCK, d), dtype, transforms=transforms)
+    ring = lambda: plgpu.SMEM((wgs, depth, key_rows, d), dtype,
+                              transforms=transforms)
+    seed_smem = plgpu.SMEM((wgs, BLOCK), jnp.float32) if seeded else None
+    smem = (qo, ring(), ring(), seed_smem)
+    loaded = lambda: plgpu.Barrier(num_barriers=wgs * depth)
+    freed = lambda: plgpu.Barrier(num_arrivals=1, num_barriers=wgs * depth)
+    barriers = (
+        plgpu.Barrier(num_barriers=wgs), loaded(), loaded(), freed(), freed(),
+        plgpu.Barrier(num_arrivals=wgs) if schedule else None,
+        (plgpu.Barrier(num_barriers=wgs),) * 2 if seeded else None,
+    )
+    pl.run_scoped(lambda *scratch: kernel(refs, *scratch), smem, barriers,
+                  collective_axes="wg")
+
+  return plgpu.kernel(
+      entry,
+      out_type=jax.ShapeDtypeStruct(q.shape, dtype),
+      grid=(n, n_pairs, b),
+      grid_names=("heads", "q_pair", "batch"),
+      num_threads=wgs + 1,
+      thread_name="wg",
+      compiler_params=plgpu.CompilerParams(approx_math=True),
+      interpret=interpret,
+      kernel_name=(f"{name}_d{d}_w{wgs}_s{depth}"
+                   f"{f'_k{key_rows}' if key_rows != BLOCK else ''}"
+                   f"{'_seeded' if seeded else ''}"),
+  )(*index_args, q, k, v, *(seed or ()))
