@@ -61,6 +61,9 @@ class BenchConfig:
   bs_configs: tuple[tuple[int, ...], ...] = ()
   flash_configs: tuple[tuple[int, ...], ...] = ()
   a_shape_configs: tuple[tuple[int, ...], ...] = ()
+  # Kernel implementations timed side by side: "triton" (Pallas-Triton,
+  # any GPU) and "mosaic_gpu" (Hopper: wgmma + TMA; default configs).
+  kernel_impls: tuple[str, ...] = ("triton",)
   crossover_lens: tuple[int, ...] = ()
   crossover_kv_heads: int = 8
   warmup: int = 1
@@ -128,8 +131,10 @@ def _index_fns(cfg, t):
   if cfg.index_source in ("auto", "builder"):
     try:
       from minference_jax import index
+      scores = "xla" if cfg.interpret else "pallas"  # as backend="pallas"
       fns["vertical_slash"] = (lambda q, k: index.vertical_slash_layout(
-          index.vertical_slash_indices(q, k, nv, ns), t), "index builder")
+          index.vertical_slash_indices(q, k, nv, ns, scores=scores), t),
+                               "index builder")
       fns["block_sparse"] = (lambda q, k: index.block_sparse_indices(
           q, k, cfg.bs_top_k), "index builder")
     except ImportError:
@@ -177,6 +182,20 @@ def _build_layout(cfg, pattern, fns, q, k, t):
     fn, source = clustered[pattern]
     timing = _time(cfg, fn, (q, k), keep_output=True)
     return timing.pop("output"), timing, source + " [builder failed]"
+
+
+def _mosaic_gpu_kernel_fn(pattern, interpret):
+  """The Mosaic GPU (Hopper) kernel of a pattern, default config."""
+  if pattern == "vertical_slash":
+    from pallas_kernels.vertical_slash import mosaic_gpu as mod
+    fn = mod.vertical_slash_attention_mgpu
+  elif pattern == "block_sparse":
+    from pallas_kernels.block_sparse import mosaic_gpu as mod
+    fn = mod.block_sparse_attention_mgpu
+  else:
+    from pallas_kernels.a_shape import mosaic_gpu as mod
+    fn = mod.a_shape_attention_mgpu
+  return lambda q, k, v, lay: fn(q, k, v, lay, interpret=interpret)
 
 
 def _kernel_fn(pattern, config, interpret):
@@ -266,12 +285,20 @@ def bench_size(cfg, t, kv, configs, rows, key):
       traceback.print_exc()
       continue
     index_ms = itm["median_ms"] if itm else 0.0
-    for c in configs[key_of[pattern]]:
-      row = base | dict(kernel=name, config=_describe(c), inputs=source,
-                        layout=lsource, index_ms=index_ms)
+    runs = [("triton", c, _kernel_fn(pattern, c, cfg.interpret))
+            for c in configs[key_of[pattern]]
+            if "triton" in cfg.kernel_impls]
+    if "mosaic_gpu" in cfg.kernel_impls:
+      # 64 x 64 tiles: the area counted like the Triton default's.
+      runs.append(("mosaic_gpu", configs[key_of[pattern]][0],
+                   _mosaic_gpu_kernel_fn(pattern, cfg.interpret)))
+    for impl, c, kernel_fn in runs:
+      row = base | dict(kernel=name, impl=impl,
+                        config=_describe(c) if impl == "triton" else
+                        "default", inputs=source, layout=lsource,
+                        index_ms=index_ms)
       try:
-        tm = _time(cfg, _kernel_fn(pattern, c, cfg.interpret),
-                   (q, k, v, layout))
+        tm = _time(cfg, kernel_fn, (q, k, v, layout))
         pairs = _pairs(pattern, layout, t, b, c)
         total = index_ms + tm["median_ms"]
         row.update(
@@ -342,7 +369,8 @@ def main(argv):
 
 
 def _write(cfg, meta, rows):
-  cols = [("T", "T"), ("K", "K"), ("kernel", "kernel"), ("config", "config"),
+  cols = [("T", "T"), ("K", "K"), ("kernel", "kernel"), ("impl", "impl"),
+          ("config", "config"),
           ("layout", "indices"), ("density", "density"),
           ("index_ms", "index ms"), ("kernel_ms", "kernel ms"),
           ("total_ms", "index+kernel ms"), ("tflops", "eff. TFLOP/s"),
@@ -362,7 +390,7 @@ def _print_table(rows):
             f"{r['error'][:60]}")
       continue
     print(f"{r['T']:>8} {r['K']:>3} {r['kernel']:15} "
-          f"{r.get('density', 0):6.3f} {r.get('index_ms', 0):8.2f} "
+          f"{r.get('impl', '')[:6]:6} {r.get('density', 0):6.3f} {r.get('index_ms', 0):8.2f} "
           f"{r['kernel_ms']:9.2f} {r.get('tflops', 0):6.0f} "
           f"{r.get('kernel_speedup') or r.get('vs_cudnn') or 0:7.2f} "
           f"{r.get('layer_speedup') or 0:6.2f}  {r.get('config', '')}")

@@ -408,9 +408,33 @@ def test_pallas_interpret_mixed_layer_matches_references():
   _close(chain(q, k, v, layer_idx=0), expected)
   with pytest.raises(ValueError, match="vs_layout must be"):
     dataclasses.replace(attn, vs_layout="runs")
+  with pytest.raises(ValueError, match="kernels must be"):
+    dataclasses.replace(attn, kernels="cuda")
   # An all-dense layer runs the Pallas flash kernel.
   dense_cfg = PatternConfig.uniform(Dense(), 1, 6)
   out = make_attention(dense_cfg, "pallas", interpret=True)(
       q, k, v, layer_idx=0
   )
   _close(out, _dense_reference(q, k, v))
+
+
+def test_mosaic_gpu_kernels_layer_matches_triton_kernels():
+  """kernels="mosaic_gpu" (Mosaic GPU interpret mode) gives the layer the
+  Triton kernels give, on every sparse kind (bf16, T a multiple of 64, D=64:
+  what the Mosaic GPU kernels take); "auto" picks them only on a Hopper GPU.
+  """
+  q, k, v = _qkv(11, t=256, n=6, kv=2, d=64, dtype=jnp.bfloat16)
+  cfg = PatternConfig(layers=(_MIXED,))
+  triton = make_attention(cfg, "pallas", interpret=True)
+  mosaic = dataclasses.replace(triton, kernels="mosaic_gpu")
+  forced_triton = dataclasses.replace(triton, kernels="triton")
+  for kind in (PatternKind.A_SHAPE, PatternKind.BLOCK_SPARSE,
+               PatternKind.VERTICAL_SLASH):
+    assert triton.kernels == "auto" and not triton.use_mosaic_gpu(q, kind)
+    assert mosaic.use_mosaic_gpu(q, kind)
+    assert not forced_triton.use_mosaic_gpu(q, kind)
+  want = triton(q, k, v, layer_idx=0).astype(jnp.float32)
+  got = mosaic(q, k, v, layer_idx=0).astype(jnp.float32)
+  scale = float(jnp.max(jnp.abs(want)))
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want),
+                             atol=2e-2 * scale, rtol=0)
