@@ -2,8 +2,13 @@
 
 This package knows only arrays and index layouts; it imports nothing from
 `minference_jax` or `models`. One package per op (`flash`, `a_shape`,
-`vertical_slash`, `block_sparse`), each with a frozen `Config` and a
-Pallas-Triton kernel; every public function takes `interpret=True` for CPU.
+`vertical_slash`, `block_sparse`, and `vs_estimate` for the Vertical-Slash
+estimate's scores), each with a frozen `Config` and a Pallas-Triton kernel
+(A100 and newer, any shape). The three sparse ops also have a Mosaic GPU
+kernel for Hopper (`<op>/mosaic_gpu.py`, wgmma + TMA, warp-specialised, on
+the shared `mosaic_gpu_core.tile_list_attention`; bf16/fp16, D in
+{64, 128, 256}, T % 64 == 0). Every public function takes `interpret=True`
+for CPU.
 """
 
 from pallas_kernels.a_shape import a_shape_attention as a_shape_attention
