@@ -190,6 +190,34 @@ def time_jitted(fn, args, *, warmup: int = 1, min_repeats: int = 3,
   )
 
 
+def time_with(cfg, fn, args, keep_output: bool = False) -> dict:
+  """`time_jitted` with a benchmark config's warmup / min_repeats /
+  max_repeats / budget_s fields."""
+  return time_jitted(fn, args, warmup=cfg.warmup,
+                     min_repeats=cfg.min_repeats,
+                     max_repeats=cfg.max_repeats, budget_s=cfg.budget_s,
+                     keep_output=keep_output)
+
+
+# ------------------------------------------------------ inputs, errors
+
+
+def gaussian_qkv(key, b: int, t: int, n: int, kv: int, d: int, dtype):
+  """Standard-normal q [B, T, N, D], k / v [B, T, K, D]."""
+  kq, kk, kv_ = jax.random.split(key, 3)
+  return (jax.random.normal(kq, (b, t, n, d), dtype),
+          jax.random.normal(kk, (b, t, kv, d), dtype),
+          jax.random.normal(kv_, (b, t, kv, d), dtype))
+
+
+def relative_l2(got, want) -> float:
+  """||got - want|| / ||want|| in f32 (two kernels' outputs)."""
+  got = got.astype(jnp.float32)
+  want = want.astype(jnp.float32)
+  return float(jnp.linalg.norm(got - want)
+               / jnp.maximum(jnp.linalg.norm(want), 1e-30))
+
+
 # ------------------------------------------------------- area and FLOPs
 
 

@@ -115,12 +115,9 @@ def _inputs(cfg, t, kv, key):
     except Exception as e:  # noqa: BLE001 - fall back, flagged in the row
       print(f"synthetic inputs failed ({type(e).__name__}: {e}); gaussian",
             flush=True)
-  kq, kk, kv_ = jax.random.split(jax.random.key(key), 3)
-  b, n, d = cfg.batch, cfg.num_heads, cfg.head_dim
-  q = jax.random.normal(kq, (b, t, n, d), dtype)
-  k = jax.random.normal(kk, (b, t, kv, d), dtype)
-  v = jax.random.normal(kv_, (b, t, kv, d), dtype)
-  return jax.block_until_ready((q, k, v)), "gaussian"
+  qkv = bc.gaussian_qkv(jax.random.key(key), cfg.batch, t, cfg.num_heads,
+                        kv, cfg.head_dim, dtype)
+  return jax.block_until_ready(qkv), "gaussian"
 
 
 def _index_fns(cfg, t):
@@ -148,13 +145,6 @@ def _index_fns(cfg, t):
   return fns
 
 
-def _time(cfg, fn, args, keep_output=False):
-  return bc.time_jitted(fn, args, warmup=cfg.warmup,
-                        min_repeats=cfg.min_repeats,
-                        max_repeats=cfg.max_repeats, budget_s=cfg.budget_s,
-                        keep_output=keep_output)
-
-
 def _cudnn(q, k, v):
   return jax.nn.dot_product_attention(q, k, v, is_causal=True,
                                       implementation="cudnn")
@@ -169,7 +159,7 @@ def _build_layout(cfg, pattern, fns, q, k, t):
                         jnp.full((n,), n_local, jnp.int32)), None, "static"
   fn, source = fns[pattern]
   try:
-    timing = _time(cfg, fn, (q, k), keep_output=True)
+    timing = bc.time_with(cfg, fn, (q, k), keep_output=True)
     return timing.pop("output"), timing, source
   except Exception as e:  # noqa: BLE001
     if source != "index builder" or cfg.index_source == "builder":
@@ -180,7 +170,7 @@ def _build_layout(cfg, pattern, fns, q, k, t):
     clustered = _index_fns(dataclasses.replace(cfg,
                                                index_source="clustered"), t)
     fn, source = clustered[pattern]
-    timing = _time(cfg, fn, (q, k), keep_output=True)
+    timing = bc.time_with(cfg, fn, (q, k), keep_output=True)
     return timing.pop("output"), timing, source + " [builder failed]"
 
 
@@ -243,7 +233,7 @@ def bench_size(cfg, t, kv, configs, rows, key):
   dense_ms = None
   if cfg.dense and t <= cfg.dense_max_len:
     try:
-      tm = _time(cfg, _cudnn, (q, k, v))
+      tm = bc.time_with(cfg, _cudnn, (q, k, v))
       dense_ms = tm["median_ms"]
       rows.append(base | dict(
           kernel="cudnn_dense", inputs=source, kernel_ms=dense_ms,
@@ -258,7 +248,7 @@ def bench_size(cfg, t, kv, configs, rows, key):
   if t <= cfg.flash_max_len:
     for c in configs["flash"]:
       try:
-        tm = _time(cfg, lambda q, k, v: flash.flash_attention(
+        tm = bc.time_with(cfg, lambda q, k, v: flash.flash_attention(
             q, k, v, config=c, interpret=cfg.interpret), (q, k, v))
         rows.append(base | dict(
             kernel="flash", config=_describe(c), inputs=source,
@@ -298,7 +288,7 @@ def bench_size(cfg, t, kv, configs, rows, key):
                         "default", inputs=source, layout=lsource,
                         index_ms=index_ms)
       try:
-        tm = _time(cfg, kernel_fn, (q, k, v, layout))
+        tm = bc.time_with(cfg, kernel_fn, (q, k, v, layout))
         pairs = _pairs(pattern, layout, t, b, c)
         total = index_ms + tm["median_ms"]
         row.update(
@@ -390,7 +380,8 @@ def _print_table(rows):
             f"{r['error'][:60]}")
       continue
     print(f"{r['T']:>8} {r['K']:>3} {r['kernel']:15} "
-          f"{r.get('impl', '')[:6]:6} {r.get('density', 0):6.3f} {r.get('index_ms', 0):8.2f} "
+          f"{r.get('impl', '')[:6]:6} {r.get('density', 0):6.3f} "
+          f"{r.get('index_ms', 0):8.2f} "
           f"{r['kernel_ms']:9.2f} {r.get('tflops', 0):6.0f} "
           f"{r.get('kernel_speedup') or r.get('vs_cudnn') or 0:7.2f} "
           f"{r.get('layer_speedup') or 0:6.2f}  {r.get('config', '')}")

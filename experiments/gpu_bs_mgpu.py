@@ -102,20 +102,6 @@ def random_layout(key, b, n, t, top_k, inactive=(0,)) -> BlockSparseLayout:
   return BlockSparseLayout(count.astype(jnp.int32), index.astype(jnp.int32))
 
 
-def _qkv(key, b, t, n, kv, d, dtype):
-  kq, kk, kvv = jax.random.split(key, 3)
-  return (jax.random.normal(kq, (b, t, n, d), dtype),
-          jax.random.normal(kk, (b, t, kv, d), dtype),
-          jax.random.normal(kvv, (b, t, kv, d), dtype))
-
-
-def _rel(a, b):
-  a = a.astype(jnp.float32)
-  b = b.astype(jnp.float32)
-  return float(jnp.linalg.norm(a - b) / jnp.maximum(jnp.linalg.norm(b),
-                                                     1e-30))
-
-
 def check(cfg, rows_out):
   d0 = cfg.head_dim
   cases = []
@@ -130,7 +116,7 @@ def check(cfg, rows_out):
               ("random", t, 4, 1, 256, jnp.bfloat16)]
   for kind, t, n, kv, d, dtype in cases:
     key = jax.random.key(cfg.seed + t + n)
-    q, k, v = _qkv(key, 1, t, n, kv, d, dtype)
+    q, k, v = bc.gaussian_qkv(key, 1, t, n, kv, d, dtype)
     if kind == "random":
       layout = random_layout(jax.random.fold_in(key, 1), 1, n, t, cfg.top_k)
     else:
@@ -153,9 +139,10 @@ def check(cfg, rows_out):
             lambda heads: bc.bs_rows_mask(layout, rows, t, heads))
         zero0 = (not bool(jnp.any(out[:, :, 0] != 0))
                  if kind == "random" else None)
+        rel_tri = bc.relative_l2(out, tri)
         row.update(rel_ref=rel, max_abs_ref=max_abs, finite=finite,
-                   rel_triton=_rel(out, tri), inactive_head_zero=zero0,
-                   ok=bool(finite and rel <= 1e-2 and _rel(out, tri) <= 1e-2
+                   rel_triton=rel_tri, inactive_head_zero=zero0,
+                   ok=bool(finite and rel <= 1e-2 and rel_tri <= 1e-2
                            and zero0 is not False))
       except Exception as e:  # noqa: BLE001
         row.update(error=f"{type(e).__name__}: {str(e)[:400]}", ok=False)
@@ -164,17 +151,11 @@ def check(cfg, rows_out):
       print(json.dumps(row), flush=True)
 
 
-def _time(cfg, fn, args):
-  return bc.time_jitted(fn, args, warmup=cfg.warmup,
-                        min_repeats=cfg.min_repeats,
-                        max_repeats=cfg.max_repeats, budget_s=cfg.budget_s)
-
-
 def bench(cfg, rows_out):
   n, kv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
   for t in cfg.lens:
-    q, k, v = _qkv(jax.random.key(cfg.seed + t), 1, t, n, kv, d,
-                   jnp.bfloat16)
+    q, k, v = bc.gaussian_qkv(jax.random.key(cfg.seed + t), 1, t, n, kv, d,
+                              jnp.bfloat16)
     layout = jax.block_until_ready(bc.clustered_bs_layout(
         jax.random.key(cfg.seed + t + 1), 1, n, t, cfg.top_k))
     pairs = bc.bs_tile_pairs(layout)
@@ -196,7 +177,7 @@ def bench(cfg, rows_out):
                         density=pairs / causal if kernel != "cudnn_dense"
                         else 1.0)
       try:
-        tm = _time(cfg, fn, (q, k, v, layout))
+        tm = bc.time_with(cfg, fn, (q, k, v, layout))
         ms = tm["median_ms"]
         times[(kernel, name)] = ms
         row.update(kernel_ms=ms, compile_s=tm["compile_s"],
@@ -221,7 +202,7 @@ def bench(cfg, rows_out):
         rel, max_abs, finite = bc.rows_relative_error(
             out, q, k, v, rows,
             lambda heads: bc.bs_rows_mask(layout, rows, t, heads))
-        rel_tri = _rel(out, tri_out)
+        rel_tri = bc.relative_l2(out, tri_out)
         row = base | dict(check="bench-size", kernel="mgpu_bs", config=name,
                           rel_ref=rel, max_abs_ref=max_abs, finite=finite,
                           rel_triton=rel_tri,

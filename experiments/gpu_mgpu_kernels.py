@@ -89,13 +89,6 @@ class Cfg:
 # ------------------------------------------------------------- inputs
 
 
-def _qkv(key, b, t, n, kv, d, dtype):
-  kq, kk, kvv = jax.random.split(key, 3)
-  return (jax.random.normal(kq, (b, t, n, d), dtype),
-          jax.random.normal(kk, (b, t, kv, d), dtype),
-          jax.random.normal(kvv, (b, t, kv, d), dtype))
-
-
 def _a_shape_default(cfg, n) -> AShapeLayout:
   n_init, n_local = cfg.a_shape_sizes
   return AShapeLayout(jnp.full((n,), n_init, jnp.int32),
@@ -144,13 +137,6 @@ def _dims(q, k):
   return core.Dims(b, t, n, n // k.shape[2], d, t // 64)
 
 
-def _rel(a, b):
-  a = a.astype(jnp.float32)
-  b = b.astype(jnp.float32)
-  return float(jnp.linalg.norm(a - b) / jnp.maximum(jnp.linalg.norm(b),
-                                                     1e-30))
-
-
 def _sample_rows(t, seed):
   rng = np.random.default_rng(seed)
   tb = t // 64
@@ -192,7 +178,7 @@ def _check_one(cfg, row, pattern, q, k, v, layout, rows, config):
   tri = _triton_fn(pattern, cfg.interpret)(q, k, v, layout)
   rel, max_abs, finite = bc.rows_relative_error(
       out, q, k, v, rows, _rows_mask(pattern, layout, rows, t))
-  rel_tri = _rel(out, tri)
+  rel_tri = bc.relative_l2(out, tri)
   zero0 = (not bool(jnp.any(out[:, :, 0] != 0))
            if row.get("inactive_head0") else None)
   row.update(rel_ref=rel, max_abs_ref=max_abs, finite=finite,
@@ -219,7 +205,7 @@ def check(cfg, rows_out):
     row = dict(check=kind, kernel=f"mgpu_{pattern}", T=t, N=n, K=kv, D=d,
                dtype=jnp.dtype(dtype).name, config="default")
     try:
-      q, k, v = _qkv(key, 1, t, n, kv, d, dtype)
+      q, k, v = bc.gaussian_qkv(key, 1, t, n, kv, d, dtype)
       lkey = jax.random.fold_in(key, 1)
       if kind == "random sizes":
         layout = _a_shape_random(lkey, n, t)
@@ -243,12 +229,6 @@ def check(cfg, rows_out):
 
 
 # ------------------------------------------------------------- bench
-
-
-def _time(cfg, fn, args):
-  return bc.time_jitted(fn, args, warmup=cfg.warmup,
-                        min_repeats=cfg.min_repeats,
-                        max_repeats=cfg.max_repeats, budget_s=cfg.budget_s)
 
 
 def _impls(cfg, pattern, layout, t):
@@ -312,7 +292,7 @@ def _bench_rows(cfg, pattern, t, q, k, v, layout, base, rows_out):
       if kernel == f"triton_{pattern}":
         ref_out = out
       elif keep and ref_out is not None:
-        row["rel_triton"] = _rel(out, ref_out)
+        row["rel_triton"] = bc.relative_l2(out, ref_out)
       del out
       ms = tm["median_ms"]
       times[kernel, name] = ms
@@ -363,8 +343,8 @@ def bench(cfg, rows_out):
   for pattern, t in work:
     base = dict(pattern=pattern, T=t, N=n, K=kv, D=d, dtype="bfloat16")
     try:
-      q, k, v = _qkv(jax.random.key(cfg.seed + t), 1, t, n, kv, d,
-                     jnp.bfloat16)
+      q, k, v = bc.gaussian_qkv(jax.random.key(cfg.seed + t), 1, t, n, kv, d,
+                                jnp.bfloat16)
       if pattern == "a_shape":
         layout = _a_shape_default(cfg, n)
         base["layout"] = f"{cfg.a_shape_sizes[0]}+{cfg.a_shape_sizes[1]}"
