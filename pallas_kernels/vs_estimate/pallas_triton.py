@@ -27,6 +27,7 @@ feeds one [R, D] x [D, BK] dot with R = heads_per_program * Lp.
 
 import dataclasses
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -241,94 +242,125 @@ def _scores_kernel(q_ref, k_ref, m_ref, z_ref, col_ref, diag_ref, tail_ref,
   lax.fori_loop(0, count, tile_step, 0)
 
 
-@functools.partial(jax.jit, static_argnames=("last_q", "config",
-                                             "interpret", "stats_only"))
-def _fwd(q, k, *, last_q: int, config: Config, interpret: bool,
-         stats_only: bool = False):
-  """Both launches; `stats_only` stops after the first (benchmarks)."""
+class _Launch(NamedTuple):
+  """What both launches share: the plan, q's estimate rows [B, N * Lp, D]
+  (row n * Lp + l is query T - L + l of head n; pad rows 0), K (padded to
+  one tile if shorter), the grid, and the q / K BlockSpecs."""
+
+  plan: _Plan
+  q_rows: jax.Array
+  k: jax.Array
+  grid: tuple[int, int, int]
+  q_spec: pl.BlockSpec
+  k_spec: pl.BlockSpec
+  kernel_kw: dict
+  params: object
+
+
+def _launch(q, k, last_q: int, config: Config) -> _Launch:
   b, t, n, d = q.shape
-  kv = k.shape[2]
-  g = n // kv
+  g = n // k.shape[2]
   plan = _plan(b, t, n, g, d, last_q, config)
-  lp, hg, c = plan.rows_pad, plan.head_groups, plan.chunks
-  scale = d**-0.5
-  precision = common.dot_precision(q.dtype)
-  # [B, N * Lp, D]: row n * Lp + l is query t - L + l of head n (pad rows 0).
   q_last = jnp.swapaxes(q[:, t - last_q:], 1, 2)  # [B, N, L, D]
-  q_rows = jnp.pad(q_last, ((0, 0), (0, 0), (0, lp - last_q), (0, 0)))
-  q_rows = q_rows.reshape(b, n * lp, d)
+  q_rows = jnp.pad(q_last, ((0, 0), (0, 0), (0, plan.rows_pad - last_q),
+                            (0, 0))).reshape(b, n * plan.rows_pad, d)
   k = common.pad_short_kv(k, k, plan.block_k)[0]
-  grid = (c, hg, b)
-  q_spec = pl.BlockSpec((None, plan.rows, d), lambda ci, h, bb: (bb, h, 0))
-  k_spec = pl.BlockSpec(
-      (None, k.shape[1], None, d),
-      lambda ci, h, bb: (bb, 0, lax.div(h, g // plan.heads), 0),
+  return _Launch(
+      plan=plan, q_rows=q_rows, k=k,
+      grid=(plan.chunks, plan.head_groups, b),
+      q_spec=pl.BlockSpec((None, plan.rows, d), lambda ci, h, bb: (bb, h, 0)),
+      k_spec=pl.BlockSpec(
+          (None, k.shape[1], None, d),
+          lambda ci, h, bb: (bb, 0, lax.div(h, g // plan.heads), 0)),
+      kernel_kw=dict(plan=plan, scale=d**-0.5,
+                     precision=common.dot_precision(q.dtype)),
+      params=common.compiler_params(config.num_warps, config.num_stages),
   )
+
+
+def _row_stats(run: _Launch, interpret: bool):
+  """Launch 1: per row, m and z over all keys -> [B, N * Lp] f32 each."""
+  plan, (_, _, b) = run.plan, run.grid
   stat_spec = pl.BlockSpec((None, None, plan.rows),
                            lambda ci, h, bb: (bb, ci, h))
-  params = common.compiler_params(config.num_warps, config.num_stages)
-  kw = dict(plan=plan, scale=scale, precision=precision)
-  stat_shape = jax.ShapeDtypeStruct((b, c, n * lp), jnp.float32)
+  stat_shape = jax.ShapeDtypeStruct(
+      (b, plan.chunks, plan.head_groups * plan.rows), jnp.float32)
   m_part, z_part = pl.pallas_call(
-      functools.partial(_stats_kernel, **kw),
+      functools.partial(_stats_kernel, **run.kernel_kw),
       out_shape=(stat_shape, stat_shape),
-      grid=grid,
-      in_specs=[q_spec, k_spec],
+      grid=run.grid,
+      in_specs=[run.q_spec, run.k_spec],
       out_specs=(stat_spec, stat_spec),
-      compiler_params=params,
+      compiler_params=run.params,
       interpret=interpret,
-      name=f"minf_vs_estimate_stats_d{d}",
-  )(q_rows, k)  # [B, C, N * Lp] each
-  m = jnp.max(m_part, axis=1)  # [B, N * Lp]
-  z = jnp.sum(z_part * jnp.exp(m_part - m[:, None]), axis=1)
-  if stats_only:
-    return m, z
+      name=f"minf_vs_estimate_stats_d{plan.d}",
+  )(run.q_rows, run.k)  # [B, C, N * Lp] each: per key chunk
+  m = jnp.max(m_part, axis=1)
+  return m, jnp.sum(z_part * jnp.exp(m_part - m[:, None]), axis=1)
 
+
+def _line_sums(run: _Launch, m, z, interpret: bool):
+  """Launch 2: (vertical [B, N, T], slash [B, N, T]) from the row stats."""
+  plan, (c, hg, b) = run.plan, run.grid
+  n, t, lp, bk = hg * plan.heads, plan.t, plan.rows_pad, plan.block_k
   row_spec = pl.BlockSpec((None, plan.rows), lambda ci, h, bb: (bb, h))
   line_spec = pl.BlockSpec((None, plan.heads, plan.chunk_len),
                            lambda ci, h, bb: (bb, h, ci))
   tail_spec = pl.BlockSpec((None, plan.heads, plan.tiles_per_chunk, lp),
                            lambda ci, h, bb: (bb, h, ci, 0))
   scratch_spec = pl.BlockSpec(
-      (None, plan.rows, plan.block_k),
+      (None, plan.rows, bk),
       lambda ci, h, bb: ((bb * hg + h) * c + ci, 0, 0),
   )
   line_shape = jax.ShapeDtypeStruct((b, n, plan.t_pad), jnp.float32)
+  n_tiles_pad = c * plan.tiles_per_chunk
   col, diag, tail, _ = pl.pallas_call(
-      functools.partial(_scores_kernel, barrier=not interpret, **kw),
+      functools.partial(_scores_kernel, barrier=not interpret,
+                        **run.kernel_kw),
       out_shape=(
           line_shape,
           line_shape,
-          jax.ShapeDtypeStruct((b, n, c * plan.tiles_per_chunk, lp),
-                               jnp.float32),
-          jax.ShapeDtypeStruct((b * hg * c, plan.rows, plan.block_k),
-                               jnp.float32),
+          jax.ShapeDtypeStruct((b, n, n_tiles_pad, lp), jnp.float32),
+          jax.ShapeDtypeStruct((b * hg * c, plan.rows, bk), jnp.float32),
       ),
-      grid=grid,
-      in_specs=[q_spec, k_spec, row_spec, row_spec],
+      grid=run.grid,
+      in_specs=[run.q_spec, run.k_spec, row_spec, row_spec],
       out_specs=(line_spec, line_spec, tail_spec, scratch_spec),
-      compiler_params=params,
+      compiler_params=run.params,
       interpret=interpret,
-      name=f"minf_vs_estimate_scores_d{d}",
-  )(q_rows, k, m, z)
+      name=f"minf_vs_estimate_scores_d{plan.d}",
+  )(run.q_rows, run.k, m, z)
   # Tiles past the last real key are never written: mask them out (also NaN
   # in interpret mode).
-  written = jnp.arange(plan.t_pad) < plan.n_tiles * plan.block_k  # [T_pad]
+  written = jnp.arange(plan.t_pad) < plan.n_tiles * bk  # [T_pad]
   col = jnp.where(written, col, 0.0)
   diag = jnp.where(written, diag, 0.0)
-  tail_written = (jnp.arange(c * plan.tiles_per_chunk) < plan.n_tiles)
-  tail = jnp.where(tail_written[:, None], tail, 0.0)
+  tail = jnp.where((jnp.arange(n_tiles_pad) < plan.n_tiles)[:, None], tail,
+                   0.0)
   # Skewed column u of tile j0 holds the diagonal o = (t - L + Lp - 1) - u
   # (u = j0 + x); a tile's tail columns are the next tile's first Lp.
-  tail = jnp.pad(tail, ((0, 0), (0, 0), (0, 0), (0, plan.block_k - lp)))
+  tail = jnp.pad(tail, ((0, 0), (0, 0), (0, 0), (0, bk - lp)))
   tail = tail.reshape(b, n, plan.t_pad)
-  bk_pad = ((0, 0), (0, 0), (0, plan.block_k))
+  bk_pad = ((0, 0), (0, 0), (0, bk))
   skewed = (jnp.pad(diag, bk_pad)
-            + jnp.pad(tail, bk_pad[:2] + ((plan.block_k, 0),)))
-  # [B, N, T_pad + BK]
-  last_u = t - last_q + lp - 1  # u of offset 0
+            + jnp.pad(tail, bk_pad[:2] + ((bk, 0),)))  # [B, N, T_pad + BK]
+  last_u = t - plan.last_q + lp - 1  # u of offset 0
   slash = lax.rev(skewed[..., last_u - t + 1 : last_u + 1], (2,))  # [B, N, T]
   return col[..., :t], slash
+
+
+@functools.partial(jax.jit, static_argnames=("last_q", "config",
+                                             "interpret"))
+def _fwd(q, k, *, last_q: int, config: Config, interpret: bool):
+  run = _launch(q, k, last_q, config)
+  m, z = _row_stats(run, interpret)
+  return _line_sums(run, m, z, interpret)
+
+
+@functools.partial(jax.jit, static_argnames=("last_q", "config"))
+def row_stats(q, k, *, last_q: int, config: Config):
+  """Launch 1 alone, [B, N * Lp] row max and sum (for benchmarks)."""
+  return _row_stats(_launch(q, k, last_q, config), interpret=False)
 
 
 @jaxtyped(typechecker=beartype)
