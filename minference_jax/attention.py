@@ -133,12 +133,9 @@ def _cudnn_supported(q) -> bool:
 def _mosaic_gpu_supported(q) -> bool:
   """The Mosaic GPU sparse kernels' constraints: a Hopper GPU (wgmma/TMA,
   sm_90), fp16/bf16, D in {64, 128, 256}, T a multiple of 64."""
-  from pallas_kernels import mosaic_gpu_core as core
+  from pallas_kernels import mosaic_gpu_core
 
-  return (_gpu_major() == 9
-          and q.dtype in (jnp.bfloat16, jnp.float16)
-          and q.shape[-1] in core.SUPPORTED_HEAD_DIMS
-          and q.shape[1] % core.BLOCK == 0)
+  return _gpu_major() == 9 and mosaic_gpu_core.takes(q)
 
 
 @dataclasses.dataclass(frozen=True)

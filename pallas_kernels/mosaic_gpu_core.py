@@ -139,6 +139,14 @@ class Dims(NamedTuple):
   tb: int  # 64-row query blocks
 
 
+def takes(q) -> bool:
+  """Whether q's dtype and shape are ones the MGPU kernels take (what
+  `check_inputs` checks of q; the GPU itself must be a Hopper)."""
+  return (q.dtype in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+          and q.shape[-1] in SUPPORTED_HEAD_DIMS
+          and q.shape[1] % BLOCK == 0 and q.shape[1] > 0)
+
+
 def check_inputs(q, k, v, op: str, config: Config, *,
                  seeded: bool = False, key_rows: int = BLOCK) -> Dims:
   """Validates q/k/v for the MGPU kernels; returns the static dims.

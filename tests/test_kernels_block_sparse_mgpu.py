@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import kernel_test_utils as ktu
+from pallas_kernels import mosaic_gpu_core as core
 from pallas_kernels.block_sparse.mosaic_gpu import (
     Config,
     block_sparse_attention_mgpu,
@@ -120,3 +121,20 @@ def test_lowers_for_h200(d, config):
   assert text.count("stablehlo.custom_call @mosaic_gpu") == 1
   for op in ("wgmma", "cp.async.bulk", "mbarrier"):
     assert op in text, f"no {op} in the lowered module"
+
+
+@pytest.mark.parametrize("t,d,dtype", [
+    (128, 64, jnp.bfloat16), (192, 256, jnp.float16), (130, 64, jnp.bfloat16),
+    (128, 96, jnp.bfloat16), (128, 64, jnp.float32),
+])
+def test_takes_agrees_with_the_input_checks(t, d, dtype):
+  """`mosaic_gpu_core.takes(q)` (what the attention dispatch asks) is True
+  exactly when the kernels' own input checks accept q (default config)."""
+  q = jnp.zeros((1, t, 2, d), dtype)
+  k = jnp.zeros((1, t, 1, d), dtype)
+  try:
+    core.check_inputs(q, k, k, "test", Config.get_default(d))
+    accepted = True
+  except (TypeError, ValueError):
+    accepted = False
+  assert core.takes(q) == accepted
