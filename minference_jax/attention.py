@@ -299,7 +299,7 @@ class MInferenceAttention:
       A100 and newer, any shape), "mosaic_gpu" (Hopper: wgmma + TMA,
       warp-specialised; bf16/fp16, D in {64, 128, 256}, T % 64 == 0) or
       "auto" (see `use_mosaic_gpu`: A-shape and Block-Sparse on Hopper,
-      1.2-1.4x faster than Triton on an H200). The chain VS layout always
+      1.17-1.38x faster than Triton on an H200). The chain VS layout always
       uses Triton.
     vs_layout: Vertical-Slash layout for the "pallas" backend: "expanded"
       (`vertical_slash_layout`, [B, N, Tb, NS] int32, the faster kernel)

@@ -98,7 +98,7 @@ class Config:
       key tiles in flight ahead of the one being computed.
     use_schedule_barrier: with 2 compute warpgroups, alternate their wgmma
       and softmax phases (FA3's ping-pong schedule). Off by default: on an
-      H200 it gained 1-3% on Block-Sparse and lost up to 5% on A-shape,
+      H200 it gained 2-3% on Block-Sparse and lost up to 6% on A-shape,
       and it adds a barrier both warpgroups must keep in step.
   """
 
