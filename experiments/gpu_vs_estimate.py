@@ -8,9 +8,13 @@ For each T (bf16 synthetic q/k, N=32, K=8, D=128, budgets 1000/6096):
   (`vertical_slash_indices`, scores + top-k selection) with either scorer,
   the chain layout, and estimate + chain layout (the issue's "index build +
   layout" figure);
-- with --sweep, the fused scores' launch knobs at the largest T.
+- with --sweep, the fused scores' launch knobs at the largest T;
+- with --breakdown, per-stage times at each T: the scores with either
+  scratch form, the top-k selection (the current one and the earlier
+  searchsorted one, which must agree) and the chain layout's parts.
 
   PYTHONPATH=. python3 -m experiments.gpu_vs_estimate --out DIR [--sweep]
+      [--breakdown]
 """
 
 import argparse
@@ -58,13 +62,100 @@ def _same_share(a: index_vs.VerticalSlashIndices,
   return out
 
 
-def run(t: int, n: int, kv: int, d: int, seed: int) -> dict:
-  nv, ns = _BUDGET
+def _top_searchsorted(scores, counts, k_max: int, descending: bool):
+  """The earlier `index_vs.top_sorted_positions` (radix over all S keys,
+  two cumulative sums and a binary search per slot), the baseline of the
+  breakdown."""
+  s = scores.shape[-1]
+  counts = jnp.broadcast_to(counts, scores.shape[:-1])
+  keys = index_vs._sortable_key(scores)
+  t = index_vs._kth_largest(keys, jnp.maximum(counts, 1))[..., None]
+  above = keys > t
+  n_above = jnp.sum(above, axis=-1, keepdims=True, dtype=jnp.int32)
+  at_t = jnp.cumsum(keys == t, axis=-1, dtype=jnp.int32)
+  keep = above | ((keys == t) & (at_t <= counts[..., None] - n_above))
+  kept_before = jnp.cumsum(keep, axis=-1, dtype=jnp.int32)
+  slot = jnp.arange(k_max, dtype=jnp.int32)
+  search = jax.vmap(
+      lambda c: jnp.searchsorted(c, slot + 1, side="left", method="scan"))
+  asc = search(kept_before.reshape(-1, s)).reshape(counts.shape + (k_max,))
+  pad = slot >= counts[..., None]
+  if descending:
+    rev = jnp.take_along_axis(
+        asc, jnp.maximum(counts[..., None] - 1 - slot, 0), axis=-1)
+    return jnp.where(pad, 0, rev).astype(jnp.int32)
+  return jnp.where(pad, s - 1, asc).astype(jnp.int32)
+
+
+def _inputs(t: int, n: int, kv: int, d: int, seed: int):
+  """Synthetic bf16 (q, k) on the device (v is never needed)."""
   s = synthetic.synthetic_qkv(seed, batch=1, seq_len=t, num_heads=n,
                               num_kv_heads=kv, head_dim=d,
                               dtype=jnp.bfloat16)
-  q, k = jax.block_until_ready((s.q, s.k))
-  del s
+  return jax.block_until_ready((s.q, s.k))
+
+
+def breakdown(t: int, n: int, kv: int, d: int, seed: int) -> dict:
+  """Per-stage times (ms) of the estimate + chain layout at one T."""
+  nv, ns = _BUDGET
+  q, k = _inputs(t, n, kv, d, seed)
+  row = dict(T=t)
+  (v_x, s_x), _ = _timed(
+      functools.partial(index_vs.line_scores_xla, last_q=_LAST_Q), (q, k))
+  for scratch, exp2 in (("probs", False), ("logits", False),
+                        ("skewed_store", True), ("skewed_store", False)):
+    cfg = Config(scratch=scratch, exp2=exp2)
+    name = f"{scratch}{'_exp2' if exp2 else ''}"
+    (v_p, s_p), r = _timed(functools.partial(
+        vs_line_scores, last_q=_LAST_Q, config=cfg), (q, k))
+    row[f"scores_{name}_ms"] = r["median_ms"]
+    row[f"scores_{name}_rel_err"] = [_rel_err(v_p, v_x), _rel_err(s_p, s_x)]
+  for exp2 in (True, False):
+    _, r = _timed(functools.partial(
+        vs_pallas.row_stats, last_q=_LAST_Q, config=Config(exp2=exp2)),
+        (q, k))
+    row[f"stats_pass{'_exp2' if exp2 else ''}_ms"] = r["median_ms"]
+  del v_x, s_x, q, k
+  cols = jnp.arange(t)
+  v_p = jnp.where(cols < index_vs.VS_MIN_VERTICAL, jnp.inf, v_p)
+  s_p = jnp.where(cols < index_vs.VS_FORCED_SLASH_OFFSETS, jnp.inf, s_p)
+  for name, sc, budget, desc in (("vertical", v_p, nv, False),
+                                 ("slash", s_p, ns, True)):
+    counts = jnp.full((n,), budget, jnp.int32)
+    got, r = _timed(functools.partial(
+        index_vs.top_sorted_positions, k_max=budget, descending=desc),
+        (sc, counts))
+    row[f"topk_{name}_ms"] = r["median_ms"]
+    want, r = _timed(functools.partial(
+        _top_searchsorted, k_max=budget, descending=desc), (sc, counts))
+    row[f"topk_{name}_searchsorted_ms"] = r["median_ms"]
+    row[f"topk_{name}_same"] = bool(jnp.all(got == want))
+    keys = index_vs._sortable_key(sc).reshape(n, t)
+    _, r = _timed(index_vs._kth_largest, (keys, counts))
+    row[f"topk_{name}_radix_all_keys_ms"] = r["median_ms"]
+    _, r = _timed(lambda x: jnp.cumsum(x, axis=-1, dtype=jnp.int32),
+                  (keys > 3,))
+    row["cumsum_ms"] = r["median_ms"]
+  ind = index_vs.VerticalSlashIndices(
+      vertical=_top_searchsorted(v_p, jnp.int32(nv), nv, False),
+      vertical_count=jnp.full((1, n), nv, jnp.int32),
+      slash=_top_searchsorted(s_p, jnp.int32(ns), ns, True),
+      slash_count=jnp.full((1, n), ns, jnp.int32))
+  _, r = _timed(functools.partial(index.vertical_slash_chain_layout,
+                                  seq_len=t), (ind,))
+  row["chain_layout_ms"] = r["median_ms"]
+  table, r = _timed(functools.partial(index_vs._successor_table, seq_len=t,
+                                      bs=64), (ind.slash, ind.slash_count))
+  row["chain_successor_table_ms"] = r["median_ms"]
+  _, r = _timed(functools.partial(index_vs._runs, bs=64), (table,))
+  row["chain_runs_ms"] = r["median_ms"]
+  print(json.dumps(row), flush=True)
+  return row
+
+
+def run(t: int, n: int, kv: int, d: int, seed: int) -> dict:
+  nv, ns = _BUDGET
+  q, k = _inputs(t, n, kv, d, seed)
   row = dict(T=t, N=n, K=kv, D=d, n_vertical=nv, n_slash=ns, last_q=_LAST_Q)
   (v_p, s_p), r = _timed(
       functools.partial(vs_line_scores, last_q=_LAST_Q), (q, k))
@@ -102,15 +193,10 @@ def run(t: int, n: int, kv: int, d: int, seed: int) -> dict:
 
 
 def sweep(t: int, n: int, kv: int, d: int, seed: int) -> list[dict]:
-  s = synthetic.synthetic_qkv(seed, batch=1, seq_len=t, num_heads=n,
-                              num_kv_heads=kv, head_dim=d,
-                              dtype=jnp.bfloat16)
-  q, k = jax.block_until_ready((s.q, s.k))
+  q, k = _inputs(t, n, kv, d, seed)
   rows = []
-  for block_k, warps, heads, stages in itertools.product(
-      (64, 128), (4, 8), (1, 2), (2, 3)):
-    cfg = Config(block_k=block_k, num_warps=warps, heads_per_program=heads,
-                 num_stages=stages)
+  for block_k, warps, stages in itertools.product((64, 128), (4, 8), (2, 3)):
+    cfg = Config(block_k=block_k, num_warps=warps, num_stages=stages)
     fn = functools.partial(vs_line_scores, last_q=_LAST_Q, config=cfg)
     try:
       _, r = _timed(fn, (q, k), budget_s=1.0)
@@ -130,11 +216,22 @@ def main():
   ap.add_argument("--kv-heads", type=int, default=8)
   ap.add_argument("--sweep", action="store_true",
                   help="launch-knob sweep of the fused scores at max T")
+  ap.add_argument("--breakdown", action="store_true",
+                  help="per-stage times only (no estimate rows)")
   args = ap.parse_args()
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   results = dict(env=bc.environment(), rows=[], sweep=[])
   path = out / "gpu_vs_estimate.json"
+  if args.breakdown:
+    results["breakdown"] = [breakdown(t, 32, args.kv_heads, 128, 0)
+                            for t in args.seq_lens]
+    path = out / "gpu_vs_estimate_breakdown.json"
+    path.write_text(json.dumps(results, indent=1))
+    if args.sweep:
+      results["sweep"] = sweep(max(args.seq_lens), 32, args.kv_heads, 128, 0)
+      path.write_text(json.dumps(results, indent=1))
+    return
   for t in args.seq_lens:
     t0 = time.time()
     results["rows"].append(run(t, 32, args.kv_heads, 128, 0))

@@ -5,6 +5,8 @@ the NumPy estimate in test_index.py); the kernel must give the same column
 and diagonal sums up to f32 summation order, and the same selected lines.
 """
 
+import dataclasses
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -23,12 +25,21 @@ CASES = [
     (1, 700, 4, 1, 128, 64, jnp.bfloat16, Config(block_k=128, num_warps=8,
                                                  heads_per_program=4)),
     (1, 90, 2, 2, 32, 10, jnp.float32, Config(block_k=16, programs=64)),
+    (1, 333, 2, 1, 64, 16, jnp.bfloat16,  # row stats on 32-key tiles
+     Config(block_k=64, programs=5, stats_block_k=32, stats_num_stages=2)),
     (1, 64, 2, 1, 64, 64, jnp.float16, Config()),
 ]
 
 
 @pytest.mark.parametrize("b,t,n,kv,d,last_q,dtype,config", CASES)
-def test_scores_match_xla(b, t, n, kv, d, last_q, dtype, config):
+@pytest.mark.parametrize("scratch,exp2", [
+    ("skewed_store", False), ("probs", False), ("logits", False),
+    ("skewed_store", True), ("logits", True)])
+def test_scores_match_xla(b, t, n, kv, d, last_q, dtype, config, scratch,
+                          exp2):
+  """Every scratch form and exponential; tiles before and after the last
+  queries' positions (the unmasked and the masked tile loop)."""
+  config = dataclasses.replace(config, scratch=scratch, exp2=exp2)
   rng, seed = ktu.fresh_rng()
   q, k, _ = ktu.random_qkv(rng, b, t, n, kv, d, dtype)
   k = k * 2  # sharper softmax: lines with very different mass
@@ -88,6 +99,11 @@ def test_rejects_bad_arguments():
     vs_line_scores(q, k, 2.0, interpret=True)
   with pytest.raises(ValueError, match="block_k"):
     vs_line_scores(q, k, 64, config=Config(block_k=32), interpret=True)
+  with pytest.raises(ValueError, match="stats_block_k"):
+    vs_line_scores(q, k, 64, config=Config(stats_block_k=32),
+                   interpret=True)
+  with pytest.raises(ValueError, match="power of two"):
+    Config(stats_block_k=48)
   with pytest.raises(ValueError, match="T == S"):
     vs_line_scores(q, k[:, :50], 10, interpret=True)
   with pytest.raises(ValueError, match="power of two"):
@@ -96,6 +112,10 @@ def test_rejects_bad_arguments():
     Config(programs=0)
   with pytest.raises(ValueError, match="power of two"):
     Config(heads_per_program=3)
+  with pytest.raises(ValueError, match="scratch"):
+    Config(scratch="smem")
+  with pytest.raises(TypeError, match="exp2"):
+    Config(exp2=1)
   with pytest.raises(ValueError, match="divide"):
     vs_line_scores(q, k, 16, config=Config(heads_per_program=4),
                    interpret=True)

@@ -157,18 +157,22 @@ def test_one_million_tokens_32_heads_use_64_bit_offsets():
 @pytest.mark.parametrize("t,n,kv,d,last_q,block_k", [
     (1000, 4, 2, 128, 64, 64), (333, 6, 2, 96, 50, 128), (200, 2, 1, 64, 16, 16),
 ])
+@pytest.mark.parametrize("scratch", ["skewed_store", "probs", "logits"])
 def test_vs_estimate_lowers_for_gpu(device_kind, t, n, kv, d, last_q,
-                                    block_k):
+                                    block_k, scratch):
   """Both estimate launches lower; the scores launch holds the CTA barriers
-  around its scratch round trip (which interpret mode cannot check)."""
+  around its scratch round trip (which interpret mode cannot check): two
+  in each of the two tile loops (unmasked, masked), and with the skewed
+  store one more after zeroing the scratch."""
   q = jax.ShapeDtypeStruct((1, t, n, d), jnp.bfloat16)
   k = jax.ShapeDtypeStruct((1, t, kv, d), jnp.bfloat16)
-  fn = lambda q, k: vs_line_scores(q, k, last_q,
-                                   config=EstimateConfig(block_k=block_k))
+  config = EstimateConfig(block_k=block_k, scratch=scratch)
+  fn = lambda q, k: vs_line_scores(q, k, last_q, config=config)
   stats, scores = _triton_modules(ktu.lower_for_gpu(fn, (q, k), device_kind))
   assert "tt.dot" in stats and "tt.dot" in scores
   assert "gpu.barrier" not in stats
-  assert scores.count("gpu.barrier") == 2
+  assert scores.count("gpu.barrier") == (5 if scratch == "skewed_store"
+                                         else 4)
 
 
 def test_vs_estimate_one_million_tokens_use_64_bit_key_offsets():

@@ -13,11 +13,23 @@ is most of the estimate. Here two launches read only K, twice:
    column sums are a reduction over the rows. The diagonal sums need each
    row shifted by its index (row l of the tile moves by L - 1 - l), which a
    Triton register tile cannot do. The tile goes through a small
-   per-program scratch instead (it stays in L2): stored plainly, then read
-   back with skewed addresses, so that column x of the skewed tile holds
-   one diagonal; a tile's diagonals spill L columns into the next tile
-   ("tail"), added in XLA. This round trip (8 bytes per probability) is
-   what makes the second pass 3x slower than the first on an H200.
+   per-program scratch instead (it stays in L1/L2): stored at skewed
+   addresses (row l shifted right by Lp - 1 - l), then read back plainly,
+   so that column x of the read holds one diagonal; a tile's diagonals
+   spill Lp columns into the next tile ("tail"), added in XLA.
+
+Both loops first run the tiles that lie before every estimate row without
+masks, then the last ones with them. On an H200 (bf16, N = 32, K = 8,
+D = 128, L = 64; experiments/results/vs_estimate_pallas_h200.md) at T = 1M
+the stats pass took 2.5 ms on the scores pass's 128-key tiles and 2.2 ms
+on 64-key tiles (hence `Config.stats_block_k`), and both passes with the
+XLA epilogue 8.75 ms (10.4 ms before the skewed store, the unmasked loops
+and exp2; the stats pass was then still on 128-key tiles): the second
+pass is still ~2.5x the first, and it is not
+the scratch bytes (storing the 2-byte logits instead of the f32
+probabilities, or skewing on the store instead of the load, changes it by
+< 6% at equal knobs); more likely the three row reductions across warps
+and the barriers per tile.
 
 Logits are rounded to the input dtype before the softmax, as in MInference;
 the softmax and the sums are f32. Query head n reads KV head n // G; the
@@ -39,6 +51,8 @@ from jaxtyping import Array, Float, jaxtyped
 
 from pallas_kernels import common
 
+SCRATCH_KINDS = ("skewed_store", "probs", "logits")
+
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
@@ -52,18 +66,42 @@ class Config:
     num_stages: Triton pipelining depth of the tile loop.
     heads_per_program: query heads of one KV group per program (a power of
       two dividing G). More heads share each K tile but make the register
-      tiles larger; on an H200 one head per program was fastest
-      (experiments/results/vs_estimate_pallas_h200.json).
+      tiles larger; on an H200 one head per program was fastest, and
+      block_k = 128 with 4 warps and 2 stages the fastest knobs with the
+      skewed store (experiments/results/vs_estimate_pallas_h200.json).
+    scratch: how the scores pass skews the rows through its scratch:
+      "skewed_store" (the f32 probabilities stored at skewed addresses
+      into a [R, 2 BK] scratch whose unwritten triangles stay 0, read back
+      plainly), "probs" (stored plainly, read at skewed addresses, masked)
+      or "logits" (as "probs", with the rounded logits in the input dtype,
+      2 bytes for bf16, normalised after the read at the cost of one more
+      exp per element read).
+    exp2: exponentials as exp2((s - m) log2(e)) (a multiply and the
+      hardware exp2) instead of libdevice's expf: the stats pass is
+      ALU-bound and this saves ~12% of it at 1M tokens on an H200, for an
+      extra rounding of ~1e-7 relative per exponent (the max. relative
+      difference to the XLA scores stayed ~2e-7 / 5e-6 there).
+    stats_block_k, stats_num_stages: block_k and num_stages of launch 1
+      (row stats), which has no scratch and so its own best tile: on an
+      H200 at 1M tokens 64 keys and 3 stages (2.16 ms) beat the scores
+      pass's 128 and 2 (2.47 ms) (experiments/results/
+      vs_estimate_pallas_h200.md).
   """
 
-  block_k: int = 64
+  block_k: int = 128
   programs: int = 1024
   num_warps: int = 4
-  num_stages: int = 3
+  num_stages: int = 2
   heads_per_program: int = 1
+  scratch: str = "skewed_store"
+  exp2: bool = True
+  stats_block_k: int = 64
+  stats_num_stages: int = 3
 
   def __post_init__(self):
     common.check_block("block_k", self.block_k)
+    common.check_block("stats_block_k", self.stats_block_k)
+    common.check_launch(self.num_warps, self.stats_num_stages)
     h = self.heads_per_program
     if (isinstance(h, bool) or not isinstance(h, int)
         or not common.is_power_of_two(h)):
@@ -73,6 +111,16 @@ class Config:
       raise TypeError(f"programs must be an int, got {self.programs!r}")
     if self.programs < 1:
       raise ValueError(f"programs={self.programs} must be >= 1")
+    if not isinstance(self.exp2, bool):
+      raise TypeError(f"exp2 must be a bool, got {self.exp2!r}")
+    if self.scratch not in SCRATCH_KINDS:
+      raise ValueError(
+          f"scratch={self.scratch!r} must be one of {SCRATCH_KINDS}")
+
+  def for_stats(self) -> "Config":
+    """The knobs of launch 1 (row stats): its own tile and stages."""
+    return dataclasses.replace(self, block_k=self.stats_block_k,
+                               num_stages=self.stats_num_stages)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +154,10 @@ class _Plan:
   def n_tiles(self) -> int:  # tiles holding at least one real key
     return pl.cdiv(self.t, self.block_k)
 
+  @property
+  def full_tiles(self) -> int:  # leading tiles every real row sees whole
+    return (self.t - self.last_q + 1) // self.block_k
+
 
 def _plan(b: int, t: int, n: int, g: int, d: int, last_q: int,
           config: Config) -> _Plan:
@@ -113,7 +165,8 @@ def _plan(b: int, t: int, n: int, g: int, d: int, last_q: int,
   if rows_pad > config.block_k:
     raise ValueError(
         f"vs_line_scores: last_q={last_q} (padded to {rows_pad}) must not"
-        f" exceed Config.block_k={config.block_k}"
+        f" exceed the tile of {config.block_k} keys (Config.block_k and"
+        " Config.stats_block_k)"
     )
   heads = config.heads_per_program
   if g % heads:
@@ -136,57 +189,80 @@ def _row_positions(plan: _Plan) -> jax.Array:
   return jnp.where(l < plan.last_q, plan.t - plan.last_q + l, -1)
 
 
-def _tile_logits(q, k_ref, tile, plan: _Plan, positions, scale, precision):
-  """Masked f32 logits [R, BK] of the program rows against key tile `tile`,
-  rounded to the input dtype first, and the [R, BK] visibility mask."""
+def _tile_logits(q, k_ref, tile, plan: _Plan, positions, scale, precision,
+                 masked: bool):
+  """f32 logits [R, BK] of the program rows against key tile `tile`,
+  rounded to the input dtype first; with `masked`, keys past T or a row's
+  position are MASK_VALUE (else the tile must lie before every real row,
+  and pad rows see garbage that their m' = +inf later zeroes)."""
   bk = plan.block_k
   j0 = pl.multiple_of(tile * bk, bk)
   cols = j0 + common.iota(bk)  # [BK]
   k = common.load_rows(k_ref, j0, bk, plan.d, plan.d_pad,
-                       cols < plan.t)  # [BK, Dp]
+                       (cols < plan.t) if masked else None)  # [BK, Dp]
   s = lax.dot_general(
       q, k, (((1,), (1,)), ((), ())), precision=precision,
       preferred_element_type=jnp.float32,
   ) * scale  # [R, BK]
   s = s.astype(q.dtype).astype(jnp.float32)
+  if not masked:
+    return s
   visible = cols[None, :] <= positions[:, None]  # [R, BK]
-  return jnp.where(visible, s, common.MASK_VALUE), visible
+  return jnp.where(visible, s, common.MASK_VALUE)
 
 
-def _chunk_tiles(plan: _Plan):
-  """(first tile, number of tiles with real keys) of this program's chunk."""
+def _tile_loop(plan: _Plan, body, init):
+  """Runs body(i, carry, masked) over this program's tiles (i = 0 .. count
+  - 1 from its first tile): first the tiles before every real row's
+  position without masks (the compares and selects are a noticeable part
+  of these ALU-bound loops), then the rest with them. Returns the carry."""
   first = pl.program_id(0) * plan.tiles_per_chunk
   count = jnp.clip(plan.n_tiles - first, 0, plan.tiles_per_chunk)
-  return first, count
+  n_full = jnp.clip(plan.full_tiles - first, 0, count)
+  carry = lax.fori_loop(0, n_full, lambda i, c: body(first, i, c, False),
+                        init)
+  return lax.fori_loop(n_full, count, lambda i, c: body(first, i, c, True),
+                       carry)
+
+
+def _exp_minus(s, m, exp2: bool):
+  """exp(s - m), f32, for s [R, W] and m [R, 1] (or both [R]). The
+  difference comes first, so MASK_VALUE - MASK_VALUE is 0 (a row that sees
+  no key of a chunk gets a finite z there, weighted 0 in the merge) and a
+  masked logit minus a real m stays finite before the scaling."""
+  if exp2:
+    return jnp.exp2((s - m) * common.LOG2E)
+  return jnp.exp(s - m)
 
 
 def _stats_kernel(q_ref, k_ref, m_ref, z_ref, *, plan: _Plan, scale,
-                  precision):
-  """Per row: max m and sum z of exp(logits - m) over this chunk's keys."""
+                  precision, exp2: bool):
+  """Per row: max m and sum z of exp(logits - m) over this chunk's keys
+  (pad rows: anything, possibly NaN; the scores pass zeroes them)."""
   q = common.load_rows(q_ref, 0, plan.rows, plan.d, plan.d_pad, None)
   positions = _row_positions(plan)
-  first, count = _chunk_tiles(plan)
 
-  def tile_step(i, carry):
+  def tile_step(first, i, carry, masked):
     m, z = carry
-    s, _ = _tile_logits(q, k_ref, first + i, plan, positions, scale,
-                        precision)
+    s = _tile_logits(q, k_ref, first + i, plan, positions, scale, precision,
+                     masked)
     m_new = jnp.maximum(m, jnp.max(s, axis=1))
-    z = z * jnp.exp(m - m_new) + jnp.sum(jnp.exp(s - m_new[:, None]), axis=1)
+    z = (z * _exp_minus(m, m_new, exp2)
+         + jnp.sum(_exp_minus(s, m_new[:, None], exp2), axis=1))
     return m_new, z
 
   init = (jnp.full((plan.rows,), common.MASK_VALUE, jnp.float32),
           jnp.zeros((plan.rows,), jnp.float32))
-  m, z = lax.fori_loop(0, count, tile_step, init)
+  m, z = _tile_loop(plan, tile_step, init)
   m_ref[...] = m
   z_ref[...] = z
 
 
-def _skewed_read(scratch_ref, plan: _Plan, width: int,
-                 first_col: int) -> jax.Array:
+def _skewed_read(scratch_ref, plan: _Plan, width: int, first_col: int,
+                 other) -> jax.Array:
   """[R, width] skewed read of the scratch tile: out[r, x] = tile[r, c] with
-  c = first_col + x - (Lp - 1) + l (l = r mod Lp), 0 where c is outside the
-  tile.
+  c = first_col + x - (Lp - 1) + l (l = r mod Lp), `other` where c is
+  outside the tile.
 
   A masked load: entries outside the tile (a triangle of the read) are not
   fetched, which matters because this round trip through L2 bounds the
@@ -197,7 +273,7 @@ def _skewed_read(scratch_ref, plan: _Plan, width: int,
   x = lax.broadcasted_iota(jnp.int32, (1, width), 1)  # [1, width]
   c = first_col + x - (plan.rows_pad - 1) + rows % plan.rows_pad
   valid = (c >= 0) & (c < plan.block_k)  # [R, width]
-  return plt.load(scratch_ref.at[rows, c], mask=valid, other=0.0)
+  return plt.load(scratch_ref.at[rows, c], mask=valid, other=other)
 
 
 def _per_head_sum(x: jax.Array, plan: _Plan) -> jax.Array:
@@ -205,41 +281,83 @@ def _per_head_sum(x: jax.Array, plan: _Plan) -> jax.Array:
   return jnp.sum(x.reshape(plan.heads, plan.rows_pad, x.shape[-1]), axis=1)
 
 
+def _row_normaliser(m, z, plan: _Plan):
+  """(m' [R, 1], 1/z' [R, 1]) with P = exp(s - m') / z' for a logit tile
+  s [R, W]: m' = +inf and 1/z' = 0 on pad rows, so their P is 0 without a
+  mask whatever their stats (masked logits are MASK_VALUE, or -inf in f16,
+  and give 0 on real rows too). Multiplying by 1/z instead of dividing
+  differs by an ulp at most."""
+  real = _row_positions(plan) >= 0  # [R]
+  return (jnp.where(real, m, jnp.inf)[:, None],
+          jnp.where(real, 1.0 / z, 0.0)[:, None])
+
+
+def _skewed_store(scratch_ref, p, plan: _Plan) -> None:
+  """scratch[r, c + Lp - 1 - l] = p[r, c] (l = r mod Lp) for p [R, BK]: row
+  r's diagonals land in columns [Lp - 1 - l, Lp - 1 - l + BK) of the
+  [R, 2 BK] scratch. The columns outside are never written, so they keep
+  the zeros stored once per program. Along a row the addresses stay
+  contiguous, so the store is as coalesced as a plain one."""
+  rows = common.iota(plan.rows)[:, None]  # [R, 1]
+  c = lax.broadcasted_iota(jnp.int32, (1, plan.block_k), 1)  # [1, BK]
+  plt.store(scratch_ref.at[rows, c + (plan.rows_pad - 1) - rows
+                           % plan.rows_pad], p)
+
+
 def _scores_kernel(q_ref, k_ref, m_ref, z_ref, col_ref, diag_ref, tail_ref,
                    scratch_ref, *, plan: _Plan, scale, precision,
-                   barrier: bool):
+                   barrier: bool, scratch: str, exp2: bool):
   """Column sums, and diagonal sums in skewed coordinates, of each tile.
+
+  scratch="skewed_store": the tile is stored skewed and read back with
+  plain (vectorised) loads, columns [0, BK) holding the diagonals that end
+  in this tile and [BK, BK + Lp) those that continue in the next.
+  "probs" / "logits": stored plainly and read skewed with masked gathers;
+  the skew only moves entries within a row, so with "logits" the tile is
+  stored as its rounded logits (exact in the input dtype) and normalised
+  after the read with the same per-row m and z.
 
   `barrier`: synchronise the CTA around the scratch round trip (GPU; the
   interpreter runs a program's threads as one and has no barrier)."""
   bk, lp = plan.block_k, plan.rows_pad
   q = common.load_rows(q_ref, 0, plan.rows, plan.d, plan.d_pad, None)
   positions = _row_positions(plan)
-  m = m_ref[...]  # [R]
-  z = z_ref[...]  # [R]
-  first, count = _chunk_tiles(plan)
+  m, inv_z = _row_normaliser(m_ref[...], z_ref[...], plan)  # [R, 1] each
+  probs = lambda s: _exp_minus(s.astype(jnp.float32), m, exp2) * inv_z
+  sync = plt.debug_barrier if barrier else lambda: None
 
-  def skewed_sum(width, first_col):
-    return _per_head_sum(
-        _skewed_read(scratch_ref, plan, width, first_col), plan)
+  def skewed_sums(s, p):
+    """(diagonals ending in this tile [heads, BK], continuing [heads, Lp])."""
+    if scratch == "skewed_store":
+      _skewed_store(scratch_ref, p, plan)
+      sync()  # the read crosses threads
+      return (_per_head_sum(scratch_ref[:, pl.ds(0, bk)], plan),
+              _per_head_sum(scratch_ref[:, pl.ds(bk, lp)], plan))
+    logits = scratch == "logits"
+    scratch_ref[...] = s.astype(scratch_ref.dtype) if logits else p
+    sync()
+    other, post = (-jnp.inf, probs) if logits else (0.0, lambda x: x)
+    return tuple(
+        _per_head_sum(post(_skewed_read(scratch_ref, plan, width, first_col,
+                                        other)), plan)
+        for width, first_col in ((bk, 0), (lp, bk)))
 
-  def tile_step(i, carry):
-    s, visible = _tile_logits(q, k_ref, first + i, plan, positions, scale,
-                              precision)
-    p = jnp.where(visible, jnp.exp(s - m[:, None]) / z[:, None], 0.0)
+  def tile_step(first, i, carry, masked):
+    s = _tile_logits(q, k_ref, first + i, plan, positions, scale, precision,
+                     masked)
+    p = probs(s)  # [R, BK]
     local = pl.multiple_of(i * bk, bk)
     col_ref[:, pl.ds(local, bk)] = _per_head_sum(p, plan)  # [heads, BK]
-    scratch_ref[...] = p
-    if barrier:  # the skewed read crosses threads
-      plt.debug_barrier()
-    # Diagonals that end in this tile, and those that continue in the next.
-    diag_ref[:, pl.ds(local, bk)] = skewed_sum(bk, 0)  # [heads, BK]
-    tail_ref[:, i, :] = skewed_sum(lp, bk)  # [heads, Lp]
-    if barrier:  # before the next tile overwrites the scratch
-      plt.debug_barrier()
+    diag, tail = skewed_sums(s, p)
+    diag_ref[:, pl.ds(local, bk)] = diag  # [heads, BK]
+    tail_ref[:, i, :] = tail  # [heads, Lp]
+    sync()  # before the next tile overwrites the scratch
     return carry
 
-  lax.fori_loop(0, count, tile_step, 0)
+  if scratch == "skewed_store":  # the triangles no tile writes
+    scratch_ref[...] = jnp.zeros(scratch_ref.shape, scratch_ref.dtype)
+    sync()
+  _tile_loop(plan, tile_step, 0)
 
 
 class _Launch(NamedTuple):
@@ -255,6 +373,7 @@ class _Launch(NamedTuple):
   k_spec: pl.BlockSpec
   kernel_kw: dict
   params: object
+  scratch: str  # Config.scratch
 
 
 def _launch(q, k, last_q: int, config: Config) -> _Launch:
@@ -273,7 +392,9 @@ def _launch(q, k, last_q: int, config: Config) -> _Launch:
           (None, k.shape[1], None, d),
           lambda ci, h, bb: (bb, 0, lax.div(h, g // plan.heads), 0)),
       kernel_kw=dict(plan=plan, scale=d**-0.5,
-                     precision=common.dot_precision(q.dtype)),
+                     precision=common.dot_precision(q.dtype),
+                     exp2=config.exp2),
+      scratch=config.scratch,
       params=common.compiler_params(config.num_warps, config.num_stages),
   )
 
@@ -308,20 +429,23 @@ def _line_sums(run: _Launch, m, z, interpret: bool):
                            lambda ci, h, bb: (bb, h, ci))
   tail_spec = pl.BlockSpec((None, plan.heads, plan.tiles_per_chunk, lp),
                            lambda ci, h, bb: (bb, h, ci, 0))
+  scratch_width = 2 * bk if run.scratch == "skewed_store" else bk
   scratch_spec = pl.BlockSpec(
-      (None, plan.rows, bk),
+      (None, plan.rows, scratch_width),
       lambda ci, h, bb: ((bb * hg + h) * c + ci, 0, 0),
   )
   line_shape = jax.ShapeDtypeStruct((b, n, plan.t_pad), jnp.float32)
   n_tiles_pad = c * plan.tiles_per_chunk
   col, diag, tail, _ = pl.pallas_call(
       functools.partial(_scores_kernel, barrier=not interpret,
-                        **run.kernel_kw),
+                        scratch=run.scratch, **run.kernel_kw),
       out_shape=(
           line_shape,
           line_shape,
           jax.ShapeDtypeStruct((b, n, n_tiles_pad, lp), jnp.float32),
-          jax.ShapeDtypeStruct((b * hg * c, plan.rows, bk), jnp.float32),
+          jax.ShapeDtypeStruct(
+              (b * hg * c, plan.rows, scratch_width),
+              run.q_rows.dtype if run.scratch == "logits" else jnp.float32),
       ),
       grid=run.grid,
       in_specs=[run.q_spec, run.k_spec, row_spec, row_spec],
@@ -352,15 +476,15 @@ def _line_sums(run: _Launch, m, z, interpret: bool):
 @functools.partial(jax.jit, static_argnames=("last_q", "config",
                                              "interpret"))
 def _fwd(q, k, *, last_q: int, config: Config, interpret: bool):
-  run = _launch(q, k, last_q, config)
-  m, z = _row_stats(run, interpret)
-  return _line_sums(run, m, z, interpret)
+  m, z = _row_stats(_launch(q, k, last_q, config.for_stats()), interpret)
+  return _line_sums(_launch(q, k, last_q, config), m, z, interpret)
 
 
 @functools.partial(jax.jit, static_argnames=("last_q", "config"))
 def row_stats(q, k, *, last_q: int, config: Config):
   """Launch 1 alone, [B, N * Lp] row max and sum (for benchmarks)."""
-  return _row_stats(_launch(q, k, last_q, config), interpret=False)
+  return _row_stats(_launch(q, k, last_q, config.for_stats()),
+                    interpret=False)
 
 
 @jaxtyped(typechecker=beartype)
@@ -403,5 +527,6 @@ def vs_line_scores(
     raise ValueError(f"last_q={last_q} must be in [1, T={q.shape[1]}]")
   if config is None:
     rows_pad = max(16, pl.next_power_of_2(last_q))
-    config = Config(block_k=max(Config().block_k, rows_pad))
+    config = Config(block_k=max(Config().block_k, rows_pad),
+                    stats_block_k=max(Config().stats_block_k, rows_pad))
   return _fwd(q, k, last_q=last_q, config=config, interpret=interpret)
