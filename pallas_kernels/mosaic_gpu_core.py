@@ -9,14 +9,17 @@ a `TilePlan`:
 
 - `count(m)`: the number of key tiles of query block m;
 - `key_start(m, i)`: the first key row of tile i, in [0, S - key_rows]. It
-  must be 8-aligned (64-aligned with 64-row tiles keeps the 128-byte
-  swizzle): Mosaic GPU's TMA into the tiled SMEM that wgmma reads only takes
-  tile-aligned rows. An 80-row tile at o - o % 8 holds a 64-key window that
-  starts at any o;
+  must be 8-aligned: Mosaic GPU's TMA into the tiled SMEM that wgmma reads
+  only takes rows aligned to the (8, swizzle / 2) tiling. 64-row tiles at
+  any 8-aligned start keep the 128-byte swizzle (the Vertical-Slash kernel
+  reads its windows so, checked on an H200); an 80-row tile at o - o % 8
+  holds a 64-key window that starts at any o, but only with the 32-byte
+  swizzle;
 - `segments(m)`: consecutive step ranges, each with a static mask kind:
-  None (mask-free), or a function `mask(i, rows, cols) -> bool [64, KR]` of
+  None (mask-free), a function `mask(i, rows, cols) -> bool [64, KR]` of
   the absolute query rows and key columns of tile i (causal diagonal, window
-  edges, ...). Only the tiles that need a mask pay for one.
+  edges, ...), or a `CondMask` that decides per step whether the tile needs
+  its mask. Only the tiles that need a mask pay for one.
 
 One CTA (`plgpu.kernel` program) handles `Config.compute_wgs` consecutive
 64-row query blocks of one (batch, head):
@@ -61,11 +64,29 @@ LOG2E = math.log2(math.e)
 MaskFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
+class CondMask(NamedTuple):
+  """A mask that only some steps of a segment need, decided per step.
+
+  Step i first takes its scalars: `x, carry = scalars(i, carry)` (`carry`
+  starts as `init` at the segment's first step and passes scalars on to the
+  next step, e.g. the previous tile's start, so no step re-reads them);
+  then `need(i, x)` (bool []) picks between the masked path, `mask(i, x,
+  rows, cols)` like a `MaskFn`, and the mask-free one (`lax.cond`): the
+  tiles that need no mask skip the iota compares. The softmax keeps the
+  all-masked-row guard on every step of the segment.
+  """
+
+  scalars: Callable  # (i, carry) -> (x, carry), pytrees of int32 []
+  init: object  # the carry before the segment's first step
+  need: Callable  # (i, x) -> bool []
+  mask: Callable  # (i, x, rows, cols) -> bool [64, KR]
+
+
 class Segment(NamedTuple):
   """Steps [previous segment's end, end) of a query block's tile list."""
 
   end: jax.Array  # int32 []
-  mask: MaskFn | None  # static: None = mask-free
+  mask: MaskFn | CondMask | None  # static: None = mask-free
 
 
 class TilePlan(Protocol):
@@ -87,6 +108,9 @@ class TilePlan(Protocol):
 PlanFn = Callable[[tuple, jax.Array, jax.Array], TilePlan]
 
 
+FASTEST_AXES = ("heads", "query_blocks", "gqa_group")
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
   """Launch knobs of the Mosaic GPU kernels.
@@ -100,11 +124,19 @@ class Config:
       and softmax phases (FA3's ping-pong schedule). Off by default: on an
       H200 it gained 2-3% on Block-Sparse and lost up to 6% on A-shape,
       and it adds a barrier both warpgroups must keep in step.
+    fastest_axis: the order of the CTAs, a lever on L2 reuse where the
+      kernel is HBM-bound: "heads" (one query-block pair across all heads,
+      then the next pair: the G heads of a KV group, which read the same
+      K/V, run side by side), "query_blocks" (consecutive pairs of one
+      head, which share the sink and local tiles, but the G heads of a
+      group run far apart), or "gqa_group" (the G heads of one KV group
+      for consecutive pairs, then the next KV head).
   """
 
   compute_wgs: int = 2
   max_concurrent_steps: int = 2
   use_schedule_barrier: bool = False
+  fastest_axis: str = "heads"
 
   def __post_init__(self):
     if self.compute_wgs not in (1, 2):
@@ -112,6 +144,9 @@ class Config:
     steps = self.max_concurrent_steps
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
       raise ValueError(f"max_concurrent_steps={steps!r} must be an int >= 2")
+    if self.fastest_axis not in FASTEST_AXES:
+      raise ValueError(f"fastest_axis={self.fastest_axis!r} must be one of"
+                       f" {FASTEST_AXES}")
 
   def smem_bytes(self, head_dim: int, itemsize: int = 2,
                  seeded: bool = False, key_rows: int = BLOCK) -> int:
@@ -216,6 +251,17 @@ def _masked_scores(s, mask: MaskFn, i, r0, key_start):
   return jnp.where(mask(i, rows, cols), s, -jnp.inf)
 
 
+def _apply_mask(s, mask, i, x, r0, key_start):
+  """s [64, KR] masked by a `Segment.mask` (not None); x: a `CondMask`'s
+  scalars of step i; `key_start()` gives the tile's first key row (read
+  only on the masked path). A `CondMask` runs as `lax.cond`."""
+  if not isinstance(mask, CondMask):
+    return _masked_scores(s, mask, i, r0, key_start())
+  fn = lambda i, rows, cols: mask.mask(i, x, rows, cols)
+  masked = lambda s: _masked_scores(s, fn, i, r0, key_start())
+  return lax.cond(mask.need(i, x), masked, lambda s: s, s)
+
+
 def _softmax_update(s, m_i, l_i, acc, qk_scale, masked: bool):
   """One online-softmax step (FlashAttention-2, section 3.1.1) in base 2.
 
@@ -275,6 +321,26 @@ def smem_transforms(key_rows: int):
           plgpu.SwizzleTransform(swizzle))
 
 
+def _grid(fastest_axis: str, n: int, n_pairs: int, g: int, b: int) -> dict:
+  """`plgpu.kernel`'s grid and grid names for `Config.fastest_axis`."""
+  if fastest_axis == "heads":
+    return dict(grid=(n, n_pairs, b), grid_names=("heads", "q_pair", "batch"))
+  if fastest_axis == "query_blocks":
+    return dict(grid=(n_pairs, n, b), grid_names=("q_pair", "heads", "batch"))
+  return dict(grid=(g * n_pairs, n // g, b),  # "gqa_group"
+              grid_names=("group_pair", "kv_head", "batch"))
+
+
+def _head_and_pair(fastest_axis: str, n_pairs: int, g: int):
+  """(query head, query-block pair) of this CTA; the pairs run from the
+  last (most keys) to the first."""
+  if fastest_axis == "gqa_group":
+    i = lax.axis_index("group_pair")
+    h = lax.axis_index("kv_head") * g + lax.rem(i, jnp.int32(g))
+    return h, n_pairs - 1 - lax.div(i, jnp.int32(g))
+  return lax.axis_index("heads"), n_pairs - 1 - lax.axis_index("q_pair")
+
+
 def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
                         config: Config, dims: Dims, interpret, name: str,
                         seed: tuple | None = None, key_rows: int = BLOCK):
@@ -293,10 +359,11 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
       log-sum-exp of the q-scaled logits, -inf / o = 0 on rows without
       seed keys): keys attended elsewhere, merged into each query block's
       softmax state at the end.
-    key_rows: rows of a key tile (64; 80 for tiles at 8-aligned starts that
-      hold a 64-key window starting anywhere). `key_start` must be a multiple
-      of 8 unless key_rows == 64 and it is a multiple of 64: Mosaic GPU's TMA
-      into the tiled SMEM that wgmma reads takes only tile-aligned rows.
+    key_rows: rows of a key tile (64, or a multiple of 16 up to 256 with
+      the 32-byte swizzle, e.g. 80 for tiles at 8-aligned starts that hold
+      a 64-key window starting anywhere). `key_start` must be a multiple of
+      8: Mosaic GPU's TMA into the tiled SMEM that wgmma reads takes only
+      tile-aligned rows.
 
   Returns:
     [B, T, N, D] output in q's dtype; rows without any key are zero.
@@ -306,9 +373,11 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
   wgs = config.compute_wgs
   depth = config.max_concurrent_steps
   seeded = seed is not None
-  # No ping-pong with a seed: Mosaic GPU interpret mode deadlocks on it when
-  # both query blocks of a CTA have empty tile lists (not investigated; the
-  # ping-pong is worth 1-3%).
+  # No ping-pong with a seed. It was turned off after Mosaic GPU interpret
+  # mode hung on it; that hang was most likely the host thread starvation
+  # tests/conftest.py describes (with PJRT_NPROC=8 the same seeded
+  # ping-pong ran through on the CPU), but the combination is not checked on
+  # a GPU, and the ping-pong is worth 1-3%.
   schedule = config.use_schedule_barrier and wgs == 2 and not seeded
   n_pairs = pl.cdiv(tb, wgs)
   n_index = len(index_args)
@@ -322,8 +391,7 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
     qo_smem, k_smem, v_smem, seed_smem = smem
     (q_bars, k_bars, v_bars, k_free, v_free, sched_bar, seed_bars) = barriers
     bb = lax.axis_index("batch")
-    h = lax.axis_index("heads")
-    pair = n_pairs - 1 - lax.axis_index("q_pair")  # heavy rows first
+    h, pair = _head_and_pair(config.fastest_axis, n_pairs, g)
     wg = lax.axis_index("wg")
     plan = plan_fn(index_refs, bb, h)
 
@@ -373,8 +441,11 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
         pl.when(w == 1)(schedule_sync)
 
       def step(i, carry, mask=None):
-        acc, m_i, l_i = carry
+        acc, m_i, l_i, aux = carry
         slot = lax.rem(i, depth)
+        x = None
+        if isinstance(mask, CondMask):  # scalars read before the wgmma
+          x, aux = mask.scalars(i, aux)
 
         def compute_qk(acc_ref):
           plgpu.wgmma(acc_ref, qo, k_smem.at[w, slot].transpose((1, 0)))
@@ -385,7 +456,7 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
                           plgpu.ACC((BLOCK, key_rows), jnp.float32))
         plgpu.barrier_arrive(k_free.at[w * depth + slot])
         if mask is not None:
-          s = _masked_scores(s, mask, i, r0, plan.key_start(m, i))
+          s = _apply_mask(s, mask, i, x, r0, lambda: plan.key_start(m, i))
         p, acc, m_new, l_i = _softmax_update(s, m_i, l_i, acc, qk_scale,
                                              masked=mask is not None)
         p16 = p.astype(dtype)
@@ -407,14 +478,16 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
         acc = _wgmma_accumulate(acc, p16, v_smem.at[w, slot], wait_next_k,
                                 fused=not interpret)
         plgpu.barrier_arrive(v_free.at[w * depth + slot])
-        return acc, m_new, l_i
+        return acc, m_new, l_i, aux
 
       carry = (acc, m_i, l_i)
       start = jnp.int32(0)
       for seg in plan.segments(m):
         end = jnp.minimum(seg.end, count)
-        carry = lax.fori_loop(start, end,
-                              functools.partial(step, mask=seg.mask), carry)
+        aux = seg.mask.init if isinstance(seg.mask, CondMask) else ()
+        *carry, _ = lax.fori_loop(start, end,
+                                  functools.partial(step, mask=seg.mask),
+                                  (*carry, aux))
         start = jnp.maximum(start, end)
       acc, m_i, l_i = carry
       if schedule:
@@ -512,8 +585,7 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
   return plgpu.kernel(
       entry,
       out_type=jax.ShapeDtypeStruct(q.shape, dtype),
-      grid=(n, n_pairs, b),
-      grid_names=("heads", "q_pair", "batch"),
+      **_grid(config.fastest_axis, n, n_pairs, g, b),
       num_threads=wgs + 1,
       thread_name="wg",
       compiler_params=plgpu.CompilerParams(approx_math=True),

@@ -37,6 +37,12 @@ CASES = [
     (1, 192, 2, 1, 64, jnp.bfloat16, 3,
      Config(compute_wgs=1, max_concurrent_steps=3)),
     (1, 128, 2, 1, 256, jnp.bfloat16, 2, None),  # 1 warpgroup at D = 256
+    (2, 320, 4, 2, 64, jnp.bfloat16, 3,  # query blocks fastest in the grid
+     Config(compute_wgs=2, max_concurrent_steps=2,
+            fastest_axis="query_blocks")),
+    (2, 320, 6, 2, 64, jnp.float16, 3,  # KV-group-major CTA order, G = 3
+     Config(compute_wgs=2, max_concurrent_steps=2,
+            fastest_axis="gqa_group")),
 ]
 
 
@@ -100,6 +106,8 @@ def test_bad_inputs_raise():
     Config(compute_wgs=3)
   with pytest.raises(ValueError, match="max_concurrent_steps"):
     Config(max_concurrent_steps=1)
+  with pytest.raises(ValueError, match="fastest_axis"):
+    Config(fastest_axis="batch")
 
 
 @pytest.mark.parametrize("d,config", [(128, None), (64, None), (256, None),

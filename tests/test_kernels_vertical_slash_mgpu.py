@@ -6,8 +6,12 @@ simulated), seeded with the (output, log-sum-exp) of the gathered columns
 from the Pallas-Triton column kernel (Pallas interpret mode). The output is
 checked against the dense f32 reference on exactly the layout's key set. In
 interpret mode the P @ V product is a plain f32-accumulated dot
-(`mosaic_gpu_core._wgmma_accumulate`). The lowering test cross-lowers both
-launches for an abstract H200.
+(`mosaic_gpu_core._wgmma_accumulate`); the per-step choice between the
+masked and the mask-free path (`core.CondMask`, a `lax.cond`) runs as on
+the GPU, and `test_tiles_and_tails_cover_the_key_set_once` also checks the
+plan's `need` / mask / run tails directly. Cases run one and two compute
+warpgroups (two need `PJRT_NPROC`, set in conftest.py, on small hosts). The
+lowering test cross-lowers both launches for an abstract H200.
 """
 
 import jax
@@ -18,6 +22,7 @@ import pytest
 import kernel_test_utils as ktu
 from pallas_kernels.layouts import VerticalSlashLayout
 from pallas_kernels.reference import vertical_slash_mask
+from pallas_kernels.vertical_slash import mosaic_gpu as vs_mgpu
 from pallas_kernels.vertical_slash.mosaic_gpu import (
     Config,
     vertical_slash_attention_mgpu,
@@ -25,15 +30,18 @@ from pallas_kernels.vertical_slash.mosaic_gpu import (
 
 W2S2 = Config(compute_wgs=2, max_concurrent_steps=2,
               use_schedule_barrier=False)
+W1S2 = Config(compute_wgs=1, max_concurrent_steps=2)
 W1S3 = Config(compute_wgs=1, max_concurrent_steps=3)
 
 CASES = [
     # b, t, n, kv, d, dtype, n_slash, n_vert, config
     (1, 256, 4, 2, 64, jnp.bfloat16, 3, 40, W2S2),
     (1, 192, 4, 1, 128, jnp.float16, 2, 100, None),  # > 1 column chunk
-    (2, 128, 2, 2, 64, jnp.bfloat16, 2, 0, W1S3),  # no columns: unseeded
+    (1, 320, 4, 2, 64, jnp.bfloat16, 4, 20, W1S2),  # one warpgroup
+    (2, 128, 2, 2, 64, jnp.bfloat16, 2, 0, W1S3),  # no columns: tails only
     (1, 192, 4, 4, 64, jnp.float16, 0, 50, None),  # columns only
     (1, 128, 2, 1, 256, jnp.bfloat16, 2, 30, None),  # 1 warpgroup, D = 256
+    (1, 64, 2, 1, 64, jnp.bfloat16, 1, 0, W1S2),  # one block
 ]
 
 
@@ -101,6 +109,93 @@ def test_windows_past_the_sequence_end():
   ktu.assert_close(out, want, jnp.float16, seed, "windows past the end")
 
 
+# Hand-made windows of query block 5 (rows [320, 384)) of T = 448 (head 0)
+# and of block 6 (head 1): misaligned runs of 3 and 1 windows, an aligned
+# run, a misaligned run that crosses the diagonal (its tail right of r0),
+# and a run ending at the sequence end.
+RUN_WINDOWS = ([3, 67, 131, 200, 270], [5, 100, 164, 256, 384])
+
+
+def _run_layout(t=448):
+  tb = t // 64
+  count = np.zeros((1, 2, tb), np.int32)
+  offset = np.full((1, 2, tb, 6), 7, np.int32)
+  for h, (m, wins) in enumerate(zip((5, 6), RUN_WINDOWS)):
+    count[0, h, m] = len(wins)
+    offset[0, h, m, :len(wins)] = wins
+  zeros = np.zeros((1, 2, tb), np.int32)
+  return VerticalSlashLayout(*map(jnp.asarray, (
+      count, offset, zeros, np.zeros((1, 2, tb, 0), np.int32))))
+
+
+@pytest.mark.parametrize("config", [W1S3, None])
+def test_misaligned_runs_and_tails(config):
+  """Runs of contiguous windows at unaligned starts: the first tile of a
+  run masked, the others not, the run tails (incl. right of r0) from the
+  seed launch."""
+  rng, seed = ktu.fresh_rng()
+  t = 448
+  q, k, v = ktu.random_qkv(rng, 1, t, 2, 1, 64, jnp.bfloat16)
+  layout = _run_layout(t)
+  ktu.check_vs_layout(layout, t)
+  out = vertical_slash_attention_mgpu(q, k, v, layout, config=config,
+                                      interpret=True)
+  want = ktu.reference(q, k, v, vertical_slash_mask(layout, t, t))
+  ktu.assert_close(out, want, jnp.bfloat16, seed, "misaligned runs")
+
+
+def _plan_key_sets(layout, t):
+  """[B, N, T, T] int: how often the window tiles (as the plan keeps them)
+  and the run tails count each causal pair; and the tiles that skip the
+  mask while dropping a pair (must be none)."""
+  cnt = np.asarray(layout.block_count)
+  off = jnp.asarray(layout.block_offset)
+  seen = np.zeros(cnt.shape[:2] + (t, t), np.int32)
+  wrong = []
+  for bb, h, m in np.ndindex(cnt.shape):
+    r0, n_win = m * 64, int(cnt[bb, h, m])
+    plan = vs_mgpu._Plan(layout.block_count, off, bb, h, t)
+    (seg,) = plan.segments(m)
+    cond = seg.mask
+    rows = r0 + np.arange(64)[:, None]
+    aux = cond.init
+    for i in range(n_win):
+      x, aux = cond.scalars(i, aux)
+      start = int(plan.key_start(m, i))
+      cols = start + np.arange(64)[None, :]
+      keep = np.asarray(cond.mask(i, x, rows, cols))
+      if not cond.need(i, x) and not keep.all():
+        wrong.append((bb, h, m, i))
+      seen[bb, h, r0:r0 + 64, start:start + 64] += keep
+    o = np.asarray(off[bb, h, m, :n_win])
+    o_next = np.r_[o[1:], -1]
+    has, tail_start, tail_len = map(np.asarray, vs_mgpu._run_tails(
+        jnp.asarray(o), jnp.asarray(o_next), jnp.ones(n_win, bool), t))
+    for s0, ln in zip(tail_start[has], tail_len[has]):
+      assert 0 < ln < 8 and s0 % 8 == 0
+      for c in range(s0, s0 + ln):
+        seen[bb, h, r0:r0 + 64, c] += rows[:, 0] >= c
+  return seen, wrong
+
+
+@pytest.mark.parametrize("kind", ["runs", "random"])
+def test_tiles_and_tails_cover_the_key_set_once(kind):
+  """The plan's tiles (masked as `need` and the mask say) plus the run
+  tails count every causal window pair exactly once and nothing else, and
+  `need` is False only on tiles whose mask keeps every pair."""
+  t = 448
+  if kind == "runs":
+    layout = _run_layout(t)
+  else:
+    rng, _ = ktu.fresh_rng()
+    layout = ktu.random_vs_layout(rng, 1, 3, t, 6, 0)
+  seen, wrong = _plan_key_sets(layout, t)
+  want = np.asarray(vertical_slash_mask(layout, t, t)).astype(np.int32)
+  assert not wrong, f"mask-free tiles that drop pairs: {wrong}"
+  bad = np.argwhere(seen != np.broadcast_to(want, seen.shape))
+  assert not len(bad), f"{len(bad)} pairs counted wrongly, e.g. {bad[:5]}"
+
+
 def test_bad_inputs_raise():
   rng, _ = ktu.fresh_rng()
   q, k, v = ktu.random_qkv(rng, 1, 128, 2, 1, 64, jnp.bfloat16)
@@ -116,9 +211,6 @@ def test_bad_inputs_raise():
   with pytest.raises(ValueError, match="head dim"):
     q96, k96, v96 = ktu.random_qkv(rng, 1, 128, 2, 1, 96, jnp.bfloat16)
     call(q96, k96, v96, layout)
-  with pytest.raises(ValueError, match="at least 80"):
-    lay = ktu.random_vs_layout(rng, 1, 2, 64, 1, 0)
-    call(q[:, :64], k[:, :64], v[:, :64], lay)
   with pytest.raises(ValueError, match="block_offset"):
     call(q, k, v, VerticalSlashLayout(
         layout.block_count, layout.block_offset[0], layout.column_count,
@@ -136,7 +228,8 @@ def test_bad_inputs_raise():
                                              (256, 80, None),
                                              (128, 0, W2S2)])
 def test_lowers_for_h200(d, n_vert, config):
-  """One Mosaic GPU call (wgmma, TMA) plus, with columns, one Triton call."""
+  """One Mosaic GPU call (wgmma, TMA) plus one Triton call (the columns and
+  the run tails)."""
   b, t, n, kv, n_slash = 1, 1024, 4, 2, 9
   tb = t // 64
   q = jax.ShapeDtypeStruct((b, t, n, d), jnp.bfloat16)
@@ -151,6 +244,6 @@ def test_lowers_for_h200(d, n_vert, config):
           i32(b, n, tb, n_vert))
   text = ktu.lower_for_gpu(fn, args).as_text()
   assert text.count("stablehlo.custom_call @mosaic_gpu") == 1
-  assert text.count("__gpu$xla.gpu.triton") == (1 if n_vert else 0)
+  assert text.count("__gpu$xla.gpu.triton") == 1  # columns and run tails
   for op in ("wgmma", "cp.async.bulk", "mbarrier"):
     assert op in text, f"no {op} in the lowered module"

@@ -1,11 +1,11 @@
 """Mosaic GPU (Hopper) Vertical-Slash attention over a VerticalSlashLayout.
 
 Two launches, one code path:
-1. the gathered key columns (`column_index[:column_count]`, all left of the
-   query block, so mask-free except the count) run in a small Pallas-Triton
-   kernel, the Triton Vertical-Slash kernel's column phase
-   (`phases.column_phase`: gathers of 64 rows, padding entries never read as
-   data), which writes each row's (output, base-2 log-sum-exp);
+1. a small Pallas-Triton kernel (one program per 64-row query block) attends
+   to the gathered key columns (`column_index[:column_count]`, all left of
+   the query block: the Triton Vertical-Slash kernel's column phase,
+   `phases.column_phase`) and to the windows' run tails (below), and writes
+   each row's (output, base-2 log-sum-exp);
 2. the key windows (`block_offset[:block_count]`, 64 keys each at arbitrary
    starts) are a tile plan for `pallas_kernels.mosaic_gpu_core.
    tile_list_attention` (FlashAttention-3-style: warp-specialised, TMA
@@ -14,25 +14,42 @@ Two launches, one code path:
    windows + columns.
 
 Mosaic GPU's TMA into the tiled SMEM that wgmma reads takes only 8-aligned
-rows, so window [o, o + 64) is read as the 80-row key tile at o - o % 8
-(clamped to S - 80 at the sequence end) and masked to its own causal
-columns: 25% more tensor-core work on the windows, and every window tile is
-masked. Hopper has no TMA gather and one TMA per gathered row would need
-single-row boxes, which the tiled SMEM does not take either, so the columns
-stay on Triton (about 1000 of the ~7000 keys per row at MInference's default
-budget). Without a column budget (NV == 0) step 1 is skipped.
+rows, so window [o, o + 64) is read as the 64-row tile at f = o - o % 8
+(128-byte swizzle, as Block-Sparse and A-shape). The windows of a query
+block come in runs of contiguous windows (window i + 1 at o_i + 64), and
+64 is a multiple of 8, so the tiles of a run at a cover [a - a % 8,
+a + 64 L - a % 8) without gap or overlap: only a run's first tile drops
+pairs (its a % 8 keys below a), and a run's last a % 8 keys, the run tail
+(at most 7 keys in the 8-aligned chunk after the last tile), are left out.
+Step 1 scans each query block's windows for the tails (64 windows at a
+time, compacted with a cumsum) and gathers them 8 tails (64 keys) at a
+time, causal (the tail of a run that crosses the diagonal lies right of
+some rows). In step 2 a tile takes the masked path only where it drops a
+pair (a misaligned run's first window, the causal diagonal, a start clamped
+to T - 64 at the sequence end): `core.CondMask`, a `lax.cond` per step on
+scalars carried from step to step. Hopper has no TMA gather and one TMA per
+gathered row would need single-row boxes, which the tiled SMEM does not
+take, so the columns stay on Triton (about 1000 of the ~7000 keys per row
+at MInference's default budget).
 
 Speed (H200, bf16, N=32, K=8, D=128, 1000 vertical / 6096 slash from the
-index builder): about 240-245 effective TFLOP/s at 32K-128K, 0.65x the
-Pallas-Triton kernel; the windows alone run at the same rate (the column
-launch is ~5% of the time), so the 80-row, 32-byte-swizzled, always-masked
-window tiles are the cost. Not the fast path: a kernel for 64-row tiles at
-8-aligned starts over the union of the windows (runs of contiguous windows
-need about one extra tile per run) would be the next step.
+index builder over clustered lines, `experiments/gpu_mgpu_kernels.py` and
+`experiments/gpu_vs_mgpu_variants.py`; effective TFLOP/s of 64 x 64 pairs
+per window and 64 per column): 11.2 ms / 422 TFLOP/s at 32K (1.16x the
+Pallas-Triton kernel's 13.0 ms; the previous 80-row kernel took 20.0 ms) and
+57.9-58.4 ms / 396-399 TFLOP/s at 128K (1.07-1.08x Triton's 62.5-62.9 ms;
+80-row kernel 94.2 ms). The window launch alone runs at 480 (32K) and 450
+(128K) TFLOP/s (9.6 / 49.3 ms; 47.5 ms without any mask, 55.8 ms with every
+tile masked, 89.6 ms for the 80-row tiles), so step 1 is what is left:
+10.1 ms at 128K, of which the columns take 4.9 and the run-tail scan and
+gathers 5.2 (8.8 ms with TAIL_CHUNK = 256, which left the whole kernel's
+time unchanged within noise and is not checked on the GPU). Next steps:
+a cheaper tail scan, or the tails as 8-row TMA copies into a gathered
+64-row tile of step 2 (the (8, 64) SMEM tiling takes 8-row boxes).
 
 Restrictions (the Pallas-Triton `vertical_slash_attention` is the general
-path): bf16/fp16, D in {64, 128, 256}, T == S a multiple of 64 and >= 128,
-block size 64, Hopper (sm_90a) GPUs.
+path): bf16/fp16, D in {64, 128, 256}, T == S a multiple of 64, block size
+64, Hopper (sm_90a) GPUs.
 """
 
 import dataclasses
@@ -44,6 +61,7 @@ from beartype import beartype
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
+from jax.experimental.pallas import triton as plt
 from jaxtyping import Array, Float, jaxtyped
 
 from pallas_kernels import common
@@ -56,41 +74,128 @@ from pallas_kernels.vertical_slash.base import Config as TritonConfig
 __all__ = ["Config", "vertical_slash_attention_mgpu"]
 
 
-# ---------------------------------------------- step 1: columns (Triton)
+# ------------------------------ step 1: columns and run tails (Triton)
 
 
-def _column_kernel(count_ref, index_ref, q_ref, k_ref, v_ref, o_ref, lse_ref,
-                   *, d, d_pad, block_c, scale, precision):
-  """One program: the gathered columns of one 64-row query block.
+TAIL_CHUNK = 64  # windows scanned at a time for run tails
+TAIL_GROUP = 8  # run tails gathered at a time (8 keys each: 64 gathered keys)
 
-  Refs: count [1], index [NV], q/o [64, D], k/v [S, D], lse [64] f32.
+
+def _run_tails(o, o_next, valid, t: int):
+  """The run tails of a chunk of windows: keys of a window that step 2's
+  64-row tile at floor8 misses.
+
+  o, o_next: int32 [CW] window starts and the next window's start (-1 past
+  the count); valid: bool [CW] (window < count). A window that ends a run of
+  contiguous windows (o_next != o + 64) has the tail [f + 64, min(o + 64,
+  T)), f = o - o % 8: at most 7 keys inside the 8-aligned chunk at f + 64.
+  Returns (has_tail bool [CW], tail start int32 [CW], tail length int32
+  [CW]).
   """
+  f = o - lax.rem(o, jnp.int32(8))
+  tail_len = jnp.minimum(o + BLOCK, t) - (f + BLOCK)
+  has = valid & (o_next != o + BLOCK) & (tail_len > 0)
+  return has, f + BLOCK, tail_len
+
+
+def _gather_tails(has, tail_start, tail_len, group):
+  """Keys of the `group`-th TAIL_GROUP tails among `has` (compacted in
+  order): (key int32 [64], keep bool [64]); slot p holds lane p % 8 of tail
+  group * 8 + p // 8.
+
+  The compaction is a rank (cumsum) and one [64, CW] select-and-sum of
+  start * 8 + length (length < 8), which Triton lowers where an in-register
+  scatter would not.
+  """
+  rank = jnp.cumsum(has.astype(jnp.int32)) - 1  # [CW] among the tails
+  slots = TAIL_GROUP * 8
+  p = common.iota(slots)
+  want = group * TAIL_GROUP + lax.div(p, jnp.int32(8))  # [64] tail of slot
+  sel = has[None, :] & (rank[None, :] == want[:, None])  # [64, CW]
+  packed = jnp.sum(jnp.where(sel, (tail_start * 8 + tail_len)[None, :], 0),
+                   axis=1)  # [64]; 0 on slots past the tails
+  lane = lax.rem(p, jnp.int32(8))
+  keep = lane < lax.rem(packed, jnp.int32(8))
+  return jnp.where(keep, lax.div(packed, jnp.int32(8)) + lane, 0), keep
+
+
+def _tail_phase(state, q, k_ref, v_ref, off_ref, n_win, r0, *, t, d, d_pad,
+                precision):
+  """Attends to the run tails of the windows off_ref[:n_win] (causal: a
+  tail of the run that crosses the diagonal may lie right of some rows)."""
+  rows = r0 + common.iota(BLOCK)
+
+  def chunk(c, st):
+    start = c * TAIL_CHUNK
+    j = start + common.iota(TAIL_CHUNK)
+    valid = j < n_win
+    o = plt.load(off_ref.at[pl.ds(start, TAIL_CHUNK)], mask=valid, other=0)
+    o_next = plt.load(off_ref.at[pl.ds(start + 1, TAIL_CHUNK)],
+                      mask=j + 1 < n_win, other=-1)
+    has, tail_start, tail_len = _run_tails(o, o_next, valid, t)
+    n_tails = jnp.sum(has.astype(jnp.int32))
+
+    def group(g, st):
+      key, keep = _gather_tails(has, tail_start, tail_len, g)
+      k = common.gather_rows(k_ref, key, d, d_pad)
+      v = common.gather_rows(v_ref, key, d, d_pad)
+      mask = keep[None, :] & (key[None, :] <= rows[:, None])
+      return common.attend(st, q, k, v, mask, precision)
+
+    return lax.fori_loop(0, common.cdiv(n_tails, TAIL_GROUP), group, st)
+
+  return lax.fori_loop(0, common.cdiv(n_win, TAIL_CHUNK), chunk, state)
+
+
+def _seed_kernel(count_ref, index_ref, wcount_ref, offset_ref, q_ref, k_ref,
+                 v_ref, o_ref, lse_ref, *, t, d, d_pad, block_c, scale,
+                 precision, columns: bool):
+  """One program: the gathered columns (if `columns`) and the run tails of
+  one 64-row query block.
+
+  Refs: count [1], index [NV], wcount [1], offset [NS], q/o [64, D], k/v
+  [S, D], lse [64] f32.
+  """
+  r0 = (t // BLOCK - 1 - pl.program_id(0)) * BLOCK  # see `_seed`'s row_map
   q = common.load_q(q_ref, BLOCK, d, d_pad, scale, None)  # [64, Dp]
-  state = phases.column_phase(
-      common.init_state(BLOCK, d_pad), q, k_ref, v_ref, index_ref,
-      count_ref[0], d=d, d_pad=d_pad, bs=BLOCK, block_c=block_c,
-      precision=precision)
+  state = common.init_state(BLOCK, d_pad)
+  if columns:
+    state = phases.column_phase(
+        state, q, k_ref, v_ref, index_ref, count_ref[0], d=d, d_pad=d_pad,
+        bs=BLOCK, block_c=block_c, precision=precision)
+  state = _tail_phase(state, q, k_ref, v_ref, offset_ref, wcount_ref[0], r0,
+                      t=t, d=d, d_pad=d_pad, precision=precision)
   common.store_out(o_ref, common.finish(state), d, None)
   has_keys = state.l > 0.0
   log2_l = jnp.log(jnp.where(has_keys, state.l, 1.0)) * common.LOG2E
   lse_ref[...] = jnp.where(has_keys, state.m + log2_l, -jnp.inf)
 
 
-def _columns(q, k, v, column_count, column_index, dims: core.Dims,
-             interpret: bool):
-  """(o [B, T, N, D] in q's dtype, lse [B, N, T] f32) over the columns."""
+def _seed(q, k, v, column_count, column_index, block_count, block_offset,
+          dims: core.Dims, interpret: bool):
+  """(o [B, T, N, D] in q's dtype, lse [B, N, T] f32) over the columns and
+  the run tails (step 1)."""
   b, t, n, g, d, tb = dims
   cfg = TritonConfig.get_default(d)
+  columns = column_index.shape[-1] > 0
   column_index = phases.at_least(column_index, cfg.block_c)
+  # The tail scan loads TAIL_CHUNK starts from offsets 0 and 1 (masked).
+  block_offset = phases.at_least(block_offset, TAIL_CHUNK + 1)
   n_vert = column_index.shape[-1]
+  n_slash = block_offset.shape[-1]
   kernel = functools.partial(
-      _column_kernel, d=d, d_pad=common.padded_head_dim(d),
+      _seed_kernel, t=t, d=d, d_pad=common.padded_head_dim(d),
       block_c=cfg.block_c, scale=d**-0.5,
-      precision=common.dot_precision(q.dtype))
+      precision=common.dot_precision(q.dtype), columns=columns)
 
-  def row_map(i, h, bb):
+  def row_map(i, h, bb):  # heavy rows first
     return (bb, h, tb - 1 - i)
 
+  def row_spec(width):
+    return pl.BlockSpec((None, None, None, width),
+                        lambda i, h, bb: (*row_map(i, h, bb), 0))
+
+  count_spec = pl.BlockSpec((None, None, 1), row_map)
   q_spec = common.q_block_spec(BLOCK, tb, d)
   kv_spec = common.kv_head_spec(t, d, g)
   return pl.pallas_call(
@@ -98,21 +203,16 @@ def _columns(q, k, v, column_count, column_index, dims: core.Dims,
       out_shape=(jax.ShapeDtypeStruct(q.shape, q.dtype),
                  jax.ShapeDtypeStruct((b, n, t), jnp.float32)),
       grid=(tb, n, b),
-      in_specs=[pl.BlockSpec((None, None, 1), row_map),
-                pl.BlockSpec((None, None, None, n_vert),
-                             lambda i, h, bb: (*row_map(i, h, bb), 0)),
+      in_specs=[count_spec, row_spec(n_vert), count_spec, row_spec(n_slash),
                 q_spec, kv_spec, kv_spec],
       out_specs=(q_spec, pl.BlockSpec((None, None, BLOCK), row_map)),
       compiler_params=common.compiler_params(cfg.num_warps, cfg.num_stages),
       interpret=interpret,
-      name=f"minf_vertical_slash_columns_bc{cfg.block_c}_d{d}",
-  )(column_count, column_index, q, k, v)
+      name=f"minf_vertical_slash_seed_bc{cfg.block_c}_d{d}",
+  )(column_count, column_index, block_count, block_offset, q, k, v)
 
 
 # -------------------------------------------- step 2: windows (Mosaic GPU)
-
-
-KEY_ROWS = 80  # a 64-key window at any start within an 8-aligned tile
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,9 +220,15 @@ class _Plan:
   """Vertical-Slash windows of one (batch, head): refs count [B, N, Tb],
   offset [B, N, Tb, NS]; t the sequence length.
 
-  Window [o, o + 64) is read as the 80-row tile at the 8-aligned start
-  min(o - o % 8, T - 80) (Mosaic GPU's TMA into wgmma's tiled SMEM takes
-  8-aligned rows only) and masked to its own, causal, columns.
+  Window i, [o, o + 64), is read as the 64-row tile at f = o - o % 8 (the
+  8-aligned rows Mosaic GPU's TMA into wgmma's tiled SMEM takes), clamped to
+  T - 64. The tiles of a run of contiguous windows starting at a cover
+  [a - a % 8, a + 64 L - a % 8): the run's first tile keeps the columns >= a
+  (its first a % 8 belong to no window), the run's last a % 8 keys are
+  step 1's run tails. A tile keeps the columns >= lo (lo = o on a run's
+  first window, f on the others: above the clamped start at the sequence
+  end) and the causal ones; only the tiles where that drops a pair take the
+  masked path (`core.CondMask`).
   """
 
   cnt_ref: object
@@ -137,17 +243,41 @@ class _Plan:
   def count(self, m):
     return self.cnt_ref[self.bb, self.h, m]
 
+  def _start(self, o):
+    """The tile start of the window at o: floor8(o), clamped to T - 64."""
+    return jnp.minimum(o - lax.rem(o, jnp.int32(8)), self.t - BLOCK)
+
   def key_start(self, m, i):
-    start = lax.div(self._offset(m, i), jnp.int32(8)) * 8
-    return pl.multiple_of(jnp.minimum(start, self.t - KEY_ROWS), 8)
+    return pl.multiple_of(self._start(self._offset(m, i)), 8)
+
+  @staticmethod
+  def _lo(o, prev):
+    """The first key column the tile of window o keeps (before the causal
+    mask): o on a run's first window (the previous one, at prev, does not
+    end at o), else floor8(o) (the keys below o are the previous window's,
+    which its own tile ends before)."""
+    return jnp.where(prev + BLOCK != o, o, o - lax.rem(o, jnp.int32(8)))
 
   def segments(self, m):
-    def window(i, rows, cols):
-      """The window's own columns, causal."""
-      o = self._offset(m, i)
-      return (cols >= o) & (cols < o + BLOCK) & (cols <= rows)
+    r0 = m * BLOCK
 
-    return (core.Segment(self.count(m), window),)
+    def scalars(i, prev):
+      """(o_i, o_{i-1}); o_i passed on to step i + 1."""
+      o = self._offset(m, i)
+      return (o, prev), o
+
+    def need(i, x):
+      """Whether tile i drops a pair: a run's misaligned first window, a
+      start clamped at the sequence end, or keys right of row r0."""
+      start = self._start(x[0])
+      return (self._lo(*x) > start) | (start + BLOCK - 1 > r0)
+
+    def keep(i, x, rows, cols):
+      return (cols >= self._lo(*x)) & (cols <= rows)
+
+    no_window = jnp.int32(-2 * BLOCK)  # before step 0: no run to continue
+    return (core.Segment(self.count(m),
+                         core.CondMask(scalars, no_window, need, keep)),)
 
 
 def _check(q, k, v, layout_arrays, block_size, config, seeded):
@@ -156,8 +286,7 @@ def _check(q, k, v, layout_arrays, block_size, config, seeded):
     common.check_qkv(q, k, v, op)
     raise ValueError(f"{op}: VerticalSlashLayout.block_size={block_size}"
                      f" must be {BLOCK}")
-  dims = core.check_inputs(q, k, v, op, config, seeded=seeded,
-                           key_rows=KEY_ROWS)
+  dims = core.check_inputs(q, k, v, op, config, seeded=seeded)
   names = (("block_count", 3), ("block_offset", 4), ("column_count", 3),
            ("column_index", 4))
   for (name, ndim), arr in zip(names, layout_arrays):
@@ -170,17 +299,19 @@ def _check(q, k, v, layout_arrays, block_size, config, seeded):
                    static_argnames=("block_size", "config", "interpret"))
 def _fwd(q, k, v, block_count, block_offset, column_count, column_index, *,
          block_size: int, config: Config, interpret):
-  seeded = column_index.shape[-1] > 0
+  # Step 1 runs unless there is neither a column nor a window budget.
+  seeded = column_index.shape[-1] > 0 or block_offset.shape[-1] > 0
   dims = _check(q, k, v, (block_count, block_offset, column_count,
                           column_index), block_size, config, seeded)
-  seed = (_columns(q, k, v, column_count, column_index, dims,
-                   interpret=interpret is not None) if seeded else None)
   block_offset = phases.at_least(block_offset, 1)  # NS == 0: never read
+  seed = (_seed(q, k, v, column_count, column_index, block_count,
+                block_offset, dims, interpret=interpret is not None)
+          if seeded else None)
   return core.tile_list_attention(
       q, k, v, (block_count, block_offset),
       plan_fn=lambda refs, bb, h: _Plan(*refs, bb, h, dims.t),
       config=config, dims=dims, interpret=interpret,
-      name="minf_vertical_slash_mgpu", seed=seed, key_rows=KEY_ROWS)
+      name="minf_vertical_slash_mgpu", seed=seed)
 
 
 @jaxtyped(typechecker=beartype)

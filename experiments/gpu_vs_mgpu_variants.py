@@ -1,0 +1,229 @@
+"""Where the Mosaic GPU Vertical-Slash window launch spends its time.
+
+Run on an H100/H200 from the repo root:
+  PYTHONPATH=. python3 -m experiments.gpu_vs_mgpu_variants [out_dir=DIR]
+      ["lens=[131072]"] [budget_s=1] [max_repeats=5]
+
+Times the window launch alone (`mosaic_gpu_core.tile_list_attention`, no
+seed) over the same windows (the index builder's layout of clustered lines,
+as in `gpu_mgpu_kernels`; N=32, K=8, D=128, bf16, 1000 vertical / 6096
+slash) with different tile plans:
+- `k80_masked`: the previous kernel: 80-row tiles at floor8(o) (32-byte
+  swizzle), every tile masked to its window (offset read in the compute
+  warpgroup);
+- `k64_cond`: the current kernel: 64-row tiles at floor8(o) (128-byte
+  swizzle), masked only where a pair is dropped (`core.CondMask`);
+- `k64_masked`: the same tiles, every tile masked (the cost of the masks);
+- `k64_free`: the same tiles, no mask at all (not the layout's key set: the
+  ceiling of the tile loop);
+plus the whole kernel (`mgpu_full`: seed launch + windows), the seed launch
+alone (`seed_only`: columns + run tails, Pallas-Triton; `seed_columns_only`
+without the tails) and the Pallas-Triton
+Vertical-Slash kernel. Effective TFLOP/s count 64 x 64 pairs per window (and
+64 per column for the whole kernels), as `gpu_mgpu_kernels` does.
+
+Before timing (`check=true`), the whole kernel (default config: two compute
+warpgroups, which the interpret-mode tests do not run) is checked against
+the dense f32 reference on the tests' random layouts (misaligned runs, runs
+of one window, runs crossing the diagonal, windows at the sequence end,
+inactive heads, GQA) and the tests' hand-made runs.
+
+Writes `gpu_vs_mgpu_variants.json` / `.md` to out_dir ($OUT if set).
+"""
+
+import dataclasses
+import json
+import os
+import sys
+import traceback
+import warnings
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+from experiments import bench_common as bc
+from experiments.gpu_mgpu_kernels import Cfg as KernelsCfg
+from experiments.gpu_mgpu_kernels import _dims, _vs_builder
+from pallas_kernels import mosaic_gpu_core as core
+from pallas_kernels import vertical_slash
+from pallas_kernels.mosaic_gpu_core import BLOCK, Config
+from pallas_kernels.vertical_slash import mosaic_gpu as vs_mgpu
+
+warnings.filterwarnings("ignore", message="The Pallas Triton backend")
+
+
+@dataclasses.dataclass(frozen=True)
+class Cfg:
+  out_dir: str = os.environ.get("OUT", "outputs")
+  lens: tuple[int, ...] = (131072,)
+  num_heads: int = 32
+  num_kv_heads: int = 8
+  head_dim: int = 128
+  vs_budget: tuple[int, int] = (1000, 6096)
+  seed: int = 0
+  max_repeats: int = 5
+  budget_s: float = 1.0
+  check: bool = True
+  kernels: tuple[str, ...] = ()  # a subset of the kernels to time (all)
+  tail_chunks: tuple[int, ...] = ()  # extra TAIL_CHUNK values to time
+
+
+class _Plan80(vs_mgpu._Plan):
+  """The previous kernel's plan: window [o, o + 64) as the 80-row tile at
+  min(floor8(o), T - 80), masked to its own causal columns on every step."""
+
+  def key_start(self, m, i):
+    start = lax.div(self._offset(m, i), jnp.int32(8)) * 8
+    return pl.multiple_of(jnp.minimum(start, self.t - 80), 8)
+
+  def segments(self, m):
+    def window(i, rows, cols):
+      o = self._offset(m, i)
+      return (cols >= o) & (cols < o + BLOCK) & (cols <= rows)
+
+    return (core.Segment(self.count(m), window),)
+
+
+class _Plan64(vs_mgpu._Plan):
+  """The current plan with its mask always on (`masked`) or off (`free`)."""
+
+  mode = "masked"
+
+  def segments(self, m):
+    (seg,) = super().segments(m)
+    if self.mode == "free":
+      return (core.Segment(seg.end, None),)
+    always = lambda i, x: jnp.bool_(True)
+    return (core.Segment(seg.end, seg.mask._replace(need=always)),)
+
+
+class _Plan64Free(_Plan64):
+  mode = "free"
+
+
+def _windows_fn(plan_cls, key_rows=BLOCK):
+  def fn(q, k, v, layout):
+    dims = _dims(q, k)
+    return core.tile_list_attention(
+        q, k, v, (layout.block_count, layout.block_offset),
+        plan_fn=lambda refs, bb, h: plan_cls(*refs, bb, h, dims.t),
+        config=Config.get_default(dims.d), dims=dims, interpret=None,
+        name=f"vs_variant_{plan_cls.__name__}", key_rows=key_rows)
+  return fn
+
+
+def _with_tail_chunk(fn, cw):
+  """fn traced with vertical_slash.mosaic_gpu.TAIL_CHUNK = cw."""
+  def traced(*args):
+    old, vs_mgpu.TAIL_CHUNK = vs_mgpu.TAIL_CHUNK, cw
+    try:
+      return fn(*args)
+    finally:
+      vs_mgpu.TAIL_CHUNK = old
+  return traced
+
+
+def _impls(tail_chunks=()):
+  full = lambda q, k, v, lay: vs_mgpu.vertical_slash_attention_mgpu(q, k, v,
+                                                                    lay)
+  seed = lambda q, k, v, lay: vs_mgpu._seed(
+      q, k, v, lay.column_count, lay.column_index, lay.block_count,
+      lay.block_offset, _dims(q, k), interpret=False)
+  columns = lambda q, k, v, lay: vs_mgpu._seed(
+      q, k, v, lay.column_count, lay.column_index,
+      jnp.zeros_like(lay.block_count), lay.block_offset, _dims(q, k),
+      interpret=False)
+  triton = lambda q, k, v, lay: vertical_slash.vertical_slash_attention(
+      q, k, v, lay)
+  return [("triton_vertical_slash", triton, "all"),
+          ("mgpu_full", full, "all"),
+          ("seed_only", seed, "columns"),
+          ("seed_columns_only", columns, "columns"),
+          ("k80_masked", _windows_fn(_Plan80, 80), "windows"),
+          ("k64_cond", _windows_fn(vs_mgpu._Plan), "windows"),
+          ("k64_masked", _windows_fn(_Plan64), "windows"),
+          ("k64_free", _windows_fn(_Plan64Free), "windows")] + [
+              (f"{name}_cw{cw}", _with_tail_chunk(fn, cw), what)
+              for cw in tail_chunks
+              for name, fn, what in (("mgpu_full", full, "all"),
+                                     ("seed_only", seed, "columns"))]
+
+
+def check(rows):
+  """The kernel (default config) vs the f32 reference on random layouts."""
+  sys.path.insert(0, "tests")
+  import kernel_test_utils as ktu  # noqa: PLC0415
+  import test_kernels_vertical_slash_mgpu as tvs  # noqa: PLC0415
+  from pallas_kernels.reference import vertical_slash_mask  # noqa: PLC0415
+
+  import numpy as np  # noqa: PLC0415
+  cases = [("random", 2048, 8, 2, 24, 40, s) for s in range(3)]
+  cases += [("random", 1024, 4, 4, 6, 0, 3), ("runs", 448, 2, 1, 0, 0, 4)]
+  for kind, t, n, kv, n_slash, n_vert, seed in cases:
+    row = dict(kernel="check_default_config", check=kind, T=t)
+    try:
+      rng = np.random.default_rng(seed)
+      q, k, v = ktu.random_qkv(rng, 1, t, n, kv, 128, jnp.bfloat16)
+      layout = (tvs._run_layout(t) if kind == "runs" else
+                ktu.random_vs_layout(rng, 1, n, t, n_slash, n_vert,
+                                     inactive=(1,)))
+      out = np.asarray(vs_mgpu.vertical_slash_attention_mgpu(
+          q, k, v, layout).astype(jnp.float32))
+      want = ktu.reference(q, k, v, vertical_slash_mask(layout, t, t))
+      rel = float(np.linalg.norm(out - want) / np.linalg.norm(want))
+      inactive_ok = kind == "runs" or not out[:, :, 1].any()
+      row.update(rel_ref=rel, ok=bool(np.isfinite(out).all() and rel < 1e-2
+                                      and inactive_ok))
+    except Exception as e:  # noqa: BLE001
+      row.update(error=f"{type(e).__name__}: {str(e)[:300]}", ok=False)
+      traceback.print_exc()
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+
+
+def main(argv):
+  cfg, _ = bc.parse_cli(Cfg, argv, None)
+  meta = dict(bc.environment(), config=bc.as_dict(cfg))
+  print(json.dumps(meta, default=str), flush=True)
+  rows = []
+  if cfg.check:
+    check(rows)
+  kcfg = KernelsCfg(vs_budget=cfg.vs_budget)
+  n, kv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+  for t in cfg.lens:
+    q, k, v = bc.gaussian_qkv(jax.random.key(cfg.seed + t), 1, t, n, kv, d,
+                              jnp.bfloat16)
+    layout, source = _vs_builder(kcfg, jax.random.key(cfg.seed + t + 1), n,
+                                 t)
+    windows = float(jnp.sum(layout.block_count, dtype=jnp.float32))
+    columns = float(jnp.sum(layout.column_count, dtype=jnp.float32))
+    pairs = dict(windows=windows * BLOCK * BLOCK, columns=columns * BLOCK)
+    pairs["all"] = pairs["windows"] + pairs["columns"]
+    for name, fn, what in _impls(cfg.tail_chunks):
+      if cfg.kernels and name not in cfg.kernels:
+        continue
+      row = dict(kernel=name, T=t, source=source, pairs=what)
+      try:
+        tm = bc.time_jitted(fn, (q, k, v, layout), warmup=1, min_repeats=2,
+                            max_repeats=cfg.max_repeats,
+                            budget_s=cfg.budget_s)
+        tm.pop("output", None)
+        row.update(ms=tm["median_ms"], compile_s=tm["compile_s"],
+                   tflops=bc.attention_flops(pairs[what], d)
+                   / tm["median_ms"] / 1e9)
+      except Exception as e:  # noqa: BLE001
+        row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        traceback.print_exc()
+      rows.append(row)
+      print(json.dumps(row), flush=True)
+    del q, k, v, layout
+  cols = [(c, c) for c in ("kernel", "check", "T", "rel_ref", "ok", "pairs",
+                           "ms", "tflops", "compile_s", "source", "error")]
+  print("wrote", *bc.write_results(cfg.out_dir, "gpu_vs_mgpu_variants", meta,
+                                   rows, cols), flush=True)
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
