@@ -62,7 +62,9 @@ class BenchConfig:
   flash_configs: tuple[tuple[int, ...], ...] = ()
   a_shape_configs: tuple[tuple[int, ...], ...] = ()
   # Kernel implementations timed side by side: "triton" (Pallas-Triton,
-  # any GPU) and "mosaic_gpu" (Hopper: wgmma + TMA; default configs).
+  # any GPU), "mosaic_gpu" (Hopper: wgmma + TMA; default configs), and
+  # "mosaic_gpu_qb" / "mosaic_gpu_gqa" (the same with another CTA order,
+  # `MGPU_ORDERS`).
   kernel_impls: tuple[str, ...] = ("triton",)
   crossover_lens: tuple[int, ...] = ()
   crossover_kv_heads: int = 8
@@ -174,8 +176,15 @@ def _build_layout(cfg, pattern, fns, q, k, t):
     return timing.pop("output"), timing, source + " [builder failed]"
 
 
-def _mosaic_gpu_kernel_fn(pattern, interpret):
-  """The Mosaic GPU (Hopper) kernel of a pattern, default config."""
+# "mosaic_gpu_<order>": the Mosaic GPU kernel with Config.fastest_axis.
+MGPU_ORDERS = {"mosaic_gpu": "heads", "mosaic_gpu_qb": "query_blocks",
+               "mosaic_gpu_gqa": "gqa_group"}
+KERNEL_IMPLS = ("triton", *MGPU_ORDERS)
+
+
+def _mosaic_gpu_kernel_fn(pattern, interpret, impl="mosaic_gpu"):
+  """The Mosaic GPU (Hopper) kernel of a pattern: its default config, with
+  the CTA order of `impl` (`MGPU_ORDERS`)."""
   if pattern == "vertical_slash":
     from pallas_kernels.vertical_slash import mosaic_gpu as mod
     fn = mod.vertical_slash_attention_mgpu
@@ -185,7 +194,13 @@ def _mosaic_gpu_kernel_fn(pattern, interpret):
   else:
     from pallas_kernels.a_shape import mosaic_gpu as mod
     fn = mod.a_shape_attention_mgpu
-  return lambda q, k, v, lay: fn(q, k, v, lay, interpret=interpret)
+
+  def run(q, k, v, lay):
+    config = dataclasses.replace(mod.Config.get_default(q.shape[-1]),
+                                 fastest_axis=MGPU_ORDERS[impl])
+    return fn(q, k, v, lay, config=config, interpret=interpret)
+
+  return run
 
 
 def _kernel_fn(pattern, config, interpret):
@@ -278,10 +293,11 @@ def bench_size(cfg, t, kv, configs, rows, key):
     runs = [("triton", c, _kernel_fn(pattern, c, cfg.interpret))
             for c in configs[key_of[pattern]]
             if "triton" in cfg.kernel_impls]
-    if "mosaic_gpu" in cfg.kernel_impls:
-      # 64 x 64 tiles: the area counted like the Triton default's.
-      runs.append(("mosaic_gpu", configs[key_of[pattern]][0],
-                   _mosaic_gpu_kernel_fn(pattern, cfg.interpret)))
+    for impl in cfg.kernel_impls:
+      if impl.startswith("mosaic_gpu"):
+        # 64 x 64 tiles: the area counted like the Triton default's.
+        runs.append((impl, configs[key_of[pattern]][0],
+                     _mosaic_gpu_kernel_fn(pattern, cfg.interpret, impl)))
     for impl, c, kernel_fn in runs:
       row = base | dict(kernel=name, impl=impl,
                         config=_describe(c) if impl == "triton" else
@@ -314,25 +330,39 @@ def bench_size(cfg, t, kv, configs, rows, key):
 def crossover_from_rows(rows, patterns, kv):
   """Smallest T where index + kernel (headline config) beats cuDNN dense.
 
-  Over every measured size with K == kv: the crossover is the smallest T from
-  which the sparse layer wins at every larger measured T (None if never).
+  Over every measured size with K == kv, per pattern and kernel
+  implementation: the crossover is the smallest T from which the sparse
+  layer wins at every larger measured T (None if never). Keys are the
+  pattern names for the Triton kernels and "pattern@impl" for the others
+  (e.g. "block_sparse@mosaic_gpu").
   """
   found = {}
+  impls = sorted({r.get("impl", "triton") for r in rows if r.get("impl")},
+                 key=lambda i: (i != "triton", i)) or ["triton"]
   for name in patterns:
-    speed = {}
-    for r in rows:
-      if r.get("kernel") == name and r.get("K") == kv and r.get(
-          "layer_speedup") and r["T"] not in speed:
-        speed[r["T"]] = r["layer_speedup"]  # first (headline) config
-    lens = sorted(speed)
-    cross = next((t for t in lens
-                  if all(speed[u] > 1.0 for u in lens if u >= t)), None)
-    found[name] = dict(crossover_T=cross, layer_speedup=speed)
+    for impl in impls:
+      speed = {}
+      for r in rows:
+        if (r.get("kernel") == name and r.get("K") == kv
+            and r.get("impl", "triton") == impl and r.get("layer_speedup")
+            and r["T"] not in speed):
+          speed[r["T"]] = r["layer_speedup"]  # first (headline) config
+      if not speed:
+        continue
+      lens = sorted(speed)
+      cross = next((t for t in lens
+                    if all(speed[u] > 1.0 for u in lens if u >= t)), None)
+      key = name if impl == "triton" else f"{name}@{impl}"
+      found[key] = dict(crossover_T=cross, layer_speedup=speed)
   return found
 
 
 def main(argv):
   cfg, path = bc.parse_cli(BenchConfig, argv, DEFAULT_CONFIG)
+  unknown = set(cfg.kernel_impls) - set(KERNEL_IMPLS)
+  if unknown:
+    raise SystemExit(f"kernel_impls: unknown {sorted(unknown)}; choose from"
+                     f" {list(KERNEL_IMPLS)}")
   meta = bc.environment() | dict(config_file=path,
                                  config=dataclasses.asdict(cfg))
   print(json.dumps(meta), flush=True)
@@ -372,7 +402,8 @@ def _write(cfg, meta, rows):
 
 
 def _print_table(rows):
-  print(f"\n{'T':>8} {'K':>3} {'kernel':15} {'dens':>6} {'idx ms':>8} "
+  print(f"\n{'T':>8} {'K':>3} {'kernel':15} {'impl':13} {'dens':>6} "
+        f"{'idx ms':>8} "
         f"{'kern ms':>9} {'TF/s':>6} {'xcuDNN':>7} {'layer':>6}  config")
   for r in rows:
     if "error" in r:
@@ -380,7 +411,7 @@ def _print_table(rows):
             f"{r['error'][:60]}")
       continue
     print(f"{r['T']:>8} {r['K']:>3} {r['kernel']:15} "
-          f"{r.get('impl', '')[:6]:6} {r.get('density', 0):6.3f} "
+          f"{r.get('impl', ''):13} {r.get('density', 0):6.3f} "
           f"{r.get('index_ms', 0):8.2f} "
           f"{r['kernel_ms']:9.2f} {r.get('tflops', 0):6.0f} "
           f"{r.get('kernel_speedup') or r.get('vs_cudnn') or 0:7.2f} "

@@ -49,6 +49,8 @@ CONFIGS = {
                    use_schedule_barrier=False),
     "w2s2p": Config(compute_wgs=2, max_concurrent_steps=2,
                     use_schedule_barrier=True),
+    "w2s2q": Config(compute_wgs=2, max_concurrent_steps=2,
+                    fastest_axis="query_blocks"),
     "w2s3": Config(compute_wgs=2, max_concurrent_steps=3),
     "w1s3": Config(compute_wgs=1, max_concurrent_steps=3),
     "w1s4": Config(compute_wgs=1, max_concurrent_steps=4),

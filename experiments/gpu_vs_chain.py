@@ -196,9 +196,12 @@ def estimate_variants(t=1048576, n=32, kv=8, d=128, seed=0):
   return out
 
 
-def bench_model_indices(paths, n=32, kv=8, d=128, seed=0):
+def bench_model_indices(paths, n=32, kv=8, d=128, seed=0, scores="pallas"):
   """VS kernels on index sets recorded from SmolLM2's heads (npz files from
-  experiments.model_head_indices), with synthetic q/k/v values, vs cuDNN."""
+  experiments.model_head_indices), with synthetic q/k/v values, vs cuDNN.
+
+  The estimate is timed with `scores` ("pallas": the fused Pallas line
+  scores the "pallas" backend runs; "xla": the XLA form)."""
   from experiments.model_head_indices import load_model_head_indices
 
   rows = []
@@ -210,7 +213,7 @@ def bench_model_indices(paths, n=32, kv=8, d=128, seed=0):
                                 dtype=jnp.bfloat16)
     q, k, v = jax.block_until_ready((s.q, s.k, s.v))
     _, t_ind = _timed(lambda q, k: index.vertical_slash_indices(
-        q, k, 1000, 6096), (q, k))
+        q, k, 1000, 6096, scores=scores), (q, k))
     lay, t_lay = _timed(functools.partial(index.vertical_slash_layout,
                                           seq_len=t), (ind,))
     chain, t_chain = _timed(functools.partial(
@@ -224,6 +227,7 @@ def bench_model_indices(paths, n=32, kv=8, d=128, seed=0):
     row = dict(
         T=t, source="SmolLM2-135M heads (model_head_indices)",
         density=pairs / (n * bc.causal_pairs(t)),
+        estimate_scores=scores,
         estimate_ms_synthetic_qk=t_ind["median_ms"],
         expanded_layout_ms=t_lay["median_ms"],
         chain_layout_ms=t_chain["median_ms"],
@@ -249,6 +253,8 @@ def main():
   ap.add_argument("--estimate-variants", action="store_true")
   ap.add_argument("--model-indices", nargs="*", default=None,
                   help="npz files from experiments.model_head_indices")
+  ap.add_argument("--scores", choices=("pallas", "xla"), default="pallas",
+                  help="line scores of the estimate (--model-indices)")
   args = ap.parse_args()
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
@@ -257,7 +263,7 @@ def main():
     (out / "estimate_variants.json").write_text(json.dumps(res, indent=1))
     return
   if args.model_indices:
-    rows = bench_model_indices(args.model_indices)
+    rows = bench_model_indices(args.model_indices, scores=args.scores)
     (out / "gpu_vs_model_indices.json").write_text(json.dumps(
         dict(env=bc.environment(), rows=rows), indent=1))
     return

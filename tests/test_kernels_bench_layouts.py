@@ -39,3 +39,26 @@ def test_rows_masks_match_reference_masks():
   part = bc.vs_rows_mask(vs, rows, t, slice(1, 3))
   np.testing.assert_array_equal(np.asarray(part),
                                 np.asarray(pairs[0][1])[:, 1:3, rows])
+
+
+def test_crossover_is_per_kernel_implementation():
+  """The dense-fallback crossover of each (pattern, implementation): the
+  smallest T from which the layer wins at every larger measured T."""
+  from experiments.bench_kernels import crossover_from_rows
+
+  def row(t, impl, speedup, kernel="a_shape", kv=8):
+    return dict(kernel=kernel, K=kv, T=t, impl=impl, layer_speedup=speedup)
+
+  rows = [row(4096, "triton", 1.1), row(8192, "triton", 0.8),
+          row(16384, "triton", 1.2), row(8192, "mosaic_gpu", 1.05),
+          row(16384, "mosaic_gpu", 1.4), row(4096, "mosaic_gpu", 0.9),
+          row(8192, "triton", 5.0, kv=32),  # other K: ignored
+          row(8192, "triton", 0.5, kernel="block_sparse"),
+          row(16384, "triton", 0.7, kernel="block_sparse")]
+  found = crossover_from_rows(rows, ["a_shape", "block_sparse"], kv=8)
+  assert found["a_shape"]["crossover_T"] == 16384  # 8K loses after 4K won
+  assert found["a_shape@mosaic_gpu"]["crossover_T"] == 8192
+  assert found["a_shape"]["layer_speedup"] == {4096: 1.1, 8192: 0.8,
+                                               16384: 1.2}
+  assert found["block_sparse"]["crossover_T"] is None  # never wins
+  assert "block_sparse@mosaic_gpu" not in found  # not measured
