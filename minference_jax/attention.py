@@ -346,8 +346,9 @@ class MInferenceAttention:
     GPU kernel: "mosaic_gpu" always (errors on inputs it cannot take),
     "triton" never, "auto" for A-shape and Block-Sparse on a Hopper GPU
     for inputs they take (never in interpret mode). Vertical-Slash stays on
-    Triton under "auto": its Mosaic GPU kernel is 0.65x as fast on an H200
-    (docs/kernels.md)."""
+    Triton under "auto": its Mosaic GPU kernel is 1.07-1.16x as fast on an
+    H200 at 32K-128K, but it is not measured at 512K-1M in its final form,
+    where an unfinished version of it was slower (docs/kernels.md)."""
     if self.backend != "pallas" or self.kernels == "triton":
       return False
     if self.kernels == "mosaic_gpu":
