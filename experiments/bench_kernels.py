@@ -24,7 +24,6 @@ import warnings
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from experiments import bench_common as bc
 from pallas_kernels import a_shape, block_sparse, flash, vertical_slash
