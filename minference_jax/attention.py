@@ -298,9 +298,9 @@ class MInferenceAttention:
     kernels: the "pallas" backend's sparse kernels: "triton" (Pallas-Triton,
       A100 and newer, any shape), "mosaic_gpu" (Hopper: wgmma + TMA,
       warp-specialised; bf16/fp16, D in {64, 128, 256}, T % 64 == 0) or
-      "auto" (see `use_mosaic_gpu`: A-shape and Block-Sparse on Hopper,
-      1.17-1.38x faster than Triton on an H200). The chain VS layout always
-      uses Triton.
+      "auto" (see `use_mosaic_gpu`: every sparse kind on Hopper, 1.03-1.38x
+      faster than Triton on an H200). The chain VS layout always uses
+      Triton.
     vs_layout: Vertical-Slash layout for the "pallas" backend: "expanded"
       (`vertical_slash_layout`, [B, N, Tb, NS] int32, the faster kernel)
       or "chain" (`vertical_slash_chain_layout`, O(T) per head: about 15 GB
@@ -344,16 +344,16 @@ class MInferenceAttention:
   def use_mosaic_gpu(self, q, kind: PatternKind) -> bool:
     """Whether the "pallas" backend runs q's `kind` heads with the Mosaic
     GPU kernel: "mosaic_gpu" always (errors on inputs it cannot take),
-    "triton" never, "auto" for A-shape and Block-Sparse on a Hopper GPU
-    for inputs they take (never in interpret mode). Vertical-Slash stays on
-    Triton under "auto": its Mosaic GPU kernel is 1.07-1.16x as fast on an
-    H200 at 32K-128K, but it is not measured at 512K-1M in its final form,
-    where an unfinished version of it was slower (docs/kernels.md)."""
+    "triton" never, "auto" for every sparse kind on a Hopper GPU for
+    inputs the kernels take (never in interpret mode). On an H200 the
+    Mosaic GPU kernels are faster than the Triton ones at every measured
+    length, 32K-1M (Vertical-Slash by 1.03-1.16x, docs/kernels.md)."""
     if self.backend != "pallas" or self.kernels == "triton":
       return False
     if self.kernels == "mosaic_gpu":
       return True
-    return (kind in (PatternKind.A_SHAPE, PatternKind.BLOCK_SPARSE)
+    return (kind in (PatternKind.A_SHAPE, PatternKind.BLOCK_SPARSE,
+                     PatternKind.VERTICAL_SLASH)
             and not self.interpret and _mosaic_gpu_supported(q))
 
   def threshold_for(self, kind: PatternKind) -> int:

@@ -237,3 +237,50 @@ def test_main_writes_results(slice_path, tmp_path, capsys):
     assert res.seq_len == t and res.vertical.shape == (KEEP, 4, 40)
     assert (tmp_path / f"model_head_indices_T{t}_summary.json").is_file()
   assert '"seq_len": 256' in capsys.readouterr().out
+
+
+def test_bs_model_layout_matches_plain_forward(tiny, slice_path):
+  """The Block-Sparse index sets `bs_model_indices` keeps are the builder's
+  estimate on the q/k of a plain forward, for the heads `select_heads`
+  picks, in that order."""
+  from experiments import bs_model_indices as bsi
+  from minference_jax.index import block_sparse_indices
+
+  config, state, ids = tiny
+  n_bench, top_k = 7, 3
+  layout = bsi.model_bs_layout(
+      mhi.load_slice(slice_path), T, n_bench, top_k=top_k, n_vertical=NV,
+      n_slash=NS, last_q=LAST_Q, backend="xla", dtype=jnp.float32)
+  ref_config = dataclasses.replace(config, num_layers=KEEP)
+  ref_state = {n: a for n, a in state.items() if f"layers.{KEEP}." not in n}
+  rec = _Record(make_attention(
+      mhi.vs_pattern_config(KEEP, config.num_heads, NV, NS, LAST_Q), "xla"))
+  forward(params_from_state_dict(ref_config, ref_state, jnp.float32),
+          jnp.asarray(ids[None, :T]), config=ref_config, attention=rec)
+  picks = mhi.select_heads(KEEP, config.num_heads, config.num_kv_heads,
+                           n_bench)
+  assert layout.block_index.shape == (1, n_bench, T // 64, top_k)
+  for h, (layer, head) in enumerate(picks):
+    want = block_sparse_indices(*rec.qk[layer], top_k, 64)
+    np.testing.assert_array_equal(np.asarray(layout.block_count[0, h]),
+                                  np.asarray(want.block_count[0, head]))
+    np.testing.assert_array_equal(np.asarray(layout.block_index[0, h]),
+                                  np.asarray(want.block_index[0, head]))
+  # Different picked heads select different blocks (not one head copied).
+  idx = np.asarray(layout.block_index[0])
+  assert (idx[0] != idx[1]).any() and (idx[0] != idx[2]).any()
+
+
+def test_bs_layout_stats_by_hand():
+  from experiments import bs_model_indices as bsi
+  from pallas_kernels.layouts import BlockSparseLayout
+
+  # T = 256 (4 blocks), KB = 3; rows: [0], [0, 1], [0, 2], [1, 2, 3].
+  index = np.array([[0, 0, 0], [0, 1, 1], [0, 2, 2], [1, 2, 3]])
+  layout = BlockSparseLayout(jnp.asarray([[[1, 2, 2, 3]]], jnp.int32),
+                             jnp.asarray(index[None, None], jnp.int32), 64)
+  stats = bsi.layout_stats(layout, 256)
+  assert stats["density"] == round(8 * 64 * 64 / (256 * 257 / 2), 5)
+  assert stats["near_share"] == 1.0
+  assert stats["sink_share"] == 5 / 8  # blocks 0 and 1 (tokens < 128)
+  assert stats["run_mean"] == 8 / 5  # runs [0] [0,1] [0] [2] [1,2,3]
