@@ -11,10 +11,17 @@ For each T (bf16 synthetic q/k, N=32, K=8, D=128, budgets 1000/6096):
 - with --sweep, the fused scores' launch knobs at the largest T;
 - with --breakdown, per-stage times at each T: the scores with either
   scratch form, the top-k selection (the current one and the earlier
-  searchsorted one, which must agree) and the chain layout's parts.
+  searchsorted one, which must agree) and the chain layout's parts;
+- with --chain-sweep, only the Pallas chain-layout builder's launch knobs
+  at each T (each checked equal to the XLA builder's arrays).
+
+The chain layout is timed with both builders ("xla", the previous one, and
+"pallas"), which must give equal arrays (`chain_layout_pallas_same_as_xla`);
+`estimate_pallas_plus_chain_layout_ms` uses the Pallas builder,
+`..._xla_ms` the XLA one.
 
   PYTHONPATH=. python3 -m experiments.gpu_vs_estimate --out DIR [--sweep]
-      [--breakdown]
+      [--breakdown] [--chain-sweep]
 """
 
 import argparse
@@ -30,6 +37,9 @@ import numpy as np
 
 from experiments import bench_common as bc
 from minference_jax import index, index_vs, synthetic
+from pallas_kernels.vs_chain_layout import Config as ChainConfig
+from pallas_kernels.vs_chain_layout import vs_chain_layout
+from pallas_kernels.vs_chain_layout import pallas_triton as vs_chain_pallas
 from pallas_kernels.vs_estimate import Config, vs_line_scores
 from pallas_kernels.vs_estimate import pallas_triton as vs_pallas
 
@@ -144,6 +154,9 @@ def breakdown(t: int, n: int, kv: int, d: int, seed: int) -> dict:
   _, r = _timed(functools.partial(index.vertical_slash_chain_layout,
                                   seq_len=t), (ind,))
   row["chain_layout_ms"] = r["median_ms"]
+  _, r = _timed(functools.partial(index.vertical_slash_chain_layout,
+                                  seq_len=t, builder="pallas"), (ind,))
+  row["chain_layout_pallas_ms"] = r["median_ms"]
   table, r = _timed(functools.partial(index_vs._successor_table, seq_len=t,
                                       bs=64), (ind.slash, ind.slash_count))
   row["chain_successor_table_ms"] = r["median_ms"]
@@ -177,19 +190,62 @@ def run(t: int, n: int, kv: int, d: int, seed: int) -> dict:
     est[scores], r = _timed(fn, (q, k))
     row[f"estimate_{scores}_ms"] = r["median_ms"]
   row.update(_same_share(est["pallas"], est["xla"]))
-  chain_fn = functools.partial(index.vertical_slash_chain_layout, seq_len=t)
-  _, r = _timed(chain_fn, (est["pallas"],))
-  row["chain_layout_ms"] = r["median_ms"]
+  chain = {}
+  for builder in ("xla", "pallas"):
+    chain[builder], r = _timed(functools.partial(
+        index.vertical_slash_chain_layout, seq_len=t, builder=builder),
+        (est["pallas"],))
+    row[f"chain_layout_{builder}_ms"] = r["median_ms"]
+  row["chain_layout_ms"] = row["chain_layout_pallas_ms"]
+  row["chain_layout_pallas_same_as_xla"] = _same_layout(chain["pallas"],
+                                                        chain["xla"])
+  del chain
 
-  def estimate_and_layout(q, k):
-    ind = index.vertical_slash_indices(q, k, nv, ns, _LAST_Q,
-                                       scores="pallas")
-    return index.vertical_slash_chain_layout(ind, t)
+  for builder, key in (("pallas", ""), ("xla", "_xla")):
+    def estimate_and_layout(q, k, builder=builder):
+      ind = index.vertical_slash_indices(q, k, nv, ns, _LAST_Q,
+                                         scores="pallas")
+      return index.vertical_slash_chain_layout(ind, t, builder=builder)
 
-  _, r = _timed(estimate_and_layout, (q, k))
-  row["estimate_pallas_plus_chain_layout_ms"] = r["median_ms"]
+    _, r = _timed(estimate_and_layout, (q, k))
+    row[f"estimate_pallas_plus_chain_layout{key}_ms"] = r["median_ms"]
   print(json.dumps(row), flush=True)
   return row
+
+
+def _same_layout(a, b) -> bool:
+  """Every array of two chain layouts is equal."""
+  return all(bool(jnp.array_equal(x, y)) for x, y in
+             zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+
+def chain_sweep(t: int, n: int, kv: int, d: int, seed: int) -> list[dict]:
+  """Launch knobs of the Pallas chain-layout builder at one T (on the
+  estimate's indices); each config's arrays must equal the XLA builder's.
+  Also times its first launch alone (`table_pass_ms`)."""
+  nv, ns = _BUDGET
+  q, k = _inputs(t, n, kv, d, seed)
+  ind = index.vertical_slash_indices(q, k, nv, ns, _LAST_Q, scores="pallas")
+  del q, k
+  want = index.vertical_slash_chain_layout(ind, t, builder="xla")
+  rows = []
+  for r_tile, warps in itertools.product((8, 16, 32), (2, 4)):
+    cfg = ChainConfig(rows_per_tile=r_tile, num_warps=warps)
+    got, r = _timed(lambda s, sc, v, vc, cfg=cfg: vs_chain_layout(
+        s, sc, v, vc, t, 64, config=cfg),
+        (ind.slash, ind.slash_count, ind.vertical, ind.vertical_count),
+        budget_s=1.0)
+    row = dict(T=t, config=repr(cfg), ms=r["median_ms"],
+               same_as_xla=_same_layout(got, want))
+    del got
+    _, r = _timed(functools.partial(
+        vs_chain_pallas.table_pass, seq_len=t, block_size=64, config=cfg),
+        (ind.slash, ind.slash_count, ind.vertical, ind.vertical_count),
+        budget_s=1.0)
+    row["table_pass_ms"] = r["median_ms"]
+    print(json.dumps(row), flush=True)
+    rows.append(row)
+  return rows
 
 
 def sweep(t: int, n: int, kv: int, d: int, seed: int) -> list[dict]:
@@ -218,10 +274,19 @@ def main():
                   help="launch-knob sweep of the fused scores at max T")
   ap.add_argument("--breakdown", action="store_true",
                   help="per-stage times only (no estimate rows)")
+  ap.add_argument("--chain-sweep", action="store_true",
+                  help="only the Pallas chain-layout builder's knobs")
   args = ap.parse_args()
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   results = dict(env=bc.environment(), rows=[], sweep=[])
+  if args.chain_sweep:
+    results["chain_sweep"] = [
+        row for t in args.seq_lens
+        for row in chain_sweep(t, 32, args.kv_heads, 128, 0)]
+    (out / "gpu_vs_estimate_chain_sweep.json").write_text(
+        json.dumps(results, indent=1))
+    return
   path = out / "gpu_vs_estimate.json"
   if args.breakdown:
     results["breakdown"] = [breakdown(t, 32, args.kv_heads, 128, 0)

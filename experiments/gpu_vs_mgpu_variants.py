@@ -8,25 +8,32 @@ Times the window launch alone (`mosaic_gpu_core.tile_list_attention`, no
 seed) over the same windows (the index builder's layout of clustered lines,
 as in `gpu_mgpu_kernels`; N=32, K=8, D=128, bf16, 1000 vertical / 6096
 slash) with different tile plans:
-- `k80_masked`: the previous kernel: 80-row tiles at floor8(o) (32-byte
+- `k80_masked`: an earlier kernel: 80-row tiles at floor8(o) (32-byte
   swizzle), every tile masked to its window (offset read in the compute
   warpgroup);
-- `k64_cond`: the current kernel: 64-row tiles at floor8(o) (128-byte
-  swizzle), masked only where a pair is dropped (`core.CondMask`);
+- `k64_cond`: the previous kernel's window launch (`tails="seed"`):
+  64-row tiles at floor8(o) (128-byte swizzle), masked only where a pair is
+  dropped (`core.CondMask`), no run tails;
 - `k64_masked`: the same tiles, every tile masked (the cost of the masks);
 - `k64_free`: the same tiles, no mask at all (not the layout's key set: the
   ceiling of the tile loop);
-plus the whole kernel (`mgpu_full`: seed launch + windows), the seed launch
-alone (`seed_only`: columns + run tails, Pallas-Triton; `seed_columns_only`
-without the tails) and the Pallas-Triton
+- `stream_windows_tails`: the current Mosaic GPU launch alone: the windows'
+  64-row tiles plus the run tails in gathered tiles (`_StreamPlan`, with
+  the XLA pass that counts each block's tiles, `tile_steps_pass` alone);
+plus the whole kernel (`mgpu_full`: the column seed launch + the Mosaic GPU
+launch with the run tails; `mgpu_full_seed_tails`: the previous kernel,
+`_fwd(..., tails="seed")`, the run tails in the Triton seed launch), the seed
+launches alone (`seed_only`: columns + run tails, the previous one;
+`seed_columns_only`: the columns, the current one) and the Pallas-Triton
 Vertical-Slash kernel. Effective TFLOP/s count 64 x 64 pairs per window (and
 64 per column for the whole kernels), as `gpu_mgpu_kernels` does.
 
 Before timing (`check=true`), the whole kernel (default config: two compute
-warpgroups, which the interpret-mode tests do not run) is checked against
-the dense f32 reference on the tests' random layouts (misaligned runs, runs
-of one window, runs crossing the diagonal, windows at the sequence end,
-inactive heads, GQA) and the tests' hand-made runs.
+warpgroups, which the interpret-mode tests do not run), with the run tails
+in gathered tiles and in the seed launch, is checked against the dense f32
+reference on the tests' random layouts (misaligned runs, runs of one
+window, runs crossing the diagonal, windows at the sequence end, inactive
+heads, GQA) and the tests' hand-made runs and many-tails layout.
 
 Writes `gpu_vs_mgpu_variants.json` / `.md` to out_dir ($OUT if set).
 """
@@ -66,6 +73,7 @@ class Cfg:
   max_repeats: int = 5
   budget_s: float = 1.0
   check: bool = True
+  check_tails: tuple[str, ...] = vs_mgpu.TAILS_KINDS  # paths to check
   kernels: tuple[str, ...] = ()  # a subset of the kernels to time (all)
   tail_chunks: tuple[int, ...] = ()  # extra TAIL_CHUNK values to time
 
@@ -125,33 +133,60 @@ def _with_tail_chunk(fn, cw):
   return traced
 
 
+def _full(tails):
+  """The whole kernel with the run tails where `tails` says."""
+  def fn(q, k, v, lay):
+    return vs_mgpu._fwd(q, k, v, lay.block_count, lay.block_offset,
+                        lay.column_count, lay.column_index,
+                        block_size=lay.block_size,
+                        config=Config.get_default(q.shape[-1]),
+                        interpret=None, tails=tails)
+  return fn
+
+
+def _stream_windows(q, k, v, lay):
+  """The current Mosaic GPU launch alone (no seed): windows + run tails,
+  with the XLA pass that counts the tiles."""
+  dims = _dims(q, k)
+  steps = vs_mgpu._tile_steps(lay.block_count, lay.block_offset, dims.t)
+  return core.tile_list_attention(
+      q, k, v, (steps, lay.block_count, lay.block_offset),
+      plan_fn=lambda refs, bb, h: vs_mgpu._StreamPlan(*refs, bb, h, dims.t),
+      config=Config.get_default(dims.d), dims=dims, interpret=None,
+      name="vs_variant_stream", stream=True)
+
+
 def _impls(tail_chunks=()):
-  full = lambda q, k, v, lay: vs_mgpu.vertical_slash_attention_mgpu(q, k, v,
-                                                                    lay)
+  full = _full("gathered")
   seed = lambda q, k, v, lay: vs_mgpu._seed(
       q, k, v, lay.column_count, lay.column_index, lay.block_count,
       lay.block_offset, _dims(q, k), interpret=False)
   columns = lambda q, k, v, lay: vs_mgpu._seed(
-      q, k, v, lay.column_count, lay.column_index,
-      jnp.zeros_like(lay.block_count), lay.block_offset, _dims(q, k),
-      interpret=False)
+      q, k, v, lay.column_count, lay.column_index, lay.block_count,
+      lay.block_offset, _dims(q, k), interpret=False, tails=False)
+  steps = lambda q, k, v, lay: vs_mgpu._tile_steps(
+      lay.block_count, lay.block_offset, q.shape[1])
   triton = lambda q, k, v, lay: vertical_slash.vertical_slash_attention(
       q, k, v, lay)
   return [("triton_vertical_slash", triton, "all"),
           ("mgpu_full", full, "all"),
+          ("mgpu_full_seed_tails", _full("seed"), "all"),
           ("seed_only", seed, "columns"),
           ("seed_columns_only", columns, "columns"),
+          ("stream_windows_tails", _stream_windows, "windows"),
+          ("tile_steps_pass", steps, None),
           ("k80_masked", _windows_fn(_Plan80, 80), "windows"),
           ("k64_cond", _windows_fn(vs_mgpu._Plan), "windows"),
           ("k64_masked", _windows_fn(_Plan64), "windows"),
           ("k64_free", _windows_fn(_Plan64Free), "windows")] + [
               (f"{name}_cw{cw}", _with_tail_chunk(fn, cw), what)
               for cw in tail_chunks
-              for name, fn, what in (("mgpu_full", full, "all"),
+              for name, fn, what in (("mgpu_full_seed_tails", _full("seed"),
+                                      "all"),
                                      ("seed_only", seed, "columns"))]
 
 
-def check(rows):
+def check(rows, tails_kinds=vs_mgpu.TAILS_KINDS):
   """The kernel (default config) vs the f32 reference on random layouts."""
   sys.path.insert(0, "tests")
   import kernel_test_utils as ktu  # noqa: PLC0415
@@ -160,20 +195,22 @@ def check(rows):
 
   import numpy as np  # noqa: PLC0415
   cases = [("random", 2048, 8, 2, 24, 40, s) for s in range(3)]
-  cases += [("random", 1024, 4, 4, 6, 0, 3), ("runs", 448, 2, 1, 0, 0, 4)]
-  for kind, t, n, kv, n_slash, n_vert, seed in cases:
-    row = dict(kernel="check_default_config", check=kind, T=t)
+  cases += [("random", 1024, 4, 4, 6, 0, 3), ("runs", 448, 2, 1, 0, 0, 4),
+            ("many_tails", tvs.MANY_TAILS_T, 2, 1, 0, 0, 5)]
+  hand_made = dict(runs=tvs._run_layout, many_tails=tvs._many_tails_layout)
+  for (kind, t, n, kv, n_slash, n_vert, seed), tails in (
+      (c, tails) for c in cases for tails in tails_kinds):
+    row = dict(kernel=f"check_default_config_{tails}", check=kind, T=t)
     try:
       rng = np.random.default_rng(seed)
       q, k, v = ktu.random_qkv(rng, 1, t, n, kv, 128, jnp.bfloat16)
-      layout = (tvs._run_layout(t) if kind == "runs" else
+      layout = (hand_made[kind]() if kind in hand_made else
                 ktu.random_vs_layout(rng, 1, n, t, n_slash, n_vert,
                                      inactive=(1,)))
-      out = np.asarray(vs_mgpu.vertical_slash_attention_mgpu(
-          q, k, v, layout).astype(jnp.float32))
+      out = np.asarray(_full(tails)(q, k, v, layout).astype(jnp.float32))
       want = ktu.reference(q, k, v, vertical_slash_mask(layout, t, t))
       rel = float(np.linalg.norm(out - want) / np.linalg.norm(want))
-      inactive_ok = kind == "runs" or not out[:, :, 1].any()
+      inactive_ok = kind in hand_made or not out[:, :, 1].any()
       row.update(rel_ref=rel, ok=bool(np.isfinite(out).all() and rel < 1e-2
                                       and inactive_ok))
     except Exception as e:  # noqa: BLE001
@@ -189,7 +226,7 @@ def main(argv):
   print(json.dumps(meta, default=str), flush=True)
   rows = []
   if cfg.check:
-    check(rows)
+    check(rows, cfg.check_tails)
   kcfg = KernelsCfg(vs_budget=cfg.vs_budget)
   n, kv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
   for t in cfg.lens:
@@ -210,9 +247,10 @@ def main(argv):
                             max_repeats=cfg.max_repeats,
                             budget_s=cfg.budget_s)
         tm.pop("output", None)
-        row.update(ms=tm["median_ms"], compile_s=tm["compile_s"],
-                   tflops=bc.attention_flops(pairs[what], d)
-                   / tm["median_ms"] / 1e9)
+        row.update(ms=tm["median_ms"], compile_s=tm["compile_s"])
+        if what is not None:
+          row["tflops"] = (bc.attention_flops(pairs[what], d)
+                           / tm["median_ms"] / 1e9)
       except Exception as e:  # noqa: BLE001
         row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
         traceback.print_exc()

@@ -307,7 +307,8 @@ class MInferenceAttention:
       less index memory per layer at 1M tokens, a 1.3-1.6x slower kernel on
       an H200). The "xla" backend always uses the expanded layout.
       The "pallas" backend also scores the Vertical-Slash estimate with the
-      fused kernel (`vertical_slash_indices(scores="pallas")`).
+      fused kernel (`vertical_slash_indices(scores="pallas")`) and builds
+      the chain layout with its kernels (`builder="pallas"`).
   """
 
   pattern_config: PatternConfig | Pattern
@@ -352,6 +353,11 @@ class MInferenceAttention:
       return False
     if self.kernels == "mosaic_gpu":
       return True
+    if kind is PatternKind.VERTICAL_SLASH:
+      from pallas_kernels.vertical_slash.mosaic_gpu import MAX_T
+
+      if q.shape[1] > MAX_T:  # its tile headers' packing
+        return False
     return (kind in (PatternKind.A_SHAPE, PatternKind.BLOCK_SPARSE,
                      PatternKind.VERTICAL_SLASH)
             and not self.interpret and _mosaic_gpu_supported(q))
@@ -486,8 +492,11 @@ class MInferenceAttention:
             scores="pallas" if pallas else "xla", interpret=self.interpret,
         )
         chain = pallas and self.vs_layout == "chain"
-        layout = (vertical_slash_chain_layout if chain
-                  else vertical_slash_layout)(indices, t)
+        if chain:
+          layout = vertical_slash_chain_layout(
+              indices, t, builder="pallas", interpret=self.interpret)
+        else:
+          layout = vertical_slash_layout(indices, t)
       with jax.named_scope("minf_vertical_slash"):
         if pallas and not chain and self.use_mosaic_gpu(q, group.kind):
           from pallas_kernels.vertical_slash.mosaic_gpu import (

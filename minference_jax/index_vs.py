@@ -785,6 +785,9 @@ def vertical_slash_chain_layout(
     indices: VerticalSlashIndices,
     seq_len: int,
     block_size: int = BLOCK_SIZE,
+    *,
+    builder: str = "xla",
+    interpret: bool = False,
 ) -> VerticalSlashChainLayout:
   """The O(T)-per-head form of `vertical_slash_layout` that the kernel walks.
 
@@ -795,18 +798,36 @@ def vertical_slash_chain_layout(
   (at T = 1M, N = 32: 0.27 GB instead of 15 GB), built in O(B N T).
 
   Args:
-    indices: VerticalSlashIndices of a T-token prefill.
+    indices: VerticalSlashIndices of a T-token prefill (sorted lists, as
+      `vertical_slash_indices` makes them).
     seq_len: static T.
     block_size: static row block / window size (64 for the kernels).
+    builder: "xla" (`_vs_chain_jit`: histograms, cumulative sums and a
+      cumulative max over [B, N, T] arrays) or "pallas" (the GPU kernels
+      `pallas_kernels.vs_chain_layout`, which compute each entry from the
+      sorted lists by binary search; the same arrays; block_size a power of
+      two). On an H200 at T = 1M, N = 32: 1.85 ms for "xla", 0.50 ms
+      for "pallas" (experiments/results/vs_estimate_pallas_h200_s5.md).
+    interpret: run the "pallas" builder in interpret mode (CPU tests).
 
   Returns:
     VerticalSlashChainLayout (see its docstring for how it is read).
 
   Raises:
-    TypeError / ValueError: as `vertical_slash_layout`.
+    TypeError / ValueError: as `vertical_slash_layout`; an unknown
+      `builder`; "pallas" with a block_size that is not a power of two.
   """
   _check_layout_inputs(indices, seq_len, block_size)
-  return _vs_chain_jit(indices, seq_len=seq_len, block_size=block_size)
+  if builder == "xla":
+    return _vs_chain_jit(indices, seq_len=seq_len, block_size=block_size)
+  if builder != "pallas":
+    raise ValueError(f"builder must be 'xla' or 'pallas', got {builder!r}")
+  from pallas_kernels.vs_chain_layout import vs_chain_layout
+
+  return vs_chain_layout(
+      indices.slash, indices.slash_count, indices.vertical,
+      indices.vertical_count, seq_len, block_size,
+      interpret=bool(interpret))
 
 
 @jaxtyped(typechecker=beartype)

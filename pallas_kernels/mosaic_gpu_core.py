@@ -21,6 +21,17 @@ a `TilePlan`:
   edges, ...), or a `CondMask` that decides per step whether the tile needs
   its mask. Only the tiles that need a mask pay for one.
 
+A stream plan (`tile_list_attention(..., stream=True)`, protocol in
+`pallas_kernels.mosaic_gpu_stream`) instead hands its tiles to the producer
+one step at a time, in order, with a header word per step that the producer
+writes into SMEM beside the ring slot (the consumer's masks read it from
+there: no per-step GMEM reads in the compute warpgroup), and gathers 8-row
+chunks into extra 64-row tiles (eight 8-row TMA copies each, which the
+(8, 64) tiling and the 128-byte swizzle of a slot take). The consumer reads
+a step's words before its wgmma (the producer rewrites them only after the
+slot's release), waits a gathered tile's chunks 1..7 (K and V) on a second
+barrier per slot and masks it with the plan's `StreamMask.gathered`.
+
 One CTA (`plgpu.kernel` program) handles `Config.compute_wgs` consecutive
 64-row query blocks of one (batch, head):
 - compute warpgroup w owns query block m = pair * compute_wgs + w: its q tile
@@ -51,6 +62,15 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from pallas_kernels import common
+from pallas_kernels.mosaic_gpu_stream import (  # noqa: F401 (re-exported)
+    CHUNK,
+    GATHER,
+    StreamMask,
+    StreamPlan,
+    StreamState,
+    StreamStep,
+    stream_advance,
+)
 
 BLOCK = 64  # rows of a query block and of a key tile
 SUPPORTED_HEAD_DIMS = (64, 128, 256)
@@ -86,7 +106,7 @@ class Segment(NamedTuple):
   """Steps [previous segment's end, end) of a query block's tile list."""
 
   end: jax.Array  # int32 []
-  mask: MaskFn | CondMask | None  # static: None = mask-free
+  mask: MaskFn | CondMask | StreamMask | None  # static: None = mask-free
 
 
 class TilePlan(Protocol):
@@ -251,10 +271,32 @@ def _masked_scores(s, mask: MaskFn, i, r0, key_start):
   return jnp.where(mask(i, rows, cols), s, -jnp.inf)
 
 
+def _apply_stream_mask(s, mask: StreamMask, words, r0):
+  """s [64, 64] masked as a `StreamMask` says for the step whose SMEM words
+  (header * 2 + gathered, then GATHER chunk words) are `words`."""
+  header = lax.shift_right_arithmetic(words[0], 1)
+  gathered = (words[0] & 1) != 0
+  kind = jnp.where(gathered, len(mask.masks) + 1, mask.kind(header))
+
+  def masked(keep_fn):
+    def branch(s):
+      rows = r0 + _wgmma_iota(s.shape, 0)
+      return jnp.where(keep_fn(rows, _wgmma_iota(s.shape, 1)), s, -jnp.inf)
+    return branch
+
+  branches = ([lambda s: s]
+              + [masked(functools.partial(fn, header)) for fn in mask.masks]
+              + [masked(functools.partial(mask.gathered, words[1:]))])
+  return lax.switch(kind, branches, s)
+
+
 def _apply_mask(s, mask, i, x, r0, key_start):
   """s [64, KR] masked by a `Segment.mask` (not None); x: a `CondMask`'s
-  scalars of step i; `key_start()` gives the tile's first key row (read
-  only on the masked path). A `CondMask` runs as `lax.cond`."""
+  scalars of step i, or a `StreamMask`'s words; `key_start()` gives the
+  tile's first key row (read only on the masked path). A `CondMask` runs
+  as `lax.cond`, a `StreamMask` as `lax.switch`."""
+  if isinstance(mask, StreamMask):
+    return _apply_stream_mask(s, mask, x, r0)
   if not isinstance(mask, CondMask):
     return _masked_scores(s, mask, i, r0, key_start())
   fn = lambda i, rows, cols: mask.mask(i, x, rows, cols)
@@ -343,7 +385,8 @@ def _head_and_pair(fastest_axis: str, n_pairs: int, g: int):
 
 def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
                         config: Config, dims: Dims, interpret, name: str,
-                        seed: tuple | None = None, key_rows: int = BLOCK):
+                        seed: tuple | None = None, key_rows: int = BLOCK,
+                        stream: bool = False):
   """Attention of each 64-row query block over its plan's key tiles.
 
   Args:
@@ -364,6 +407,10 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
       a 64-key window starting anywhere). `key_start` must be a multiple of
       8: Mosaic GPU's TMA into the tiled SMEM that wgmma reads takes only
       tile-aligned rows.
+    stream: `plan_fn` returns a `StreamPlan` (64-row key tiles only): the
+      producer walks its tiles in order, writes each step's header into
+      SMEM for the consumer's `StreamMask` and gathers 8-row chunks into
+      extra tiles (see the module doc).
 
   Returns:
     [B, T, N, D] output in q's dtype; rows without any key are zero.
@@ -373,6 +420,8 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
   wgs = config.compute_wgs
   depth = config.max_concurrent_steps
   seeded = seed is not None
+  if stream and key_rows != BLOCK:
+    raise ValueError(f"stream plans take 64-row key tiles, not {key_rows}")
   # No ping-pong with a seed. It was turned off after Mosaic GPU interpret
   # mode hung on it; that hang was most likely the host thread starvation
   # tests/conftest.py describes (with PJRT_NPROC=8 the same seeded
@@ -388,8 +437,9 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
     q_ref, k_ref, v_ref = refs[n_index:n_index + 3]
     seed_refs = refs[n_index + 3:-1]
     o_ref = refs[-1]
-    qo_smem, k_smem, v_smem, seed_smem = smem
-    (q_bars, k_bars, v_bars, k_free, v_free, sched_bar, seed_bars) = barriers
+    qo_smem, k_smem, v_smem, seed_smem, stream_smem = smem
+    (q_bars, k_bars, v_bars, k_free, v_free, sched_bar, seed_bars,
+     gather_bars) = barriers
     bb = lax.axis_index("batch")
     h, pair = _head_and_pair(config.fastest_axis, n_pairs, g)
     wg = lax.axis_index("wg")
@@ -417,6 +467,18 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
       plgpu.barrier_wait(seed_bars[0].at[w])
       plgpu.barrier_wait(seed_bars[1].at[w])
       return _merge_seed(acc, m_i, l_i, qo, seed_smem.at[w])
+
+    def stream_words(w, slot):
+      """The words the producer wrote for ring w's slot: (header * 2 +
+      gathered, GATHER chunk words); on a gathered tile, waits for its
+      chunks 1..7 of K and V."""
+      words = tuple(stream_smem[0][w, slot, j] for j in range(1 + GATHER))
+
+      @pl.when((words[0] & 1) != 0)
+      def _():
+        plgpu.barrier_wait(gather_bars.at[w * depth + slot])
+
+      return words
 
     @pl.when(wg < wgs)
     def _compute():
@@ -446,6 +508,8 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
         x = None
         if isinstance(mask, CondMask):  # scalars read before the wgmma
           x, aux = mask.scalars(i, aux)
+        elif isinstance(mask, StreamMask):  # before the slot is released
+          x = stream_words(w, slot)
 
         def compute_qk(acc_ref):
           plgpu.wgmma(acc_ref, qo, k_smem.at[w, slot].transpose((1, 0)))
@@ -553,12 +617,91 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
           plgpu.barrier_wait(v_free.at[w * depth + slot])
           copy(v_ref, v_smem, v_bars)
 
-      for i in range(depth):  # fill the rings
-        for w in range(wgs):
-          issue(w, i, wait=False)
+      def issue_stream(w, i, state: StreamState, wait):
+        """`issue` for a stream plan: step i of ring w is its next primary
+        tile or a gathered tile (`stream_advance`); the K copy goes with the
+        step's words for the consumer. Returns the next `StreamState`."""
+        m, _, count = blocks[w]
+        slot = lax.rem(i, depth)
+        bar = w * depth + slot
+        # Read before the wait (an in-range primary even past the last).
+        p_in = jnp.clip(state.p, 0, jnp.maximum(n_primary[w] - 1, 0))
+        tile, next_plan = plan.stream_next(m, p_in, state.plan)
+        gathered, primary, next_state = stream_advance(
+            state, tile, next_plan, n_primary[w], i < count)
+        words_ref = stream_smem[0].at[w, slot]  # [1 + GATHER]
+        pending_ref = stream_smem[1].at[w]  # [GATHER]
+
+        def chunk_words():
+          """The pending chunks; the slots past them repeat chunk 0's row
+          with bits 0 (an in-range copy whose keys the mask drops)."""
+          first = pending_ref[0]
+          blank = first - (first & (CHUNK - 1))
+          return [jnp.where(j < state.pending, pending_ref[j], blank)
+                  for j in range(GATHER)]
+
+        def load(src_ref, dst_ref, bars, with_words):
+          @pl.when(primary)
+          def _():
+            if with_words:
+              words_ref[0] = tile.header * 2
+            plgpu.copy_gmem_to_smem(
+                src_ref.at[bb, pl.ds(pl.multiple_of(tile.start, 8), BLOCK),
+                           kv_head],
+                dst_ref.at[w, slot], bars.at[bar])
+
+          @pl.when(gathered)
+          def _():
+            words = chunk_words()
+            if with_words:
+              words_ref[0] = jnp.int32(1)
+              for j, word in enumerate(words):
+                words_ref[1 + j] = word
+            for j, word in enumerate(words):
+              row = pl.multiple_of(word - (word & (CHUNK - 1)), CHUNK)
+              plgpu.copy_gmem_to_smem(
+                  src_ref.at[bb, pl.ds(row, CHUNK), kv_head],
+                  dst_ref.at[w, slot, pl.ds(j * CHUNK, CHUNK)],
+                  (bars if j == 0 else gather_bars).at[bar])
+
+        if wait:
+          @pl.when(i < count + depth)
+          def _():
+            plgpu.barrier_wait(k_free.at[bar])
+            load(k_ref, k_smem, k_bars, True)
+            plgpu.barrier_wait(v_free.at[bar])
+            load(v_ref, v_smem, v_bars, False)
+        else:
+          load(k_ref, k_smem, k_bars, True)
+          load(v_ref, v_smem, v_bars, False)
+
+        @pl.when(primary & tile.has_chunk)
+        def _():
+          pending_ref[state.pending] = tile.chunk
+
+        return next_state
+
       longest = blocks[0][2]
       for w in range(1, wgs):
         longest = jnp.maximum(longest, blocks[w][2])
+      if stream:
+        n_primary = [plan.primary_count(blocks[w][0]) for w in range(wgs)]
+        states = [StreamState(jnp.int32(0), jnp.int32(0),
+                              plan.stream_init(blocks[w][0]))
+                  for w in range(wgs)]
+        for i in range(depth):  # fill the rings
+          for w in range(wgs):
+            states[w] = issue_stream(w, i, states[w], wait=False)
+
+        @pl.loop(depth, longest + depth, init_carry=tuple(states))
+        def _(i, states):
+          return tuple(issue_stream(w, i, states[w], wait=True)
+                       for w in range(wgs))
+        return
+
+      for i in range(depth):  # fill the rings
+        for w in range(wgs):
+          issue(w, i, wait=False)
 
       @pl.loop(depth, longest + depth)
       def _(i):
@@ -571,13 +714,19 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
     ring = lambda: plgpu.SMEM((wgs, depth, key_rows, d), dtype,
                               transforms=transforms)
     seed_smem = plgpu.SMEM((wgs, BLOCK), jnp.float32) if seeded else None
-    smem = (qo, ring(), ring(), seed_smem)
+    # A stream's words per ring slot, and each ring's pending chunks.
+    stream_smem = ((plgpu.SMEM((wgs, depth, 1 + GATHER), jnp.int32),
+                    plgpu.SMEM((wgs, GATHER), jnp.int32)) if stream else None)
+    smem = (qo, ring(), ring(), seed_smem, stream_smem)
     loaded = lambda: plgpu.Barrier(num_barriers=wgs * depth)
     freed = lambda: plgpu.Barrier(num_arrivals=1, num_barriers=wgs * depth)
     barriers = (
         plgpu.Barrier(num_barriers=wgs), loaded(), loaded(), freed(), freed(),
         plgpu.Barrier(num_arrivals=wgs) if schedule else None,
         (plgpu.Barrier(num_barriers=wgs),) * 2 if seeded else None,
+        # A gathered tile's chunks 1..7 of K and V (chunk 0 on k/v_bars).
+        plgpu.Barrier(num_arrivals=2 * (GATHER - 1), num_barriers=wgs * depth)
+        if stream else None,
     )
     pl.run_scoped(lambda *scratch: kernel(refs, *scratch), smem, barriers,
                   collective_axes="wg")
@@ -592,5 +741,6 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
       interpret=interpret,
       kernel_name=(f"{name}_d{d}_w{wgs}_s{depth}"
                    f"{f'_k{key_rows}' if key_rows != BLOCK else ''}"
-                   f"{'_seeded' if seeded else ''}"),
+                   f"{'_seeded' if seeded else ''}"
+                   f"{'_stream' if stream else ''}"),
   )(*index_args, q, k, v, *(seed or ()))

@@ -438,3 +438,24 @@ def test_mosaic_gpu_kernels_layer_matches_triton_kernels():
   scale = float(jnp.max(jnp.abs(want)))
   np.testing.assert_allclose(np.asarray(got), np.asarray(want),
                              atol=2e-2 * scale, rtol=0)
+
+
+def test_auto_kernels_on_hopper_pick_mosaic_gpu_within_its_limits(
+    monkeypatch):
+  """On a Hopper GPU (faked), "auto" runs every sparse kind on Mosaic GPU,
+  except Vertical-Slash beyond its kernel's longest sequence."""
+  from pallas_kernels.vertical_slash.mosaic_gpu import MAX_T
+
+  monkeypatch.setattr(attention_lib, "_mosaic_gpu_supported", lambda q: True)
+  cfg = PatternConfig(layers=(_MIXED,))
+  auto = make_attention(cfg, "pallas")
+  assert auto.kernels == "auto" and not auto.interpret
+  short = jax.ShapeDtypeStruct((1, 4096, 4, 64), jnp.bfloat16)
+  too_long = jax.ShapeDtypeStruct((1, MAX_T + 64, 4, 64), jnp.bfloat16)
+  for kind in (PatternKind.A_SHAPE, PatternKind.BLOCK_SPARSE,
+               PatternKind.VERTICAL_SLASH):
+    assert auto.use_mosaic_gpu(short, kind)
+  assert not auto.use_mosaic_gpu(too_long, PatternKind.VERTICAL_SLASH)
+  assert auto.use_mosaic_gpu(too_long, PatternKind.BLOCK_SPARSE)
+  assert not dataclasses.replace(auto, kernels="triton").use_mosaic_gpu(
+      short, PatternKind.VERTICAL_SLASH)

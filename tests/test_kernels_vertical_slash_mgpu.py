@@ -1,15 +1,18 @@
 """Mosaic GPU Vertical-Slash kernel: GPU interpret mode on CPU, and lowering.
 
-The windows run in the Mosaic GPU tile-list kernel (interpret mode,
+The windows and their run tails (gathered 64-row tiles of 8-row chunks) run
+in the Mosaic GPU tile-list kernel (interpret mode,
 `plgpu.InterpretGPUParams`: warpgroups, SMEM, TMA copies and barriers are
 simulated), seeded with the (output, log-sum-exp) of the gathered columns
 from the Pallas-Triton column kernel (Pallas interpret mode). The output is
 checked against the dense f32 reference on exactly the layout's key set. In
 interpret mode the P @ V product is a plain f32-accumulated dot
-(`mosaic_gpu_core._wgmma_accumulate`); the per-step choice between the
-masked and the mask-free path (`core.CondMask`, a `lax.cond`) runs as on
-the GPU, and `test_tiles_and_tails_cover_the_key_set_once` also checks the
-plan's `need` / mask / run tails directly. Cases run one and two compute
+(`mosaic_gpu_core._wgmma_accumulate`); the per-step choice of mask
+(`core.StreamMask`, a `lax.switch` on the words the producer wrote) runs as
+on the GPU, and `test_stream_covers_the_key_set_once` also walks the
+producer's stream (`core.stream_advance`) and the masks directly. The
+previous path (`_fwd(..., tails="seed")`: run tails in the Triton launch,
+`_Plan`) keeps a kernel test and its coverage test. Cases run one and two compute
 warpgroups (two need `PJRT_NPROC`, set in conftest.py, on small hosts). The
 lowering test cross-lowers both launches for an abstract H200.
 """
@@ -18,8 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.experimental.pallas import mosaic_gpu as plgpu
 
 import kernel_test_utils as ktu
+from pallas_kernels import mosaic_gpu_core as core
 from pallas_kernels.layouts import VerticalSlashLayout
 from pallas_kernels.reference import vertical_slash_mask
 from pallas_kernels.vertical_slash import mosaic_gpu as vs_mgpu
@@ -128,20 +133,77 @@ def _run_layout(t=448):
       count, offset, zeros, np.zeros((1, 2, tb, 0), np.int32))))
 
 
-@pytest.mark.parametrize("config", [W1S3, None])
-def test_misaligned_runs_and_tails(config):
+# T = 1280: query block 19 of head 0 has 18 runs of one window each, all
+# misaligned (18 run tails: three gathered tiles of 8 + 8 + 2); block 18 a
+# misaligned run of 3 and 13 single windows, 11 of them misaligned, the
+# last crossing the diagonal (12 tails: 8 + 4). Head 1 has tails in the
+# last chunk of the sequence, [1272, T): 7 keys right of every row of block
+# 17, 2 right of every row of block 18, and in block 19 a run crossing the
+# diagonal whose last window starts at T - 3: its tile clamped to T - 64
+# keeps the keys from 1272 on, and it leaves no tail.
+MANY_TAILS_T = 1280
+MANY_TAILS_WINDOWS = {
+    (0, 19): [1 + 66 * j for j in range(18)],
+    (0, 18): [3, 67, 131] + [200 + 75 * j for j in range(13)],
+    (1, 17): [5, 1215],
+    (1, 18): [1130, 1210],
+    (1, 19): [3, 1146, 1213, 1277],
+}
+
+
+def _many_tails_layout():
+  t = MANY_TAILS_T
+  tb = t // 64
+  count = np.zeros((1, 2, tb), np.int32)
+  offset = np.full((1, 2, tb, 18), 9, np.int32)
+  for (h, m), wins in MANY_TAILS_WINDOWS.items():
+    count[0, h, m] = len(wins)
+    offset[0, h, m, :len(wins)] = wins
+  zeros = np.zeros((1, 2, tb), np.int32)
+  return VerticalSlashLayout(*map(jnp.asarray, (
+      count, offset, zeros, np.zeros((1, 2, tb, 0), np.int32))))
+
+
+@pytest.mark.parametrize("config,tails", [(W1S3, "gathered"),
+                                          (None, "gathered"),
+                                          (W1S2, "seed")])
+def test_misaligned_runs_and_tails(config, tails):
   """Runs of contiguous windows at unaligned starts: the first tile of a
-  run masked, the others not, the run tails (incl. right of r0) from the
-  seed launch."""
+  run masked, the others not, the run tails (incl. right of r0) in a
+  gathered tile (or, `tails="seed"`, from the seed launch)."""
   rng, seed = ktu.fresh_rng()
   t = 448
   q, k, v = ktu.random_qkv(rng, 1, t, 2, 1, 64, jnp.bfloat16)
   layout = _run_layout(t)
   ktu.check_vs_layout(layout, t)
+  if tails == "gathered":
+    out = vertical_slash_attention_mgpu(q, k, v, layout, config=config,
+                                        interpret=True)
+  else:
+    out = vs_mgpu._fwd(q, k, v, layout.block_count, layout.block_offset,
+                       layout.column_count, layout.column_index,
+                       block_size=64, config=config,
+                       interpret=plgpu.InterpretGPUParams(), tails=tails)
+  want = ktu.reference(q, k, v, vertical_slash_mask(layout, t, t))
+  ktu.assert_close(out, want, jnp.bfloat16, seed, f"misaligned runs {tails}")
+
+
+@pytest.mark.parametrize("config", [W1S2, None])
+def test_many_tails_and_tails_at_the_sequence_end(config):
+  """More than 8 run tails per query block (several gathered tiles, the
+  last one partly empty) and tails in the last chunks of the sequence."""
+  rng, seed = ktu.fresh_rng()
+  t = MANY_TAILS_T
+  q, k, v = ktu.random_qkv(rng, 1, t, 2, 1, 64, jnp.bfloat16)
+  layout = _many_tails_layout()
+  ktu.check_vs_layout(layout, t)
+  steps = np.asarray(vs_mgpu._tile_steps(layout.block_count,
+                                         layout.block_offset, t))
+  assert steps[0, 0, 19] == 18 + 3 and steps[0, 0, 18] == 16 + 2
   out = vertical_slash_attention_mgpu(q, k, v, layout, config=config,
                                       interpret=True)
   want = ktu.reference(q, k, v, vertical_slash_mask(layout, t, t))
-  ktu.assert_close(out, want, jnp.bfloat16, seed, "misaligned runs")
+  ktu.assert_close(out, want, jnp.bfloat16, seed, "many tails")
 
 
 def _plan_key_sets(layout, t):
@@ -180,9 +242,10 @@ def _plan_key_sets(layout, t):
 
 @pytest.mark.parametrize("kind", ["runs", "random"])
 def test_tiles_and_tails_cover_the_key_set_once(kind):
-  """The plan's tiles (masked as `need` and the mask say) plus the run
-  tails count every causal window pair exactly once and nothing else, and
-  `need` is False only on tiles whose mask keeps every pair."""
+  """`tails="seed"`: the plan's tiles (masked as `need` and the mask say)
+  plus the run tails count every causal window pair exactly once and
+  nothing else, and `need` is False only on tiles whose mask keeps every
+  pair."""
   t = 448
   if kind == "runs":
     layout = _run_layout(t)
@@ -190,6 +253,75 @@ def test_tiles_and_tails_cover_the_key_set_once(kind):
     rng, _ = ktu.fresh_rng()
     layout = ktu.random_vs_layout(rng, 1, 3, t, 6, 0)
   seen, wrong = _plan_key_sets(layout, t)
+  want = np.asarray(vertical_slash_mask(layout, t, t)).astype(np.int32)
+  assert not wrong, f"mask-free tiles that drop pairs: {wrong}"
+  bad = np.argwhere(seen != np.broadcast_to(want, seen.shape))
+  assert not len(bad), f"{len(bad)} pairs counted wrongly, e.g. {bad[:5]}"
+
+
+def _stream_key_sets(layout, t):
+  """[B, N, T, T] int: how often the stream plan's steps (primary tiles as
+  their header's mask keeps them, gathered tiles as the tail mask keeps
+  their chunks) count each pair, walking the producer's schedule
+  (`core.stream_advance`, two steps past the count); and the mask-free
+  tiles that drop a pair (must be none)."""
+  cnt = np.asarray(layout.block_count)
+  steps = vs_mgpu._tile_steps(layout.block_count, layout.block_offset, t)
+  refs = (steps, layout.block_count, jnp.asarray(layout.block_offset))
+  seen = np.zeros(cnt.shape[:2] + (t, t), np.int32)
+  wrong = []
+  lane = np.arange(64, dtype=np.int32)
+  for bb, h, m in np.ndindex(cnt.shape):
+    plan = vs_mgpu._StreamPlan(*refs, bb, h, t)
+    (seg,) = plan.segments(m)
+    sm = seg.mask
+    r0, n_steps, n_win = m * 64, int(plan.count(m)), int(cnt[bb, h, m])
+    rows = jnp.asarray(r0 + lane[:, None] + 0 * lane[None, :])
+    cols = jnp.asarray(0 * lane[:, None] + lane[None, :])
+    state = core.StreamState(jnp.int32(0), jnp.int32(0), plan.stream_init(m))
+    pending = []
+    for i in range(n_steps + 2):
+      p_in = jnp.clip(state.p, 0, max(n_win - 1, 0))
+      tile, nxt = plan.stream_next(m, p_in, state.plan)
+      gathered, primary, state = core.stream_advance(state, tile, nxt, n_win,
+                                                     i < n_steps)
+      if primary:
+        start = int(tile.start)
+        keep = np.asarray(sm.masks[0](tile.header, rows, cols))
+        if not int(sm.kind(tile.header)):
+          if not keep.all():
+            wrong.append((bb, h, m, i))
+          keep = np.ones_like(keep)
+        seen[bb, h, r0:r0 + 64, start:start + 64] += keep
+        if tile.has_chunk:
+          pending.append(int(tile.chunk))
+      if gathered:
+        assert 0 < len(pending) <= core.GATHER
+        words = pending + [pending[0] // 8 * 8] * (core.GATHER - len(pending))
+        keep = np.asarray(sm.gathered(tuple(map(jnp.int32, words)), rows,
+                                      cols))
+        for j, word in enumerate(words):
+          for c in range(8):
+            seen[bb, h, r0:r0 + 64, word // 8 * 8 + c] += keep[:, 8 * j + c]
+        pending = []
+    assert int(state.p) == n_win and not pending, (bb, h, m)
+  return seen, wrong
+
+
+@pytest.mark.parametrize("kind", ["runs", "many_tails", "random"])
+def test_stream_covers_the_key_set_once(kind):
+  """The stream's window tiles and gathered tail tiles count every causal
+  window pair exactly once and nothing else, in `count(m)` steps; a tile
+  whose header says mask-free keeps every pair."""
+  t = MANY_TAILS_T if kind == "many_tails" else 448
+  if kind == "runs":
+    layout = _run_layout(t)
+  elif kind == "many_tails":
+    layout = _many_tails_layout()
+  else:
+    rng, _ = ktu.fresh_rng()
+    layout = ktu.random_vs_layout(rng, 1, 2, t, 6, 0)
+  seen, wrong = _stream_key_sets(layout, t)
   want = np.asarray(vertical_slash_mask(layout, t, t)).astype(np.int32)
   assert not wrong, f"mask-free tiles that drop pairs: {wrong}"
   bad = np.argwhere(seen != np.broadcast_to(want, seen.shape))
@@ -228,8 +360,8 @@ def test_bad_inputs_raise():
                                              (256, 80, None),
                                              (128, 0, W2S2)])
 def test_lowers_for_h200(d, n_vert, config):
-  """One Mosaic GPU call (wgmma, TMA) plus one Triton call (the columns and
-  the run tails)."""
+  """One Mosaic GPU call (wgmma, TMA; windows and run tails) plus one
+  Triton call for the columns, if any."""
   b, t, n, kv, n_slash = 1, 1024, 4, 2, 9
   tb = t // 64
   q = jax.ShapeDtypeStruct((b, t, n, d), jnp.bfloat16)
@@ -244,6 +376,6 @@ def test_lowers_for_h200(d, n_vert, config):
           i32(b, n, tb, n_vert))
   text = ktu.lower_for_gpu(fn, args).as_text()
   assert text.count("stablehlo.custom_call @mosaic_gpu") == 1
-  assert text.count("__gpu$xla.gpu.triton") == 1  # columns and run tails
+  assert text.count("__gpu$xla.gpu.triton") == (n_vert > 0)  # columns
   for op in ("wgmma", "cp.async.bulk", "mbarrier"):
     assert op in text, f"no {op} in the lowered module"

@@ -25,6 +25,7 @@ from pallas_kernels.layouts import (
     VerticalSlashLayout,
 )
 from pallas_kernels.vertical_slash import vertical_slash_attention
+from pallas_kernels.vs_chain_layout import vs_chain_layout
 from pallas_kernels.vs_estimate import Config as EstimateConfig
 from pallas_kernels.vs_estimate import vs_line_scores
 
@@ -181,3 +182,17 @@ def test_vs_estimate_one_million_tokens_use_64_bit_key_offsets():
   fn = lambda q, k: vs_line_scores(q, k, 64)
   for module in _triton_modules(ktu.lower_for_gpu(fn, (q, q), "NVIDIA H200")):
     assert _offset_widths(module).get("%arg1") == {"64"}
+
+
+@pytest.mark.parametrize("device_kind", ["NVIDIA A100", "NVIDIA H200"])
+@pytest.mark.parametrize("t,bs,ns,nv", [(1 << 20, 64, 6096, 1000),
+                                        (333, 16, 50, 7)])
+def test_vs_chain_layout_builder_lowers_for_gpu(device_kind, t, bs, ns, nv):
+  """Both launches of the chain-layout builder lower (32 heads); each
+  counts leading zeros (the table launch for its search's dynamic step
+  count, the runs launch for the run lengths)."""
+  args = (_i32(1, 32, ns), _i32(1, 32), _i32(1, 32, nv), _i32(1, 32))
+  fn = lambda s, sc, v, vc: vs_chain_layout(s, sc, v, vc, t, bs)
+  modules = _triton_modules(ktu.lower_for_gpu(fn, args, device_kind))
+  assert len(modules) == 2
+  assert all("__nv_clz" in m for m in modules)

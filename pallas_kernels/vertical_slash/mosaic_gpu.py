@@ -4,14 +4,14 @@ Two launches, one code path:
 1. a small Pallas-Triton kernel (one program per 64-row query block) attends
    to the gathered key columns (`column_index[:column_count]`, all left of
    the query block: the Triton Vertical-Slash kernel's column phase,
-   `phases.column_phase`) and to the windows' run tails (below), and writes
-   each row's (output, base-2 log-sum-exp);
+   `phases.column_phase`) and writes each row's (output, base-2
+   log-sum-exp); it runs only if the layout has a column budget;
 2. the key windows (`block_offset[:block_count]`, 64 keys each at arbitrary
-   starts) are a tile plan for `pallas_kernels.mosaic_gpu_core.
-   tile_list_attention` (FlashAttention-3-style: warp-specialised, TMA
-   copies into SMEM rings, wgmma), which merges step 1's (output,
-   log-sum-exp) into its softmax state: the result is attention over
-   windows + columns.
+   starts) and their run tails (below) are a stream plan for
+   `pallas_kernels.mosaic_gpu_core.tile_list_attention`
+   (FlashAttention-3-style: warp-specialised, TMA copies into SMEM rings,
+   wgmma), which merges step 1's (output, log-sum-exp) into its softmax
+   state: the result is attention over windows + columns.
 
 Mosaic GPU's TMA into the tiled SMEM that wgmma reads takes only 8-aligned
 rows, so window [o, o + 64) is read as the 64-row tile at f = o - o % 8
@@ -21,35 +21,46 @@ block come in runs of contiguous windows (window i + 1 at o_i + 64), and
 a + 64 L - a % 8) without gap or overlap: only a run's first tile drops
 pairs (its a % 8 keys below a), and a run's last a % 8 keys, the run tail
 (at most 7 keys in the 8-aligned chunk after the last tile), are left out.
-Step 1 scans each query block's windows for the tails (64 windows at a
-time, compacted with a cumsum) and gathers them 8 tails (64 keys) at a
-time, causal (the tail of a run that crosses the diagonal lies right of
-some rows). In step 2 a tile takes the masked path only where it drops a
-pair (a misaligned run's first window, the causal diagonal, a start clamped
-to T - 64 at the sequence end): `core.CondMask`, a `lax.cond` per step on
-scalars carried from step to step. Hopper has no TMA gather and one TMA per
-gathered row would need single-row boxes, which the tiled SMEM does not
-take, so the columns stay on Triton (about 1000 of the ~7000 keys per row
-at MInference's default budget).
+The producer warpgroup walks the windows in order (`_StreamPlan`): it
+decides each tile's mask (masked only where it drops a pair: a misaligned
+run's first window, the causal diagonal, a start clamped to T - 64 at the
+sequence end) and writes it as a header word into SMEM for the consumer,
+and it collects the run tails as 8-row chunks; every 8 tails (and the last
+ones after the last window) become one gathered 64-row tile, eight 8-row
+TMA copies, attended as one more step with a mask per 8-column group (tail
+j keeps its first length_j keys, causal: the tail of a run that crosses
+the diagonal lies right of some rows). The number of steps per query block
+(windows + gathered tiles) comes from one XLA pass over block_offset
+(`_tile_steps`). `_fwd(..., tails="seed")` is the previous kernel, which
+attended the run tails in the Triton launch (a scan of each block's
+windows, gathered 8 tails at a time) and the windows with a `core.CondMask`
+on scalars the compute warpgroup read from GMEM. Hopper has no TMA gather
+and one TMA per gathered row would need single-row boxes, which the tiled
+SMEM does not take, so the columns stay on Triton (about 1000 of the ~7000
+keys per row at MInference's default budget).
 
 Speed (H200, bf16, N=32, K=8, D=128, 1000 vertical / 6096 slash from the
-index builder over clustered lines, `experiments/gpu_mgpu_kernels.py` and
-`experiments/gpu_vs_mgpu_variants.py`; effective TFLOP/s of 64 x 64 pairs
-per window and 64 per column): 11.2 ms / 422 TFLOP/s at 32K (1.16x the
-Pallas-Triton kernel's 13.0 ms; the previous 80-row kernel took 20.0 ms) and
-57.9-58.4 ms / 396-399 TFLOP/s at 128K (1.07-1.08x Triton's 62.5-62.9 ms;
-80-row kernel 94.2 ms). The window launch alone runs at 480 (32K) and 450
-(128K) TFLOP/s (9.6 / 49.3 ms; 47.5 ms without any mask, 55.8 ms with every
-tile masked, 89.6 ms for the 80-row tiles), so step 1 is what is left:
-10.1 ms at 128K, of which the columns take 4.9 and the run-tail scan and
-gathers 5.2 (8.8 ms with TAIL_CHUNK = 256, which left the whole kernel's
-time unchanged within noise and is not checked on the GPU). Next steps:
-a cheaper tail scan, or the tails as 8-row TMA copies into a gathered
-64-row tile of step 2 (the (8, 64) SMEM tiling takes 8-row boxes).
+index builder over clustered lines, `experiments/gpu_vs_mgpu_variants.py`,
+results in `experiments/results/gpu_vs_mgpu_tails_h200.md`; effective
+TFLOP/s of 64 x 64 pairs per window and 64 per column; the previous kernel
+timed in the same run): 10.6 ms / 448 TFLOP/s at 32K (previous 11.5 ms:
+1.08x), 54.8 ms / 422 TFLOP/s at 128K (58.7 ms: 1.07x), 240 ms / 413
+TFLOP/s at 512K (259 ms: 1.08x); the Pallas-Triton kernel took 13.0 ms /
+62.5 ms at 32K / 128K in an earlier run. At 128K the Mosaic GPU launch
+alone takes 52.2 ms with the tails and the steps pass (0.75 ms; 0.22 at
+32K, 1.9 at 512K), against 49.5 ms for the previous window launch without
+tails, and the column launch 4.6 ms (the previous columns + tails launch
+10.4 ms). A variant whose consumer read the chunk words only on the
+gathered path and learnt that a step is gathered from the previous step's
+word (the words written before the producer's slot wait, a 2 * depth words
+ring) was not faster (1.00x / 1.04x the previous kernel at 32K / 128K in
+its run, `gpu_vs_mgpu_tails_h200_lazy_words.md`). Next steps: the columns
+(4.6 of the 54.8 ms at 128K, at ~200 TFLOP/s), and a cheaper steps count
+than a full pass over block_offset.
 
 Restrictions (the Pallas-Triton `vertical_slash_attention` is the general
-path): bf16/fp16, D in {64, 128, 256}, T == S a multiple of 64, block size
-64, Hopper (sm_90a) GPUs.
+path): bf16/fp16, D in {64, 128, 256}, T == S a multiple of 64 and at most
+2**24, block size 64, Hopper (sm_90a) GPUs.
 """
 
 import dataclasses
@@ -74,8 +85,15 @@ from pallas_kernels.vertical_slash.base import Config as TritonConfig
 __all__ = ["Config", "vertical_slash_attention_mgpu"]
 
 
-# ------------------------------ step 1: columns and run tails (Triton)
+# ---------------- step 1: columns (and, with tails="seed", run tails)
 
+
+# Where `_fwd` attends the run tails: "gathered" (gathered 64-row tiles of
+# the Mosaic GPU launch, `_StreamPlan`; the public function's path) or
+# "seed" (the previous kernel: the Triton seed launch scans and gathers
+# them, `_tail_phase`; kept for side-by-side timings and its tests).
+TAILS_KINDS = ("gathered", "seed")
+MAX_T = 1 << 24  # stream tile headers: start / 8 in 21 bits (header < 2**29)
 
 TAIL_CHUNK = 64  # windows scanned at a time for run tails
 TAIL_GROUP = 8  # run tails gathered at a time (8 keys each: 64 gathered keys)
@@ -149,9 +167,9 @@ def _tail_phase(state, q, k_ref, v_ref, off_ref, n_win, r0, *, t, d, d_pad,
 
 def _seed_kernel(count_ref, index_ref, wcount_ref, offset_ref, q_ref, k_ref,
                  v_ref, o_ref, lse_ref, *, t, d, d_pad, block_c, scale,
-                 precision, columns: bool):
-  """One program: the gathered columns (if `columns`) and the run tails of
-  one 64-row query block.
+                 precision, columns: bool, tails: bool):
+  """One program: the gathered columns (if `columns`) and the run tails (if
+  `tails`) of one 64-row query block.
 
   Refs: count [1], index [NV], wcount [1], offset [NS], q/o [64, D], k/v
   [S, D], lse [64] f32.
@@ -163,8 +181,9 @@ def _seed_kernel(count_ref, index_ref, wcount_ref, offset_ref, q_ref, k_ref,
     state = phases.column_phase(
         state, q, k_ref, v_ref, index_ref, count_ref[0], d=d, d_pad=d_pad,
         bs=BLOCK, block_c=block_c, precision=precision)
-  state = _tail_phase(state, q, k_ref, v_ref, offset_ref, wcount_ref[0], r0,
-                      t=t, d=d, d_pad=d_pad, precision=precision)
+  if tails:
+    state = _tail_phase(state, q, k_ref, v_ref, offset_ref, wcount_ref[0],
+                        r0, t=t, d=d, d_pad=d_pad, precision=precision)
   common.store_out(o_ref, common.finish(state), d, None)
   has_keys = state.l > 0.0
   log2_l = jnp.log(jnp.where(has_keys, state.l, 1.0)) * common.LOG2E
@@ -172,21 +191,23 @@ def _seed_kernel(count_ref, index_ref, wcount_ref, offset_ref, q_ref, k_ref,
 
 
 def _seed(q, k, v, column_count, column_index, block_count, block_offset,
-          dims: core.Dims, interpret: bool):
-  """(o [B, T, N, D] in q's dtype, lse [B, N, T] f32) over the columns and
-  the run tails (step 1)."""
+          dims: core.Dims, interpret: bool, tails: bool = True):
+  """(o [B, T, N, D] in q's dtype, lse [B, N, T] f32) over the columns and,
+  if `tails`, the run tails (step 1)."""
   b, t, n, g, d, tb = dims
   cfg = TritonConfig.get_default(d)
   columns = column_index.shape[-1] > 0
   column_index = phases.at_least(column_index, cfg.block_c)
-  # The tail scan loads TAIL_CHUNK starts from offsets 0 and 1 (masked).
-  block_offset = phases.at_least(block_offset, TAIL_CHUNK + 1)
+  if tails:  # the tail scan loads TAIL_CHUNK starts from 0 and 1 (masked)
+    block_offset = phases.at_least(block_offset, TAIL_CHUNK + 1)
+  else:  # not read
+    block_count, block_offset = column_count, column_index[..., :1]
   n_vert = column_index.shape[-1]
   n_slash = block_offset.shape[-1]
   kernel = functools.partial(
       _seed_kernel, t=t, d=d, d_pad=common.padded_head_dim(d),
       block_c=cfg.block_c, scale=d**-0.5,
-      precision=common.dot_precision(q.dtype), columns=columns)
+      precision=common.dot_precision(q.dtype), columns=columns, tails=tails)
 
   def row_map(i, h, bb):  # heavy rows first
     return (bb, h, tb - 1 - i)
@@ -208,17 +229,19 @@ def _seed(q, k, v, column_count, column_index, block_count, block_offset,
       out_specs=(q_spec, pl.BlockSpec((None, None, BLOCK), row_map)),
       compiler_params=common.compiler_params(cfg.num_warps, cfg.num_stages),
       interpret=interpret,
-      name=f"minf_vertical_slash_seed_bc{cfg.block_c}_d{d}",
+      name=(f"minf_vertical_slash_seed_bc{cfg.block_c}_d{d}"
+            f"{'' if tails else '_columns'}"),
   )(column_count, column_index, block_count, block_offset, q, k, v)
 
 
-# -------------------------------------------- step 2: windows (Mosaic GPU)
+# ------------------------------- step 2: windows, run tails (Mosaic GPU)
 
 
 @dataclasses.dataclass(frozen=True)
 class _Plan:
-  """Vertical-Slash windows of one (batch, head): refs count [B, N, Tb],
-  offset [B, N, Tb, NS]; t the sequence length.
+  """Vertical-Slash windows of one (batch, head) for `_fwd(...,
+  tails="seed")` (the previous kernel; `_StreamPlan` is the current one):
+  refs count [B, N, Tb], offset [B, N, Tb, NS]; t the sequence length.
 
   Window i, [o, o + 64), is read as the 64-row tile at f = o - o % 8 (the
   8-aligned rows Mosaic GPU's TMA into wgmma's tiled SMEM takes), clamped to
@@ -280,6 +303,112 @@ class _Plan:
                          core.CondMask(scalars, no_window, need, keep)),)
 
 
+def _ends_run_with_tail(o, o_next, t: int):
+  """Whether the window at o ends a run (the next window, at o_next or -1
+  if none, does not start at o + 64) and leaves a run tail: the keys
+  [floor8(o) + 64, o + 64), inside [0, T) (o % 8 != 0 and o + 64 <= T).
+  Elementwise on int32 arrays or scalars."""
+  end = jnp.minimum(o + BLOCK, t)
+  return (o_next != o + BLOCK) & (lax.rem(end, jnp.int32(8)) != 0)
+
+
+def _tile_steps(block_count, block_offset, t: int):
+  """int32 [B, N, Tb]: the window tiles plus the gathered tail tiles (one
+  per GATHER run tails, rounded up) of each query block; one XLA pass over
+  block_offset [B, N, Tb, NS]."""
+  i = lax.broadcasted_iota(jnp.int32, block_offset.shape, 3)
+  count = block_count[..., None]
+  o_next = jnp.concatenate([block_offset[..., 1:], block_offset[..., :1]],
+                           axis=-1)
+  o_next = jnp.where(i + 1 < count, o_next, -1)
+  has = (i < count) & _ends_run_with_tail(block_offset, o_next, t)
+  n_tails = jnp.sum(has, axis=-1, dtype=jnp.int32)
+  return block_count + (n_tails + core.GATHER - 1) // core.GATHER
+
+
+@dataclasses.dataclass(frozen=True)
+class _StreamPlan:
+  """The windows and their run tails of one (batch, head) as a
+  `core.StreamPlan`: refs steps [B, N, Tb] (`_tile_steps`), count
+  [B, N, Tb], offset [B, N, Tb, NS]; t the sequence length.
+
+  The primary tiles are the windows' 64-row tiles at floor8(o), as `_Plan`
+  reads them (clamped to T - 64; masked to the columns >= lo and causal,
+  only where that drops a pair); the producer decides the mask and packs
+  it into the step's header: (start / 8) << 8 | (lo - start) << 2 | kind,
+  kind 1 = masked (lo - start < 64: lo <= o < start + 64). A window that
+  ends a misaligned run leaves its run tail as a chunk to gather: chunk
+  word min(o + 64, T), i.e. the tail's 8-aligned row floor8(o + 64) plus
+  its length (o + 64) % 8 in 1..7; a gathered tile keeps, in 8-column
+  group j, the first length_j keys of chunk j (causal).
+  """
+
+  steps_ref: object
+  cnt_ref: object
+  off_ref: object
+  bb: jax.Array
+  h: jax.Array
+  t: int
+
+  def _offset(self, m, i):
+    return self.off_ref[self.bb, self.h, m, i]
+
+  def count(self, m):
+    return self.steps_ref[self.bb, self.h, m]
+
+  def primary_count(self, m):
+    return self.cnt_ref[self.bb, self.h, m]
+
+  def stream_init(self, m):
+    """(o of window 0, o of the window before it: none)."""
+    return self._offset(m, 0), jnp.int32(-2 * BLOCK)
+
+  def stream_next(self, m, p, state):
+    o, prev = state
+    n_slash = self.off_ref.shape[-1]
+    o_next = jnp.where(p + 1 < self.primary_count(m),
+                       self._offset(m, jnp.minimum(p + 1, n_slash - 1)), -1)
+    f = o - lax.rem(o, jnp.int32(8))
+    start = jnp.minimum(f, self.t - BLOCK)
+    lo = jnp.where(prev + BLOCK != o, o, f)  # see _Plan._lo
+    need = (lo > start) | (start + BLOCK - 1 > m * BLOCK)
+    header = (lax.shift_left(lax.div(start, jnp.int32(8)), 8)
+              | lax.shift_left(lo - start, 2) | need.astype(jnp.int32))
+    return core.StreamStep(
+        start=start, header=header,
+        has_chunk=_ends_run_with_tail(o, o_next, self.t),
+        chunk=jnp.minimum(o + BLOCK, self.t)), (o_next, o)
+
+  def key_start(self, m, i):
+    raise NotImplementedError("a stream plan's producer reads stream_next")
+
+  @staticmethod
+  def _kind(header):
+    return header & 3
+
+  @staticmethod
+  def _window_keep(header, rows, cols):
+    """Tile-local columns >= lo - start, causal."""
+    start = lax.shift_left(lax.shift_right_logical(header, 8), 3)
+    lo_off = lax.shift_right_logical(header, 2) & 63
+    return (cols >= lo_off) & (cols + start <= rows)
+
+  @staticmethod
+  def _tail_keep(chunks, rows, cols):
+    """Column group j keeps lanes < chunk j's length, causal."""
+    group = lax.shift_right_logical(cols, 3)
+    lane = cols & 7
+    word = cols * 0 + chunks[0]
+    for j in range(1, core.GATHER):
+      word = jnp.where(group == j, chunks[j], word)
+    length = word & 7
+    return (lane < length) & (word - length + lane <= rows)
+
+  def segments(self, m):
+    return (core.Segment(self.count(m), core.StreamMask(
+        self._kind, (self._window_keep,), self._tail_keep)),)
+
+
 def _check(q, k, v, layout_arrays, block_size, config, seeded):
   op = "vertical_slash_attention_mgpu"
   if block_size != BLOCK:
@@ -295,23 +424,39 @@ def _check(q, k, v, layout_arrays, block_size, config, seeded):
   return dims
 
 
-@functools.partial(jax.jit,
-                   static_argnames=("block_size", "config", "interpret"))
+@functools.partial(jax.jit, static_argnames=("block_size", "config",
+                                             "interpret", "tails"))
 def _fwd(q, k, v, block_count, block_offset, column_count, column_index, *,
-         block_size: int, config: Config, interpret):
-  # Step 1 runs unless there is neither a column nor a window budget.
-  seeded = column_index.shape[-1] > 0 or block_offset.shape[-1] > 0
+         block_size: int, config: Config, interpret, tails: str = "gathered"):
+  if tails not in TAILS_KINDS:
+    raise ValueError(f"tails={tails!r} must be one of {TAILS_KINDS}")
+  in_seed = tails == "seed"
+  # Step 1 runs for the columns (and the run tails, if in the seed), unless
+  # there is no such budget.
+  seeded = column_index.shape[-1] > 0 or (in_seed
+                                          and block_offset.shape[-1] > 0)
   dims = _check(q, k, v, (block_count, block_offset, column_count,
                           column_index), block_size, config, seeded)
+  if dims.t > MAX_T:
+    raise ValueError(f"vertical_slash_attention_mgpu: T={dims.t} >"
+                     f" {MAX_T} (the tile headers' packing)")
   block_offset = phases.at_least(block_offset, 1)  # NS == 0: never read
   seed = (_seed(q, k, v, column_count, column_index, block_count,
-                block_offset, dims, interpret=interpret is not None)
+                block_offset, dims, interpret=interpret is not None,
+                tails=in_seed)
           if seeded else None)
+  common_args = dict(config=config, dims=dims, interpret=interpret,
+                     name="minf_vertical_slash_mgpu", seed=seed)
+  if in_seed:
+    return core.tile_list_attention(
+        q, k, v, (block_count, block_offset),
+        plan_fn=lambda refs, bb, h: _Plan(*refs, bb, h, dims.t),
+        **common_args)
+  steps = _tile_steps(block_count, block_offset, dims.t)
   return core.tile_list_attention(
-      q, k, v, (block_count, block_offset),
-      plan_fn=lambda refs, bb, h: _Plan(*refs, bb, h, dims.t),
-      config=config, dims=dims, interpret=interpret,
-      name="minf_vertical_slash_mgpu", seed=seed)
+      q, k, v, (steps, block_count, block_offset),
+      plan_fn=lambda refs, bb, h: _StreamPlan(*refs, bb, h, dims.t),
+      stream=True, **common_args)
 
 
 @jaxtyped(typechecker=beartype)
@@ -349,8 +494,8 @@ def vertical_slash_attention_mgpu(
 
   Raises:
     ValueError: on shapes this kernel does not take (D not in {64, 128,
-      256}, T not a multiple of 64, block size != 64), bad layout shapes, or
-      a config whose SMEM does not fit.
+      256}, T not a multiple of 64 or above 2**24, block size != 64), bad
+      layout shapes, or a config whose SMEM does not fit.
     TypeError: on dtypes other than bfloat16/float16 or non-int32 layouts.
   """
   if config is None:
