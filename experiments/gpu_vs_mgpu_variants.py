@@ -151,7 +151,7 @@ def _stream_windows(q, k, v, lay):
   steps = vs_mgpu._tile_steps(lay.block_count, lay.block_offset, dims.t)
   return core.tile_list_attention(
       q, k, v, (steps, lay.block_count, lay.block_offset),
-      plan_fn=lambda refs, bb, h: vs_mgpu._StreamPlan(*refs, bb, h, dims.t),
+      plan_fn=lambda refs, bb, h: vs_mgpu._StreamPlan.of(refs, bb, h, dims.t),
       config=Config.get_default(dims.d), dims=dims, interpret=None,
       name="vs_variant_stream", stream=True)
 

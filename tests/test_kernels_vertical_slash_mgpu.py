@@ -272,7 +272,7 @@ def _stream_key_sets(layout, t):
   wrong = []
   lane = np.arange(64, dtype=np.int32)
   for bb, h, m in np.ndindex(cnt.shape):
-    plan = vs_mgpu._StreamPlan(*refs, bb, h, t)
+    plan = vs_mgpu._StreamPlan.of(refs, bb, h, t)
     (seg,) = plan.segments(m)
     sm = seg.mask
     r0, n_steps, n_win = m * 64, int(plan.count(m)), int(cnt[bb, h, m])

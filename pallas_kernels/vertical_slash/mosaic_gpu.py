@@ -93,6 +93,9 @@ __all__ = ["Config", "vertical_slash_attention_mgpu"]
 # "seed" (the previous kernel: the Triton seed launch scans and gathers
 # them, `_tail_phase`; kept for side-by-side timings and its tests).
 TAILS_KINDS = ("gathered", "seed")
+# The previous window's start before a query block's first window: no run to
+# continue.
+_NO_WINDOW = -2 * BLOCK
 MAX_T = 1 << 24  # stream tile headers: start / 8 in 21 bits (header < 2**29)
 
 TAIL_CHUNK = 64  # windows scanned at a time for run tails
@@ -273,6 +276,14 @@ class _Plan:
   def key_start(self, m, i):
     return pl.multiple_of(self._start(self._offset(m, i)), 8)
 
+  def _tile(self, o, prev, r0):
+    """(start, lo, need) of the tile of window o (the previous window at
+    prev) for query rows from r0: need = whether it drops a pair (a run's
+    misaligned first window, a start clamped at the sequence end, or keys
+    right of row r0)."""
+    start, lo = self._start(o), self._lo(o, prev)
+    return start, lo, (lo > start) | (start + BLOCK - 1 > r0)
+
   @staticmethod
   def _lo(o, prev):
     """The first key column the tile of window o keeps (before the causal
@@ -290,17 +301,13 @@ class _Plan:
       return (o, prev), o
 
     def need(i, x):
-      """Whether tile i drops a pair: a run's misaligned first window, a
-      start clamped at the sequence end, or keys right of row r0."""
-      start = self._start(x[0])
-      return (self._lo(*x) > start) | (start + BLOCK - 1 > r0)
+      return self._tile(*x, r0)[2]
 
     def keep(i, x, rows, cols):
       return (cols >= self._lo(*x)) & (cols <= rows)
 
-    no_window = jnp.int32(-2 * BLOCK)  # before step 0: no run to continue
-    return (core.Segment(self.count(m),
-                         core.CondMask(scalars, no_window, need, keep)),)
+    return (core.Segment(self.count(m), core.CondMask(
+        scalars, jnp.int32(_NO_WINDOW), need, keep)),)
 
 
 def _ends_run_with_tail(o, o_next, t: int):
@@ -344,40 +351,37 @@ class _StreamPlan:
   """
 
   steps_ref: object
-  cnt_ref: object
-  off_ref: object
-  bb: jax.Array
-  h: jax.Array
-  t: int
+  windows: _Plan  # the windows' tiles, read as `_Plan` reads them
 
-  def _offset(self, m, i):
-    return self.off_ref[self.bb, self.h, m, i]
+  @classmethod
+  def of(cls, refs, bb, h, t: int) -> "_StreamPlan":
+    """From `tile_list_attention`'s index refs (steps, count, offset)."""
+    steps_ref, cnt_ref, off_ref = refs
+    return cls(steps_ref, _Plan(cnt_ref, off_ref, bb, h, t))
 
   def count(self, m):
-    return self.steps_ref[self.bb, self.h, m]
+    return self.steps_ref[self.windows.bb, self.windows.h, m]
 
   def primary_count(self, m):
-    return self.cnt_ref[self.bb, self.h, m]
+    return self.windows.count(m)
 
   def stream_init(self, m):
     """(o of window 0, o of the window before it: none)."""
-    return self._offset(m, 0), jnp.int32(-2 * BLOCK)
+    return self.windows._offset(m, 0), jnp.int32(_NO_WINDOW)
 
   def stream_next(self, m, p, state):
     o, prev = state
-    n_slash = self.off_ref.shape[-1]
+    w = self.windows
+    n_slash = w.off_ref.shape[-1]
     o_next = jnp.where(p + 1 < self.primary_count(m),
-                       self._offset(m, jnp.minimum(p + 1, n_slash - 1)), -1)
-    f = o - lax.rem(o, jnp.int32(8))
-    start = jnp.minimum(f, self.t - BLOCK)
-    lo = jnp.where(prev + BLOCK != o, o, f)  # see _Plan._lo
-    need = (lo > start) | (start + BLOCK - 1 > m * BLOCK)
+                       w._offset(m, jnp.minimum(p + 1, n_slash - 1)), -1)
+    start, lo, need = w._tile(o, prev, m * BLOCK)
     header = (lax.shift_left(lax.div(start, jnp.int32(8)), 8)
               | lax.shift_left(lo - start, 2) | need.astype(jnp.int32))
     return core.StreamStep(
         start=start, header=header,
-        has_chunk=_ends_run_with_tail(o, o_next, self.t),
-        chunk=jnp.minimum(o + BLOCK, self.t)), (o_next, o)
+        has_chunk=_ends_run_with_tail(o, o_next, w.t),
+        chunk=jnp.minimum(o + BLOCK, w.t)), (o_next, o)
 
   def key_start(self, m, i):
     raise NotImplementedError("a stream plan's producer reads stream_next")
@@ -455,7 +459,7 @@ def _fwd(q, k, v, block_count, block_offset, column_count, column_index, *,
   steps = _tile_steps(block_count, block_offset, dims.t)
   return core.tile_list_attention(
       q, k, v, (steps, block_count, block_offset),
-      plan_fn=lambda refs, bb, h: _StreamPlan(*refs, bb, h, dims.t),
+      plan_fn=lambda refs, bb, h: _StreamPlan.of(refs, bb, h, dims.t),
       stream=True, **common_args)
 
 
