@@ -21,11 +21,17 @@ them and benchmarks them in one run:
    block; the layer speedup is cuDNN / (index build + kernel).
 3. Describes both index sets (`layout_stats`): density, the share of
    selected blocks within 4096 tokens of the diagonal and in the first 128
-   tokens, and the mean length of runs of consecutive selected blocks.
+   tokens, the mean length of runs of consecutive selected blocks, and how
+   much two heads of a KV group share at the same query block
+   (`head_pair_union`; heads 2p and 2p + 1 are in one group of the
+   builder's N=32, K=8 sets, not of the model's picked heads).
+
+`--layouts builder` skips the model run (step 1).
 
 Usage (GPU; the slice carried under .device_cache/):
   PYTHONPATH=. python3 -m experiments.bs_model_indices \
-      --seq-len 131072 1048576 --out DIR [--impls mosaic_gpu triton]
+      --seq-len 131072 1048576 --out DIR [--impls mosaic_gpu triton] \
+      [--layouts model builder]
 """
 
 import argparse
@@ -152,7 +158,8 @@ def layout_stats(layout: BlockSparseLayout, seq_len: int) -> dict:
   Returns:
     density (selected block area / causal area), near_share (blocks with
     (m - j) * 64 < NEAR_TOKENS), sink_share (j * 64 < SINK_TOKENS),
-    run_mean (mean length of runs of consecutive block ids in a row).
+    run_mean (mean length of runs of consecutive block ids in a row),
+    pair_union (`head_pair_union`).
   """
   count = np.asarray(layout.block_count[0])  # [N, Tb]
   index = np.asarray(layout.block_index[0]).astype(np.int64)  # [N, Tb, KB]
@@ -170,7 +177,31 @@ def layout_stats(layout: BlockSparseLayout, seq_len: int) -> dict:
                              .mean()), 4),
       sink_share=round(float((index * BLOCK < SINK_TOKENS)[valid].mean()), 4),
       run_mean=round(kept / max(int(starts_run.sum()), 1), 2),
+      pair_union=head_pair_union(count, index),
   )
+
+
+def head_pair_union(count: np.ndarray, index: np.ndarray) -> float | None:
+  """Blocks the head-pair kernel loads over blocks it computes: for heads
+  2p and 2p + 1 at the same query block, |union| / (|A| + |B|) summed over
+  all (pair, block) (0.5: identical sets, 1: disjoint). None for odd N.
+
+  count [N, Tb], index [N, Tb, KB] (int64; first count entries distinct).
+  """
+  n, tb, kb = index.shape
+  total = int(count.sum())
+  if n % 2 or not total:
+    return None
+  valid = np.arange(kb)[None, :] < count[..., None]  # [N, Tb, KB]
+  shared = 0
+  for p in range(0, n, 2):  # one pair at a time: [Tb, 2 KB] ids
+    # Invalid entries get distinct negative ids, so they never pair up.
+    ids = np.concatenate(
+        [np.where(valid[p + w], index[p + w], -1 - np.arange(kb) - w * kb)
+         for w in range(2)], axis=-1)
+    ids.sort(axis=-1)
+    shared += int((ids[:, 1:] == ids[:, :-1]).sum())
+  return round((total - shared) / total, 4)
 
 
 def _kernel_fn(impl: str):
@@ -187,13 +218,16 @@ def _cudnn(q, k, v):
                                       implementation="cudnn")
 
 
-def bench_length(args, model_slice: ModelSlice, t: int) -> list[dict]:
+def bench_length(args, model_slice: ModelSlice | None, t: int
+                 ) -> list[dict]:
   """The rows of one T (module docstring, steps 1-3)."""
   log = lambda msg: print(msg, file=sys.stderr, flush=True)
-  begin = time.perf_counter()
-  model_layout = model_bs_layout(model_slice, t, args.num_heads,
-                                 top_k=args.top_k, log=log)
-  log(f"T={t}: model index sets in {time.perf_counter() - begin:.1f} s")
+  model_layout = None
+  if "model" in args.layouts:
+    begin = time.perf_counter()
+    model_layout = model_bs_layout(model_slice, t, args.num_heads,
+                                   top_k=args.top_k, log=log)
+    log(f"T={t}: model index sets in {time.perf_counter() - begin:.1f} s")
   rows = []
   base = dict(T=t, N=args.num_heads, K=args.kv_heads, D=args.head_dim)
   from minference_jax import synthetic
@@ -218,12 +252,13 @@ def bench_length(args, model_slice: ModelSlice, t: int) -> list[dict]:
   builder_layout, index_ms = tm.pop("output"), tm["median_ms"]
   rows.append(base | dict(kernel="bs_index_build", layout="builder",
                           ms=index_ms, compile_s=round(tm["compile_s"], 2)))
-  for name, layout in (("model", model_layout), ("builder", builder_layout)):
+  layouts = dict(model=model_layout, builder=builder_layout)
+  for name in args.layouts:
+    layout = layouts[name]
     stats = layout_stats(layout, t)
     pairs = bc.bs_tile_pairs(layout)
     for impl in args.impls:
-      fn = _kernel_fn(impl)
-      tm = bc.time_with(timer, fn, (q, k, v, layout))
+      tm = bc.time_with(timer, _kernel_fn(impl), (q, k, v, layout))
       ms = tm["median_ms"]
       rows.append(base | stats | dict(
           kernel=f"block_sparse@{impl}", layout=name, ms=ms,
@@ -240,7 +275,8 @@ def bench_length(args, model_slice: ModelSlice, t: int) -> list[dict]:
 COLUMNS = [("T", "T"), ("kernel", "kernel"), ("layout", "index sets"),
            ("ms", "ms"), ("tflops", "TF/s"), ("density", "density"),
            ("near_share", "near 4K"), ("sink_share", "sink"),
-           ("run_mean", "run"), ("x_cudnn", "x cuDNN"),
+           ("run_mean", "run"), ("pair_union", "pair union"),
+           ("x_cudnn", "x cuDNN"),
            ("layer_x_cudnn", "layer x cuDNN"), ("compile_s", "compile s")]
 
 
@@ -252,6 +288,10 @@ def _parse(argv):
   p.add_argument("--name", default="bs_model_indices")
   p.add_argument("--impls", nargs="+", default=["mosaic_gpu", "triton"],
                  choices=("mosaic_gpu", "triton"))
+  p.add_argument("--layouts", nargs="+", default=["model", "builder"],
+                 choices=("model", "builder"),
+                 help="index sets to benchmark (model: recorded from the"
+                 " slice's heads; builder: the estimate on synthetic q/k)")
   p.add_argument("--num-heads", type=int, default=32)
   p.add_argument("--kv-heads", type=int, default=8)
   p.add_argument("--head-dim", type=int, default=128)
@@ -264,13 +304,14 @@ def _parse(argv):
 
 def main(argv: Sequence[str] | None = None) -> None:
   args = _parse(argv)
-  model_slice = load_slice(args.slice)
+  model_slice = load_slice(args.slice) if "model" in args.layouts else None
   rows = []
   for t in args.seq_len:
     rows += bench_length(args, model_slice, t)
-  meta = bc.environment() | dict(slice=args.slice.name, top_k=args.top_k,
-                                 source_model=model_slice.meta.get(
-                                     "source_model", ""))
+  meta = bc.environment() | dict(top_k=args.top_k, layouts=args.layouts)
+  if model_slice is not None:
+    meta |= dict(slice=args.slice.name,
+                 source_model=model_slice.meta.get("source_model", ""))
   paths = bc.write_results(args.out, args.name, meta, rows, COLUMNS)
   print("wrote", *paths, flush=True)
 

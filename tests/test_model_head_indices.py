@@ -284,3 +284,26 @@ def test_bs_layout_stats_by_hand():
   assert stats["near_share"] == 1.0
   assert stats["sink_share"] == 5 / 8  # blocks 0 and 1 (tokens < 128)
   assert stats["run_mean"] == 8 / 5  # runs [0] [0,1] [0] [2] [1,2,3]
+  assert stats["pair_union"] is None  # one head: no pairs
+
+
+def test_head_pair_union_against_sets():
+  """`head_pair_union` equals |A u B| / (|A| + |B|) computed with Python
+  sets, on random lists with padding entries that repeat kept ids."""
+  from experiments import bs_model_indices as bsi
+
+  rng = np.random.default_rng()
+  n, tb, kb = 6, 9, 5
+  count = np.zeros((n, tb), np.int64)
+  index = np.zeros((n, tb, kb), np.int64)
+  for h in range(n):
+    for m in range(tb):
+      c = int(rng.integers(0, min(m + 1, kb) + 1))
+      count[h, m] = c
+      index[h, m, :c] = np.sort(rng.choice(m + 1, c, replace=False))
+      index[h, m, c:] = rng.integers(0, m + 1, kb - c)  # padding
+  kept = lambda h, m: set(index[h, m, :count[h, m]].tolist())
+  union = sum(len(kept(h, m) | kept(h + 1, m))
+              for h in range(0, n, 2) for m in range(tb))
+  assert bsi.head_pair_union(count, index) == round(union / count.sum(), 4)
+  assert bsi.head_pair_union(count[:5], index[:5]) is None  # odd N
