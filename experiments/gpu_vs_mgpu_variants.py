@@ -19,7 +19,9 @@ slash) with different tile plans:
   ceiling of the tile loop);
 - `stream_windows_tails`: the current Mosaic GPU launch alone: the windows'
   64-row tiles plus the run tails in gathered tiles (`_StreamPlan`, with
-  the XLA pass that counts each block's tiles, `tile_steps_pass` alone);
+  the kernel that counts each block's tiles, `tile_steps_pass` alone,
+  checked equal to its XLA reference pass, `tile_steps_xla`, on each
+  layout);
 plus the whole kernel (`mgpu_full`: the column seed launch + the Mosaic GPU
 launch with the run tails; `mgpu_full_seed_tails`: the previous kernel,
 `_fwd(..., tails="seed")`, the run tails in the Triton seed launch), the seed
@@ -57,6 +59,7 @@ from pallas_kernels import mosaic_gpu_core as core
 from pallas_kernels import vertical_slash
 from pallas_kernels.mosaic_gpu_core import BLOCK, Config
 from pallas_kernels.vertical_slash import mosaic_gpu as vs_mgpu
+from pallas_kernels.vertical_slash import tile_steps
 
 warnings.filterwarnings("ignore", message="The Pallas Triton backend")
 
@@ -146,9 +149,10 @@ def _full(tails):
 
 def _stream_windows(q, k, v, lay):
   """The current Mosaic GPU launch alone (no seed): windows + run tails,
-  with the XLA pass that counts the tiles."""
+  with the kernel that counts the tiles."""
   dims = _dims(q, k)
-  steps = vs_mgpu._tile_steps(lay.block_count, lay.block_offset, dims.t)
+  steps = tile_steps.tile_steps(lay.block_count, lay.block_offset,
+                                t=dims.t)
   return core.tile_list_attention(
       q, k, v, (steps, lay.block_count, lay.block_offset),
       plan_fn=lambda refs, bb, h: vs_mgpu._StreamPlan.of(refs, bb, h, dims.t),
@@ -164,7 +168,9 @@ def _impls(tail_chunks=()):
   columns = lambda q, k, v, lay: vs_mgpu._seed(
       q, k, v, lay.column_count, lay.column_index, lay.block_count,
       lay.block_offset, _dims(q, k), interpret=False, tails=False)
-  steps = lambda q, k, v, lay: vs_mgpu._tile_steps(
+  steps = lambda q, k, v, lay: tile_steps.tile_steps(
+      lay.block_count, lay.block_offset, t=q.shape[1])
+  steps_xla = lambda q, k, v, lay: tile_steps.tile_steps_reference(
       lay.block_count, lay.block_offset, q.shape[1])
   triton = lambda q, k, v, lay: vertical_slash.vertical_slash_attention(
       q, k, v, lay)
@@ -175,6 +181,7 @@ def _impls(tail_chunks=()):
           ("seed_columns_only", columns, "columns"),
           ("stream_windows_tails", _stream_windows, "windows"),
           ("tile_steps_pass", steps, None),
+          ("tile_steps_xla", steps_xla, None),
           ("k80_masked", _windows_fn(_Plan80, 80), "windows"),
           ("k64_cond", _windows_fn(vs_mgpu._Plan), "windows"),
           ("k64_masked", _windows_fn(_Plan64), "windows"),
@@ -238,6 +245,17 @@ def main(argv):
     columns = float(jnp.sum(layout.column_count, dtype=jnp.float32))
     pairs = dict(windows=windows * BLOCK * BLOCK, columns=columns * BLOCK)
     pairs["all"] = pairs["windows"] + pairs["columns"]
+    if not cfg.kernels or "tile_steps_pass" in cfg.kernels:
+      # The steps kernel against its XLA reference on this layout.
+      got = tile_steps.tile_steps(layout.block_count, layout.block_offset,
+                                  t=t)
+      want = tile_steps.tile_steps_reference(layout.block_count,
+                                             layout.block_offset, t)
+      row = dict(kernel="tile_steps_pass", check="equals_xla_pass", T=t,
+                 ok=bool(jnp.array_equal(got, want)))
+      rows.append(row)
+      print(json.dumps(row), flush=True)
+      del got, want
     for name, fn, what in _impls(cfg.tail_chunks):
       if cfg.kernels and name not in cfg.kernels:
         continue

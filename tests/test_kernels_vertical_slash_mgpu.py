@@ -28,6 +28,7 @@ from pallas_kernels import mosaic_gpu_core as core
 from pallas_kernels.layouts import VerticalSlashLayout
 from pallas_kernels.reference import vertical_slash_mask
 from pallas_kernels.vertical_slash import mosaic_gpu as vs_mgpu
+from pallas_kernels.vertical_slash import tile_steps
 from pallas_kernels.vertical_slash.mosaic_gpu import (
     Config,
     vertical_slash_attention_mgpu,
@@ -197,8 +198,8 @@ def test_many_tails_and_tails_at_the_sequence_end(config):
   q, k, v = ktu.random_qkv(rng, 1, t, 2, 1, 64, jnp.bfloat16)
   layout = _many_tails_layout()
   ktu.check_vs_layout(layout, t)
-  steps = np.asarray(vs_mgpu._tile_steps(layout.block_count,
-                                         layout.block_offset, t))
+  steps = np.asarray(tile_steps.tile_steps(
+      layout.block_count, layout.block_offset, t=t, interpret=True))
   assert steps[0, 0, 19] == 18 + 3 and steps[0, 0, 18] == 16 + 2
   out = vertical_slash_attention_mgpu(q, k, v, layout, config=config,
                                       interpret=True)
@@ -266,7 +267,8 @@ def _stream_key_sets(layout, t):
   (`core.stream_advance`, two steps past the count); and the mask-free
   tiles that drop a pair (must be none)."""
   cnt = np.asarray(layout.block_count)
-  steps = vs_mgpu._tile_steps(layout.block_count, layout.block_offset, t)
+  steps = tile_steps.tile_steps_reference(layout.block_count,
+                                         layout.block_offset, t)
   refs = (steps, layout.block_count, jnp.asarray(layout.block_offset))
   seen = np.zeros(cnt.shape[:2] + (t, t), np.int32)
   wrong = []
@@ -360,8 +362,8 @@ def test_bad_inputs_raise():
                                              (256, 80, None),
                                              (128, 0, W2S2)])
 def test_lowers_for_h200(d, n_vert, config):
-  """One Mosaic GPU call (wgmma, TMA; windows and run tails) plus one
-  Triton call for the columns, if any."""
+  """One Mosaic GPU call (wgmma, TMA; windows and run tails), one Triton
+  call for the steps count and one for the columns, if any."""
   b, t, n, kv, n_slash = 1, 1024, 4, 2, 9
   tb = t // 64
   q = jax.ShapeDtypeStruct((b, t, n, d), jnp.bfloat16)
@@ -376,6 +378,39 @@ def test_lowers_for_h200(d, n_vert, config):
           i32(b, n, tb, n_vert))
   text = ktu.lower_for_gpu(fn, args).as_text()
   assert text.count("stablehlo.custom_call @mosaic_gpu") == 1
-  assert text.count("__gpu$xla.gpu.triton") == (n_vert > 0)  # columns
+  assert text.count("__gpu$xla.gpu.triton") == 1 + (n_vert > 0)
+  assert "minf_vertical_slash_tile_steps" in text
   for op in ("wgmma", "cp.async.bulk", "mbarrier"):
     assert op in text, f"no {op} in the lowered module"
+
+
+@pytest.mark.parametrize("t,n_slash", [(448, 6), (1280, 40), (4160, 90)])
+def test_tile_steps_kernel_equals_the_xla_pass(t, n_slash):
+  """The Pallas-Triton steps count (interpret mode) equals the XLA pass on
+  random layouts: Tb below, above and not a multiple of its 16 rows per
+  program, more than one 64-window chunk per row (t = 4160), an inactive
+  head, padding entries past each count."""
+  rng, seed = ktu.fresh_rng()
+  layout = ktu.random_vs_layout(rng, 2, 3, t, n_slash, 4, inactive=(1,))
+  want = tile_steps.tile_steps_reference(layout.block_count,
+                                         layout.block_offset, t)
+  got = tile_steps.tile_steps(layout.block_count, layout.block_offset, t=t,
+                              interpret=True)
+  assert got.shape == want.shape and got.dtype == jnp.int32
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want),
+                                err_msg=f"seed={seed}")
+  tails = np.asarray(want) - np.asarray(layout.block_count)
+  assert tails.max() >= 1, "no run tails: the case tests nothing"
+
+
+def test_tile_steps_kernel_on_many_tails():
+  """More than GATHER tails in a row (two gathered tiles) and tails at the
+  sequence end: the hand-made layout of the kernel test above."""
+  layout = _many_tails_layout()
+  got = np.asarray(tile_steps.tile_steps(
+      layout.block_count, layout.block_offset, t=MANY_TAILS_T,
+      interpret=True))
+  want = np.asarray(tile_steps.tile_steps_reference(
+      layout.block_count, layout.block_offset, MANY_TAILS_T))
+  np.testing.assert_array_equal(got, want)
+  assert got[0, 0, 19] == 18 + 3 and got[0, 0, 18] == 16 + 2

@@ -25,6 +25,7 @@ from pallas_kernels.layouts import (
     VerticalSlashLayout,
 )
 from pallas_kernels.vertical_slash import vertical_slash_attention
+from pallas_kernels.vertical_slash.tile_steps import tile_steps
 from pallas_kernels.vs_chain_layout import vs_chain_layout
 from pallas_kernels.vs_estimate import Config as EstimateConfig
 from pallas_kernels.vs_estimate import vs_line_scores
@@ -196,3 +197,16 @@ def test_vs_chain_layout_builder_lowers_for_gpu(device_kind, t, bs, ns, nv):
   modules = _triton_modules(ktu.lower_for_gpu(fn, args, device_kind))
   assert len(modules) == 2
   assert all("__nv_clz" in m for m in modules)
+
+
+@pytest.mark.parametrize("device_kind", ["NVIDIA A100", "NVIDIA H200"])
+@pytest.mark.parametrize("t,ns", [(1 << 20, 6096), (1088, 9)])
+def test_vs_tile_steps_lowers_for_gpu(device_kind, t, ns):
+  """The stream plan's steps count (one Triton launch) lowers at 1M x 32
+  heads with the default slash budget, and for a short T whose 17 query
+  blocks leave the last program overhanging."""
+  tb = t // 64
+  fn = lambda c, o: tile_steps(c, o, t=t)
+  modules = _triton_modules(ktu.lower_for_gpu(
+      fn, (_i32(1, 32, tb), _i32(1, 32, tb, ns)), device_kind))
+  assert len(modules) == 1

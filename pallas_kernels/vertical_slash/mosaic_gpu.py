@@ -30,8 +30,10 @@ ones after the last window) become one gathered 64-row tile, eight 8-row
 TMA copies, attended as one more step with a mask per 8-column group (tail
 j keeps its first length_j keys, causal: the tail of a run that crosses
 the diagonal lies right of some rows). The number of steps per query block
-(windows + gathered tiles) comes from one XLA pass over block_offset
-(`_tile_steps`). `_fwd(..., tails="seed")` is the previous kernel, which
+(windows + gathered tiles) comes from a small Pallas-Triton kernel that
+reads each row's windows (`tile_steps.tile_steps`, 0.19 / 0.33 ms at 128K
+/ 1M; until the sixth session an XLA pass over the whole block_offset, 0.75
+/ 3.5 ms). `_fwd(..., tails="seed")` is the previous kernel, which
 attended the run tails in the Triton launch (a scan of each block's
 windows, gathered 8 tails at a time) and the windows with a `core.CondMask`
 on scalars the compute warpgroup read from GMEM. Hopper has no TMA gather
@@ -54,9 +56,11 @@ tails, and the column launch 4.6 ms (the previous columns + tails launch
 gathered path and learnt that a step is gathered from the previous step's
 word (the words written before the producer's slot wait, a 2 * depth words
 ring) was not faster (1.00x / 1.04x the previous kernel at 32K / 128K in
-its run, `gpu_vs_mgpu_tails_h200_lazy_words.md`). Next steps: the columns
-(4.6 of the 54.8 ms at 128K, at ~200 TFLOP/s), and a cheaper steps count
-than a full pass over block_offset.
+its run, `gpu_vs_mgpu_tails_h200_lazy_words.md`). With the steps-count
+kernel (sixth session, `gpu_vs_mgpu_tile_steps_h200*.md`): 54.5 ms / 424
+TFLOP/s at 128K and 480 ms / 414 TFLOP/s at 1M, 1.06x / 1.08x the previous
+kernel beside it. Next
+step: the columns (4.6 of the 54.8 ms at 128K, at ~200 TFLOP/s).
 
 Restrictions (the Pallas-Triton `vertical_slash_attention` is the general
 path): bf16/fp16, D in {64, 128, 256}, T == S a multiple of 64 and at most
@@ -81,6 +85,10 @@ from pallas_kernels.layouts import VerticalSlashLayout
 from pallas_kernels.mosaic_gpu_core import BLOCK, Config
 from pallas_kernels.vertical_slash import phases
 from pallas_kernels.vertical_slash.base import Config as TritonConfig
+from pallas_kernels.vertical_slash.tile_steps import (
+    ends_run_with_tail,
+    tile_steps,
+)
 
 __all__ = ["Config", "vertical_slash_attention_mgpu"]
 
@@ -310,33 +318,10 @@ class _Plan:
         scalars, jnp.int32(_NO_WINDOW), need, keep)),)
 
 
-def _ends_run_with_tail(o, o_next, t: int):
-  """Whether the window at o ends a run (the next window, at o_next or -1
-  if none, does not start at o + 64) and leaves a run tail: the keys
-  [floor8(o) + 64, o + 64), inside [0, T) (o % 8 != 0 and o + 64 <= T).
-  Elementwise on int32 arrays or scalars."""
-  end = jnp.minimum(o + BLOCK, t)
-  return (o_next != o + BLOCK) & (lax.rem(end, jnp.int32(8)) != 0)
-
-
-def _tile_steps(block_count, block_offset, t: int):
-  """int32 [B, N, Tb]: the window tiles plus the gathered tail tiles (one
-  per GATHER run tails, rounded up) of each query block; one XLA pass over
-  block_offset [B, N, Tb, NS]."""
-  i = lax.broadcasted_iota(jnp.int32, block_offset.shape, 3)
-  count = block_count[..., None]
-  o_next = jnp.concatenate([block_offset[..., 1:], block_offset[..., :1]],
-                           axis=-1)
-  o_next = jnp.where(i + 1 < count, o_next, -1)
-  has = (i < count) & _ends_run_with_tail(block_offset, o_next, t)
-  n_tails = jnp.sum(has, axis=-1, dtype=jnp.int32)
-  return block_count + (n_tails + core.GATHER - 1) // core.GATHER
-
-
 @dataclasses.dataclass(frozen=True)
 class _StreamPlan:
   """The windows and their run tails of one (batch, head) as a
-  `core.StreamPlan`: refs steps [B, N, Tb] (`_tile_steps`), count
+  `core.StreamPlan`: refs steps [B, N, Tb] (`tile_steps`), count
   [B, N, Tb], offset [B, N, Tb, NS]; t the sequence length.
 
   The primary tiles are the windows' 64-row tiles at floor8(o), as `_Plan`
@@ -380,7 +365,7 @@ class _StreamPlan:
               | lax.shift_left(lo - start, 2) | need.astype(jnp.int32))
     return core.StreamStep(
         start=start, header=header,
-        has_chunk=_ends_run_with_tail(o, o_next, w.t),
+        has_chunk=ends_run_with_tail(o, o_next, w.t),
         chunk=jnp.minimum(o + BLOCK, w.t)), (o_next, o)
 
   def key_start(self, m, i):
@@ -456,7 +441,8 @@ def _fwd(q, k, v, block_count, block_offset, column_count, column_index, *,
         q, k, v, (block_count, block_offset),
         plan_fn=lambda refs, bb, h: _Plan(*refs, bb, h, dims.t),
         **common_args)
-  steps = _tile_steps(block_count, block_offset, dims.t)
+  steps = tile_steps(block_count, block_offset, t=dims.t,
+                     interpret=interpret is not None)
   return core.tile_list_attention(
       q, k, v, (steps, block_count, block_offset),
       plan_fn=lambda refs, bb, h: _StreamPlan.of(refs, bb, h, dims.t),
