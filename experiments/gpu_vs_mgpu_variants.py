@@ -41,6 +41,7 @@ Writes `gpu_vs_mgpu_variants.json` / `.md` to out_dir ($OUT if set).
 """
 
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -60,6 +61,7 @@ from pallas_kernels import vertical_slash
 from pallas_kernels.mosaic_gpu_core import BLOCK, Config
 from pallas_kernels.vertical_slash import mosaic_gpu as vs_mgpu
 from pallas_kernels.vertical_slash import tile_steps
+from pallas_kernels.vertical_slash.base import Config as TritonConfig
 
 warnings.filterwarnings("ignore", message="The Pallas Triton backend")
 
@@ -79,6 +81,10 @@ class Cfg:
   check_tails: tuple[str, ...] = vs_mgpu.TAILS_KINDS  # paths to check
   kernels: tuple[str, ...] = ()  # a subset of the kernels to time (all)
   tail_chunks: tuple[int, ...] = ()  # extra TAIL_CHUNK values to time
+  # Column-launch knobs to time ("BC-W-S": block_c, warps, stages), each
+  # alone (`seed_columns_only@BC-W-S`) and in the whole kernel
+  # (`mgpu_full@BC-W-S`); they run even if `kernels` leaves them out.
+  seed_configs: tuple[str, ...] = ()
 
 
 class _Plan80(vs_mgpu._Plan):
@@ -136,15 +142,26 @@ def _with_tail_chunk(fn, cw):
   return traced
 
 
-def _full(tails):
-  """The whole kernel with the run tails where `tails` says."""
+def _full(tails, seed_config=None):
+  """The whole kernel with the run tails where `tails` says (and the column
+  launch's Triton knobs `seed_config`, default if None)."""
   def fn(q, k, v, lay):
     return vs_mgpu._fwd(q, k, v, lay.block_count, lay.block_offset,
                         lay.column_count, lay.column_index,
                         block_size=lay.block_size,
                         config=Config.get_default(q.shape[-1]),
-                        interpret=None, tails=tails)
+                        interpret=None, tails=tails, seed_config=seed_config)
   return fn
+
+
+def seed_config(name: str) -> TritonConfig:
+  """"BC-W-S" (e.g. "64-4-3"): the column launch's block_c, warps, stages."""
+  try:
+    block_c, warps, stages = (int(x) for x in name.split("-"))
+  except ValueError:
+    raise ValueError(
+        f"seed config {name!r} is not BC-W-S, e.g. 64-4-3") from None
+  return TritonConfig(block_c=block_c, num_warps=warps, num_stages=stages)
 
 
 def _stream_windows(q, k, v, lay):
@@ -160,14 +177,19 @@ def _stream_windows(q, k, v, lay):
       name="vs_variant_stream", stream=True)
 
 
-def _impls(tail_chunks=()):
+def _columns(q, k, v, lay, config=None):
+  """The column launch alone (the current kernel's step 1)."""
+  return vs_mgpu._seed(q, k, v, lay.column_count, lay.column_index,
+                       lay.block_count, lay.block_offset, _dims(q, k),
+                       interpret=False, tails=False, config=config)
+
+
+def _impls(tail_chunks=(), seed_configs=()):
   full = _full("gathered")
   seed = lambda q, k, v, lay: vs_mgpu._seed(
       q, k, v, lay.column_count, lay.column_index, lay.block_count,
       lay.block_offset, _dims(q, k), interpret=False)
-  columns = lambda q, k, v, lay: vs_mgpu._seed(
-      q, k, v, lay.column_count, lay.column_index, lay.block_count,
-      lay.block_offset, _dims(q, k), interpret=False, tails=False)
+  columns = _columns
   steps = lambda q, k, v, lay: tile_steps.tile_steps(
       lay.block_count, lay.block_offset, t=q.shape[1])
   steps_xla = lambda q, k, v, lay: tile_steps.tile_steps_reference(
@@ -190,7 +212,12 @@ def _impls(tail_chunks=()):
               for cw in tail_chunks
               for name, fn, what in (("mgpu_full_seed_tails", _full("seed"),
                                       "all"),
-                                     ("seed_only", seed, "columns"))]
+                                     ("seed_only", seed, "columns"))] + [
+              row for name in seed_configs for row in (
+                  (f"seed_columns_only@{name}", functools.partial(
+                      _columns, config=seed_config(name)), "columns"),
+                  (f"mgpu_full@{name}",
+                   _full("gathered", seed_config(name)), "all"))]
 
 
 def check(rows, tails_kinds=vs_mgpu.TAILS_KINDS):
@@ -256,8 +283,8 @@ def main(argv):
       rows.append(row)
       print(json.dumps(row), flush=True)
       del got, want
-    for name, fn, what in _impls(cfg.tail_chunks):
-      if cfg.kernels and name not in cfg.kernels:
+    for name, fn, what in _impls(cfg.tail_chunks, cfg.seed_configs):
+      if cfg.kernels and name not in cfg.kernels and "@" not in name:
         continue
       row = dict(kernel=name, T=t, source=source, pairs=what)
       try:

@@ -59,7 +59,7 @@ ring) was not faster (1.00x / 1.04x the previous kernel at 32K / 128K in
 its run, `gpu_vs_mgpu_tails_h200_lazy_words.md`). With the steps-count
 kernel (sixth session, `gpu_vs_mgpu_tile_steps_h200*.md`): 54.5 ms / 424
 TFLOP/s at 128K and 480 ms / 414 TFLOP/s at 1M, 1.06x / 1.08x the previous
-kernel beside it. Next
+kernel beside it (55.5 / 490 ms on another machine start). Next
 step: the columns (4.6 of the 54.8 ms at 128K, at ~200 TFLOP/s).
 
 Restrictions (the Pallas-Triton `vertical_slash_attention` is the general
@@ -202,11 +202,13 @@ def _seed_kernel(count_ref, index_ref, wcount_ref, offset_ref, q_ref, k_ref,
 
 
 def _seed(q, k, v, column_count, column_index, block_count, block_offset,
-          dims: core.Dims, interpret: bool, tails: bool = True):
+          dims: core.Dims, interpret: bool, tails: bool = True,
+          config: TritonConfig | None = None):
   """(o [B, T, N, D] in q's dtype, lse [B, N, T] f32) over the columns and,
-  if `tails`, the run tails (step 1)."""
+  if `tails`, the run tails (step 1); `config`: its Triton launch knobs
+  (block_c, warps, stages; `TritonConfig.get_default(D)` if None)."""
   b, t, n, g, d, tb = dims
-  cfg = TritonConfig.get_default(d)
+  cfg = config or TritonConfig.get_default(d)
   columns = column_index.shape[-1] > 0
   column_index = phases.at_least(column_index, cfg.block_c)
   if tails:  # the tail scan loads TAIL_CHUNK starts from 0 and 1 (masked)
@@ -414,9 +416,11 @@ def _check(q, k, v, layout_arrays, block_size, config, seeded):
 
 
 @functools.partial(jax.jit, static_argnames=("block_size", "config",
-                                             "interpret", "tails"))
+                                             "interpret", "tails",
+                                             "seed_config"))
 def _fwd(q, k, v, block_count, block_offset, column_count, column_index, *,
-         block_size: int, config: Config, interpret, tails: str = "gathered"):
+         block_size: int, config: Config, interpret, tails: str = "gathered",
+         seed_config: TritonConfig | None = None):
   if tails not in TAILS_KINDS:
     raise ValueError(f"tails={tails!r} must be one of {TAILS_KINDS}")
   in_seed = tails == "seed"
@@ -432,7 +436,7 @@ def _fwd(q, k, v, block_count, block_offset, column_count, column_index, *,
   block_offset = phases.at_least(block_offset, 1)  # NS == 0: never read
   seed = (_seed(q, k, v, column_count, column_index, block_count,
                 block_offset, dims, interpret=interpret is not None,
-                tails=in_seed)
+                tails=in_seed, config=seed_config)
           if seeded else None)
   common_args = dict(config=config, dims=dims, interpret=interpret,
                      name="minf_vertical_slash_mgpu", seed=seed)
