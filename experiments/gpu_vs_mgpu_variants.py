@@ -142,14 +142,20 @@ def _with_tail_chunk(fn, cw):
   return traced
 
 
-def _full(tails, seed_config=None):
+# FA3's ping-pong schedule between the two compute warpgroups.
+PINGPONG = Config(compute_wgs=2, max_concurrent_steps=2,
+                  use_schedule_barrier=True)
+
+
+def _full(tails, seed_config=None, config=None):
   """The whole kernel with the run tails where `tails` says (and the column
-  launch's Triton knobs `seed_config`, default if None)."""
+  launch's Triton knobs `seed_config`, the Mosaic launch's `config`;
+  defaults if None)."""
   def fn(q, k, v, lay):
     return vs_mgpu._fwd(q, k, v, lay.block_count, lay.block_offset,
                         lay.column_count, lay.column_index,
                         block_size=lay.block_size,
-                        config=Config.get_default(q.shape[-1]),
+                        config=config or Config.get_default(q.shape[-1]),
                         interpret=None, tails=tails, seed_config=seed_config)
   return fn
 
@@ -199,6 +205,7 @@ def _impls(tail_chunks=(), seed_configs=()):
   return [("triton_vertical_slash", triton, "all"),
           ("mgpu_full", full, "all"),
           ("mgpu_full_seed_tails", _full("seed"), "all"),
+          ("mgpu_full_pingpong", _full("gathered", config=PINGPONG), "all"),
           ("seed_only", seed, "columns"),
           ("seed_columns_only", columns, "columns"),
           ("stream_windows_tails", _stream_windows, "windows"),

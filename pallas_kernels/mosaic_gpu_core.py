@@ -142,8 +142,9 @@ class Config:
       key tiles in flight ahead of the one being computed.
     use_schedule_barrier: with 2 compute warpgroups, alternate their wgmma
       and softmax phases (FA3's ping-pong schedule). Off by default: on an
-      H200 it gained 2-3% on Block-Sparse and lost up to 6% on A-shape,
-      and it adds a barrier both warpgroups must keep in step.
+      H200 it gained 2-3% on Block-Sparse and lost up to 6% on A-shape and
+      1-4% on Vertical-Slash, and it adds a barrier both warpgroups must
+      keep in step.
     fastest_axis: the order of the CTAs, a lever on L2 reuse where the
       kernel is HBM-bound: "heads" (one query-block pair across all heads,
       then the next pair: the G heads of a KV group, which read the same
@@ -422,12 +423,10 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
   seeded = seed is not None
   if stream and key_rows != BLOCK:
     raise ValueError(f"stream plans take 64-row key tiles, not {key_rows}")
-  # No ping-pong with a seed. It was turned off after Mosaic GPU interpret
-  # mode hung on it; that hang was most likely the host thread starvation
-  # tests/conftest.py describes (with PJRT_NPROC=8 the same seeded
-  # ping-pong ran through on the CPU), but the combination is not checked on
-  # a GPU, and the ping-pong is worth 1-3%.
-  schedule = config.use_schedule_barrier and wgs == 2 and not seeded
+  # The ping-pong also runs with a seed (checked on the H200 in the sixth
+  # session, `gpu_vs_mgpu_pingpong_h200.md`; the interpret-mode hang that had
+  # kept it off was the host thread starvation tests/conftest.py describes).
+  schedule = config.use_schedule_barrier and wgs == 2
   n_pairs = pl.cdiv(tb, wgs)
   n_index = len(index_args)
   qk_scale = d**-0.5 * LOG2E  # softmax in base 2 (exp2)

@@ -36,6 +36,8 @@ from pallas_kernels.vertical_slash.mosaic_gpu import (
 
 W2S2 = Config(compute_wgs=2, max_concurrent_steps=2,
               use_schedule_barrier=False)
+W2S2P = Config(compute_wgs=2, max_concurrent_steps=2,
+               use_schedule_barrier=True)  # ping-pong, with the column seed
 W1S2 = Config(compute_wgs=1, max_concurrent_steps=2)
 W1S3 = Config(compute_wgs=1, max_concurrent_steps=3)
 
@@ -48,6 +50,7 @@ CASES = [
     (1, 192, 4, 4, 64, jnp.float16, 0, 50, None),  # columns only
     (1, 128, 2, 1, 256, jnp.bfloat16, 2, 30, None),  # 1 warpgroup, D = 256
     (1, 64, 2, 1, 64, jnp.bfloat16, 1, 0, W1S2),  # one block
+    (1, 320, 4, 2, 64, jnp.bfloat16, 5, 30, W2S2P),  # odd blocks: one idle
 ]
 
 
