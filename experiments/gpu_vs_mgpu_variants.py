@@ -27,8 +27,11 @@ launch with the run tails; `mgpu_full_seed_tails`: the previous kernel,
 `_fwd(..., tails="seed")`, the run tails in the Triton seed launch), the seed
 launches alone (`seed_only`: columns + run tails, the previous one;
 `seed_columns_only`: the columns, the current one) and the Pallas-Triton
-Vertical-Slash kernel. Effective TFLOP/s count 64 x 64 pairs per window (and
-64 per column for the whole kernels), as `gpu_mgpu_kernels` does.
+Vertical-Slash kernel; `mgpu_full_pingpong` is the whole kernel with FA3's
+ping-pong schedule, and `seed_configs=[BC-W-S,...]` adds the column launch
+alone and the whole kernel under other Triton knobs (block_c, warps,
+stages). Effective TFLOP/s count 64 x 64 pairs per window (and 64 per
+column for the whole kernels), as `gpu_mgpu_kernels` does.
 
 Before timing (`check=true`), the whole kernel (default config: two compute
 warpgroups, which the interpret-mode tests do not run), with the run tails
