@@ -35,7 +35,8 @@ column for the whole kernels), as `gpu_mgpu_kernels` does.
 
 Before timing (`check=true`), the whole kernel (default config: two compute
 warpgroups, which the interpret-mode tests do not run), with the run tails
-in gathered tiles and in the seed launch, is checked against the dense f32
+in gathered tiles and in the seed launch (and the ping-pong config with the
+gathered tails), is checked against the dense f32
 reference on the tests' random layouts (misaligned runs, runs of one
 window, runs crossing the diagonal, windows at the sequence end, inactive
 heads, GQA) and the tests' hand-made runs and many-tails layout.
@@ -231,7 +232,8 @@ def _impls(tail_chunks=(), seed_configs=()):
 
 
 def check(rows, tails_kinds=vs_mgpu.TAILS_KINDS):
-  """The kernel (default config) vs the f32 reference on random layouts."""
+  """The kernel (default config; and with the run tails gathered, the
+  ping-pong config) vs the f32 reference on random layouts."""
   sys.path.insert(0, "tests")
   import kernel_test_utils as ktu  # noqa: PLC0415
   import test_kernels_vertical_slash_mgpu as tvs  # noqa: PLC0415
@@ -242,16 +244,20 @@ def check(rows, tails_kinds=vs_mgpu.TAILS_KINDS):
   cases += [("random", 1024, 4, 4, 6, 0, 3), ("runs", 448, 2, 1, 0, 0, 4),
             ("many_tails", tvs.MANY_TAILS_T, 2, 1, 0, 0, 5)]
   hand_made = dict(runs=tvs._run_layout, many_tails=tvs._many_tails_layout)
-  for (kind, t, n, kv, n_slash, n_vert, seed), tails in (
-      (c, tails) for c in cases for tails in tails_kinds):
-    row = dict(kernel=f"check_default_config_{tails}", check=kind, T=t)
+  runs = [(c, tails, None) for c in cases for tails in tails_kinds]
+  if "gathered" in tails_kinds:
+    runs += [(c, "gathered", PINGPONG) for c in cases]
+  for (kind, t, n, kv, n_slash, n_vert, seed), tails, config in runs:
+    name = "pingpong" if config else "default_config"
+    row = dict(kernel=f"check_{name}_{tails}", check=kind, T=t)
     try:
       rng = np.random.default_rng(seed)
       q, k, v = ktu.random_qkv(rng, 1, t, n, kv, 128, jnp.bfloat16)
       layout = (hand_made[kind]() if kind in hand_made else
                 ktu.random_vs_layout(rng, 1, n, t, n_slash, n_vert,
                                      inactive=(1,)))
-      out = np.asarray(_full(tails)(q, k, v, layout).astype(jnp.float32))
+      out = np.asarray(_full(tails, config=config)(q, k, v, layout)
+                       .astype(jnp.float32))
       want = ktu.reference(q, k, v, vertical_slash_mask(layout, t, t))
       rel = float(np.linalg.norm(out - want) / np.linalg.norm(want))
       inactive_ok = kind in hand_made or not out[:, :, 1].any()

@@ -391,8 +391,9 @@ def test_lowers_for_h200(d, n_vert, config):
 def test_tile_steps_kernel_equals_the_xla_pass(t, n_slash):
   """The Pallas-Triton steps count (interpret mode) equals the XLA pass on
   random layouts: Tb below, above and not a multiple of its 16 rows per
-  program, more than one 64-window chunk per row (t = 4160), an inactive
-  head, padding entries past each count."""
+  program (7, 20, 65 query blocks), an inactive head, padding entries past
+  each count (rows of up to ~50 windows: one chunk; several chunks are the
+  next test's)."""
   rng, seed = ktu.fresh_rng()
   layout = ktu.random_vs_layout(rng, 2, 3, t, n_slash, 4, inactive=(1,))
   want = tile_steps.tile_steps_reference(layout.block_count,
@@ -417,3 +418,32 @@ def test_tile_steps_kernel_on_many_tails():
       layout.block_count, layout.block_offset, MANY_TAILS_T))
   np.testing.assert_array_equal(got, want)
   assert got[0, 0, 19] == 18 + 3 and got[0, 0, 18] == 16 + 2
+
+
+def test_tile_steps_kernel_walks_several_chunks():
+  """A row with 80 windows (two 64-window chunks, the next-window read
+  crossing the chunk boundary) in a slash budget of 90 (not a multiple of
+  the chunk): every window ends its own run, so the tails are (o + 64) % 8
+  != 0 ones; the other rows are empty or hold a single window."""
+  tb, ns, n_win = 100, 90, 80
+  t = tb * 64
+  count = np.zeros((1, 2, tb), np.int32)
+  offset = np.zeros((1, 2, tb, ns), np.int32)
+  starts = 3 + 70 * np.arange(n_win)  # gaps of 6 keys: runs of one window
+  count[0, 0, tb - 1] = n_win
+  offset[0, 0, tb - 1, :n_win] = starts
+  offset[0, 0, tb - 1, n_win:] = starts[-1]  # padding (never read as data)
+  count[0, 1, 10] = 1
+  offset[0, 1, 10, 0] = 581  # one window ending a run with a 5-key tail
+  layout = VerticalSlashLayout(jnp.asarray(count), jnp.asarray(offset),
+                               jnp.zeros((1, 2, tb), jnp.int32),
+                               jnp.zeros((1, 2, tb, 1), jnp.int32))
+  ktu.check_vs_layout(layout, t)
+  got = np.asarray(tile_steps.tile_steps(
+      layout.block_count, layout.block_offset, t=t, interpret=True))
+  want = np.asarray(tile_steps.tile_steps_reference(
+      layout.block_count, layout.block_offset, t))
+  np.testing.assert_array_equal(got, want)
+  n_tails = int(np.sum((starts + 64) % 8 != 0))
+  assert got[0, 0, tb - 1] == n_win + -(-n_tails // 8)
+  assert got[0, 1, 10] == 2  # the window and one gathered tile

@@ -32,8 +32,8 @@ j keeps its first length_j keys, causal: the tail of a run that crosses
 the diagonal lies right of some rows). The number of steps per query block
 (windows + gathered tiles) comes from a small Pallas-Triton kernel that
 reads each row's windows (`tile_steps.tile_steps`, 0.19 / 0.33 ms at 128K
-/ 1M; until the sixth session an XLA pass over the whole block_offset, 0.75
-/ 3.5 ms). `_fwd(..., tails="seed")` is the previous kernel, which
+/ 1M; until the sixth session an XLA pass over the whole block_offset,
+0.68-0.75 / 3.5 ms). `_fwd(..., tails="seed")` is the previous kernel, which
 attended the run tails in the Triton launch (a scan of each block's
 windows, gathered 8 tails at a time) and the windows with a `core.CondMask`
 on scalars the compute warpgroup read from GMEM. Hopper has no TMA gather
@@ -60,7 +60,7 @@ its run, `gpu_vs_mgpu_tails_h200_lazy_words.md`). With the steps-count
 kernel (sixth session, `gpu_vs_mgpu_tile_steps_h200*.md`): 54.5 ms / 424
 TFLOP/s at 128K and 480 ms / 414 TFLOP/s at 1M, 1.06x / 1.08x the previous
 kernel beside it (55.5 / 490 ms on another machine start). Next
-step: the columns (4.6 of the 54.8 ms at 128K, at ~200 TFLOP/s).
+step: the columns (4.6 of the 54.5 ms at 128K, at ~200 TFLOP/s).
 
 Restrictions (the Pallas-Triton `vertical_slash_attention` is the general
 path): bf16/fp16, D in {64, 128, 256}, T == S a multiple of 64 and at most
