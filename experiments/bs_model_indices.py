@@ -48,8 +48,7 @@ import numpy as np
 from experiments import bench_common as bc
 from experiments.model_head_indices import (DEFAULT_SLICE, ModelSlice,
                                             load_slice, select_heads,
-                                            vs_pattern_config)
-from minference_jax.attention import make_attention
+                                            slice_vs_attention)
 from minference_jax.index import block_sparse_indices
 from minference_jax.patterns import VS_LAST_Q
 from models.llama import forward
@@ -125,9 +124,10 @@ def model_bs_layout(model_slice: ModelSlice, seq_len: int, num_heads: int,
   Raises:
     ValueError: seq_len outside [1, len(tokens)].
   """
-  total = len(model_slice.tokens)
-  if not 1 <= seq_len <= total:
-    raise ValueError(f"seq_len={seq_len} outside [1, {total}] (the stream)")
+  attention = slice_vs_attention(
+      model_slice, seq_len, n_vertical=n_vertical, n_slash=n_slash,
+      last_q=last_q, backend=backend, dense_threshold=dense_threshold,
+      interpret=interpret)
   config = model_slice.config
   picks = select_heads(config.num_layers, config.num_heads,
                        config.num_kv_heads, num_heads)
@@ -136,10 +136,6 @@ def model_bs_layout(model_slice: ModelSlice, seq_len: int, num_heads: int,
     heads.setdefault(layer, [])
     if head not in heads[layer]:
       heads[layer].append(head)
-  attention = make_attention(
-      vs_pattern_config(config.num_layers, config.num_heads, n_vertical,
-                        n_slash, last_q),
-      backend, dense_threshold=dense_threshold, interpret=interpret)
   recorder = BlockSparseRecorder(attention, top_k, heads, log=log)
   tokens = jnp.asarray(model_slice.tokens[None, :seq_len], jnp.int32)
   logits, _ = forward(model_slice.params(dtype), tokens, config=config,

@@ -199,7 +199,6 @@ def _impls(tail_chunks=(), seed_configs=()):
   seed = lambda q, k, v, lay: vs_mgpu._seed(
       q, k, v, lay.column_count, lay.column_index, lay.block_count,
       lay.block_offset, _dims(q, k), interpret=False)
-  columns = _columns
   steps = lambda q, k, v, lay: tile_steps.tile_steps(
       lay.block_count, lay.block_offset, t=q.shape[1])
   steps_xla = lambda q, k, v, lay: tile_steps.tile_steps_reference(
@@ -211,7 +210,7 @@ def _impls(tail_chunks=(), seed_configs=()):
           ("mgpu_full_seed_tails", _full("seed"), "all"),
           ("mgpu_full_pingpong", _full("gathered", config=PINGPONG), "all"),
           ("seed_only", seed, "columns"),
-          ("seed_columns_only", columns, "columns"),
+          ("seed_columns_only", _columns, "columns"),
           ("stream_windows_tails", _stream_windows, "windows"),
           ("tile_steps_pass", steps, None),
           ("tile_steps_xla", steps_xla, None),

@@ -400,6 +400,27 @@ def vs_pattern_config(num_layers: int, num_heads: int, n_vertical: int,
   return PatternConfig(layers=((pattern,) * num_heads,) * num_layers)
 
 
+def slice_vs_attention(model_slice: ModelSlice, seq_len: int, *,
+                       n_vertical: int, n_slash: int, last_q: int,
+                       backend: str, dense_threshold: int | None,
+                       interpret: bool):
+  """The attention of a run over the slice's first `seq_len` tokens:
+  `make_attention(vs_pattern_config(...), backend, ...)` for the slice's
+  config (Vertical-Slash on every head, the deployment setting).
+
+  Raises:
+    ValueError: seq_len outside [1, len(tokens)].
+  """
+  total = len(model_slice.tokens)
+  if not 1 <= seq_len <= total:
+    raise ValueError(f"seq_len={seq_len} outside [1, {total}] (the stream)")
+  config = model_slice.config
+  return make_attention(
+      vs_pattern_config(config.num_layers, config.num_heads, n_vertical,
+                        n_slash, last_q),
+      backend, dense_threshold=dense_threshold, interpret=interpret)
+
+
 def model_head_indices(
     model_slice: ModelSlice,
     seq_len: int,
@@ -443,16 +464,13 @@ def model_head_indices(
   Raises:
     ValueError: seq_len outside [1, len(tokens)].
   """
-  total = len(model_slice.tokens)
-  if not 1 <= seq_len <= total:
-    raise ValueError(f"seq_len={seq_len} outside [1, {total}] (the stream)")
+  attention = slice_vs_attention(
+      model_slice, seq_len, n_vertical=n_vertical, n_slash=n_slash,
+      last_q=last_q, backend=backend, dense_threshold=dense_threshold,
+      interpret=interpret)
   config = model_slice.config
   if params is None:
     params = model_slice.params(dtype)
-  attention = make_attention(
-      vs_pattern_config(config.num_layers, config.num_heads, n_vertical,
-                        n_slash, last_q),
-      backend, dense_threshold=dense_threshold, interpret=interpret)
   recorder = IndexRecorder(attention, n_vertical, n_slash, last_q,
                            keep_qk=keep_qk, log=log)
   tokens = jnp.asarray(model_slice.tokens[None, :seq_len], jnp.int32)

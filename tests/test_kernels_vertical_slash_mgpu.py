@@ -210,6 +210,15 @@ def test_many_tails_and_tails_at_the_sequence_end(config):
   ktu.assert_close(out, want, jnp.bfloat16, seed, "many tails")
 
 
+def _assert_counted_once(seen, wrong, layout, t):
+  """`seen` (how often the tiles count each pair) equals the layout's exact
+  key set, and no mask-free tile dropped a pair (`wrong` empty)."""
+  want = np.asarray(vertical_slash_mask(layout, t, t)).astype(np.int32)
+  assert not wrong, f"mask-free tiles that drop pairs: {wrong}"
+  bad = np.argwhere(seen != np.broadcast_to(want, seen.shape))
+  assert not len(bad), f"{len(bad)} pairs counted wrongly, e.g. {bad[:5]}"
+
+
 def _plan_key_sets(layout, t):
   """[B, N, T, T] int: how often the window tiles (as the plan keeps them)
   and the run tails count each causal pair; and the tiles that skip the
@@ -256,11 +265,7 @@ def test_tiles_and_tails_cover_the_key_set_once(kind):
   else:
     rng, _ = ktu.fresh_rng()
     layout = ktu.random_vs_layout(rng, 1, 3, t, 6, 0)
-  seen, wrong = _plan_key_sets(layout, t)
-  want = np.asarray(vertical_slash_mask(layout, t, t)).astype(np.int32)
-  assert not wrong, f"mask-free tiles that drop pairs: {wrong}"
-  bad = np.argwhere(seen != np.broadcast_to(want, seen.shape))
-  assert not len(bad), f"{len(bad)} pairs counted wrongly, e.g. {bad[:5]}"
+  _assert_counted_once(*_plan_key_sets(layout, t), layout, t)
 
 
 def _stream_key_sets(layout, t):
@@ -326,11 +331,7 @@ def test_stream_covers_the_key_set_once(kind):
   else:
     rng, _ = ktu.fresh_rng()
     layout = ktu.random_vs_layout(rng, 1, 2, t, 6, 0)
-  seen, wrong = _stream_key_sets(layout, t)
-  want = np.asarray(vertical_slash_mask(layout, t, t)).astype(np.int32)
-  assert not wrong, f"mask-free tiles that drop pairs: {wrong}"
-  bad = np.argwhere(seen != np.broadcast_to(want, seen.shape))
-  assert not len(bad), f"{len(bad)} pairs counted wrongly, e.g. {bad[:5]}"
+  _assert_counted_once(*_stream_key_sets(layout, t), layout, t)
 
 
 def test_bad_inputs_raise():
