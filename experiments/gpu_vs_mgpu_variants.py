@@ -16,7 +16,12 @@ slash) with different tile plans:
   dropped (`core.CondMask`), no run tails;
 - `k64_masked`: the same tiles, every tile masked (the cost of the masks);
 - `k64_free`: the same tiles, no mask at all (not the layout's key set: the
-  ceiling of the tile loop);
+  ceiling of the tile loop); `k64_free_s1`: with a one-slot K/V ring;
+- `k128_free_s1` (`_s1_pingpong`, `_w1s2`): 128-key steps, no mask: the
+  128-row tile at floor8 of every other window (ceil(count / 2) steps, at
+  least the windows' pairs; TFLOP/s count the windows' pairs), one K/V
+  slot per warpgroup (two warpgroups; with FA3's ping-pong), or two slots
+  for one warpgroup;
 - `stream_windows_tails`: the current Mosaic GPU launch alone: the windows'
   64-row tiles plus the run tails in gathered tiles (`_StreamPlan`, with
   the kernel that counts each block's tiles, `tile_steps_pass` alone,
@@ -124,14 +129,34 @@ class _Plan64Free(_Plan64):
   mode = "free"
 
 
-def _windows_fn(plan_cls, key_rows=BLOCK):
+class _Plan128Free(vs_mgpu._Plan):
+  """128-key steps, no mask (a tile-loop ceiling, not the layout's key
+  set): step i reads the 128-row tile at floor8 of window 2i, clamped to
+  T - 128; ceil(count / 2) steps, at least the windows' pairs."""
+
+  def count(self, m):
+    return lax.div(self.cnt_ref[self.bb, self.h, m] + 1, 2)
+
+  def key_start(self, m, i):
+    o = self._offset(m, 2 * i)
+    start = jnp.minimum(o - lax.rem(o, jnp.int32(8)), self.t - 2 * BLOCK)
+    return pl.multiple_of(start, 8)
+
+  def segments(self, m):
+    return (core.Segment(self.count(m), None),)
+
+
+def _windows_fn(plan_cls, key_rows=BLOCK, config=None):
+  """The window launch alone over `plan_cls`'s tiles ([key_rows, D]; the
+  default config if None)."""
   def fn(q, k, v, layout):
     dims = _dims(q, k)
     return core.tile_list_attention(
         q, k, v, (layout.block_count, layout.block_offset),
         plan_fn=lambda refs, bb, h: plan_cls(*refs, bb, h, dims.t),
-        config=Config.get_default(dims.d), dims=dims, interpret=None,
-        name=f"vs_variant_{plan_cls.__name__}", key_rows=key_rows)
+        config=config or Config.get_default(dims.d), dims=dims,
+        interpret=None, name=f"vs_variant_{plan_cls.__name__}",
+        key_rows=key_rows)
   return fn
 
 
@@ -149,6 +174,14 @@ def _with_tail_chunk(fn, cw):
 # FA3's ping-pong schedule between the two compute warpgroups.
 PINGPONG = Config(compute_wgs=2, max_concurrent_steps=2,
                   use_schedule_barrier=True)
+
+
+# 128-key tiles at D = 128: one K/V slot per warpgroup for two warpgroups
+# (2 x (16 + 64) KiB of SMEM), or two slots for one warpgroup.
+W2S1 = Config(compute_wgs=2, max_concurrent_steps=1)
+W2S1P = Config(compute_wgs=2, max_concurrent_steps=1,
+               use_schedule_barrier=True)
+W1S2 = Config(compute_wgs=1, max_concurrent_steps=2)
 
 
 def _full(tails, seed_config=None, config=None):
@@ -217,7 +250,14 @@ def _impls(tail_chunks=(), seed_configs=()):
           ("k80_masked", _windows_fn(_Plan80, 80), "windows"),
           ("k64_cond", _windows_fn(vs_mgpu._Plan), "windows"),
           ("k64_masked", _windows_fn(_Plan64), "windows"),
-          ("k64_free", _windows_fn(_Plan64Free), "windows")] + [
+          ("k64_free", _windows_fn(_Plan64Free), "windows"),
+          ("k64_free_s1", _windows_fn(_Plan64Free, config=W2S1), "windows"),
+          ("k128_free_s1", _windows_fn(_Plan128Free, 2 * BLOCK, W2S1),
+           "windows"),
+          ("k128_free_s1_pingpong",
+           _windows_fn(_Plan128Free, 2 * BLOCK, W2S1P), "windows"),
+          ("k128_free_w1s2", _windows_fn(_Plan128Free, 2 * BLOCK, W1S2),
+           "windows")] + [
               (f"{name}_cw{cw}", _with_tail_chunk(fn, cw), what)
               for cw in tail_chunks
               for name, fn, what in (("mgpu_full_seed_tails", _full("seed"),

@@ -4,7 +4,7 @@ FlashAttention-3-style (Shah et al. 2024): warp-specialised, with TMA copies
 into SMEM rings and wgmma on the tensor cores. Built on the structure of
 jax's `pallas/ops/gpu/attention_mgpu.py` (`_attention_forward`), with the
 dense key loop replaced by a per-query-block list of key tiles
-([key_rows, D], key_rows = 64 or 80) that a sparse pattern describes through
+([key_rows, D], key_rows = 64, 80 or 128) that a sparse pattern describes through
 a `TilePlan`:
 
 - `count(m)`: the number of key tiles of query block m;
@@ -138,8 +138,11 @@ class Config:
   Attributes:
     compute_wgs: compute warpgroups per CTA (1 or 2); each owns one 64-row
       query block, so a CTA covers compute_wgs consecutive query blocks.
-    max_concurrent_steps: depth of each warpgroup's K/V SMEM ring (>= 2):
-      key tiles in flight ahead of the one being computed.
+    max_concurrent_steps: depth of each warpgroup's K/V SMEM ring (>= 1):
+      key tiles in flight, counting the one being computed. 1 loads step
+      i + 1's K once step i's QK^T is done and its V once step i's P @ V
+      is done; with 128-row key tiles at D = 128 only 1 fits for two
+      warpgroups.
     use_schedule_barrier: with 2 compute warpgroups, alternate their wgmma
       and softmax phases (FA3's ping-pong schedule). Off by default: on an
       H200 it gained 2-3% on Block-Sparse and lost up to 6% on A-shape and
@@ -163,8 +166,8 @@ class Config:
     if self.compute_wgs not in (1, 2):
       raise ValueError(f"compute_wgs={self.compute_wgs} must be 1 or 2")
     steps = self.max_concurrent_steps
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
-      raise ValueError(f"max_concurrent_steps={steps!r} must be an int >= 2")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+      raise ValueError(f"max_concurrent_steps={steps!r} must be an int >= 1")
     if self.fastest_axis not in FASTEST_AXES:
       raise ValueError(f"fastest_axis={self.fastest_axis!r} must be one of"
                        f" {FASTEST_AXES}")
@@ -348,13 +351,13 @@ def _merge_seed(acc, m_i, l_i, o_smem, lse_smem):
 def smem_transforms(key_rows: int):
   """SMEM transforms (tiling, swizzle) of the 16-bit q/o and K/V tiles.
 
-  64-row key tiles: the 128-byte swizzle. 80-row key tiles (8-aligned tiles
-  holding a 64-key window that starts anywhere): P @ V contracts over the 80
-  rows in groups of swizzle / 2 elements, so only the 32-byte swizzle fits;
-  wgmma wants the same transforms on q (the QK^T operand in SMEM) and on K
-  and V.
+  64-row key tiles and multiples of them up to 256: the 128-byte swizzle.
+  80-row key tiles (8-aligned tiles holding a 64-key window that starts
+  anywhere): P @ V contracts over the 80 rows in groups of swizzle / 2
+  elements, so only the 32-byte swizzle fits; wgmma wants the same
+  transforms on q (the QK^T operand in SMEM) and on K and V.
   """
-  if key_rows == BLOCK:
+  if key_rows % BLOCK == 0 and key_rows <= 4 * BLOCK:
     swizzle = 128
   elif key_rows % 16 == 0 and key_rows <= 4 * BLOCK:
     swizzle = 32
@@ -403,9 +406,11 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
       log-sum-exp of the q-scaled logits, -inf / o = 0 on rows without
       seed keys): keys attended elsewhere, merged into each query block's
       softmax state at the end.
-    key_rows: rows of a key tile (64, or a multiple of 16 up to 256 with
-      the 32-byte swizzle, e.g. 80 for tiles at 8-aligned starts that hold
-      a 64-key window starting anywhere). `key_start` must be a multiple of
+    key_rows: rows of a key tile: 64, 128, 192 or 256 with the 128-byte
+      swizzle (128-key steps: one online-softmax rescale per 128 keys), or
+      another multiple of 16 up to 256 with the 32-byte swizzle, e.g. 80
+      for tiles at 8-aligned starts that hold a 64-key window starting
+      anywhere. `key_start` must be a multiple of
       8: Mosaic GPU's TMA into the tiled SMEM that wgmma reads takes only
       tile-aligned rows.
     stream: `plan_fn` returns a `StreamPlan` (64-row key tiles only): the

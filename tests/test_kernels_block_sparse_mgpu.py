@@ -105,7 +105,7 @@ def test_bad_inputs_raise():
   with pytest.raises(ValueError, match="compute_wgs"):
     Config(compute_wgs=3)
   with pytest.raises(ValueError, match="max_concurrent_steps"):
-    Config(max_concurrent_steps=1)
+    Config(max_concurrent_steps=0)
   with pytest.raises(ValueError, match="fastest_axis"):
     Config(fastest_axis="batch")
 

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 import kernel_test_utils as ktu
@@ -448,3 +449,62 @@ def test_tile_steps_kernel_walks_several_chunks():
   n_tails = int(np.sum((starts + 64) % 8 != 0))
   assert got[0, 0, tb - 1] == n_win + -(-n_tails // 8)
   assert got[0, 1, 10] == 2  # the window and one gathered tile
+
+
+class _Tiles128(vs_mgpu._Plan):
+  """Test plan: step i of block m is the 128-row tile at floor8 of window
+  2i (clamped to T - 128), mask-free (`gpu_vs_mgpu_variants`'
+  `k128_free` ceiling reads tiles so)."""
+
+  def count(self, m):
+    return (self.cnt_ref[self.bb, self.h, m] + 1) // 2
+
+  def key_start(self, m, i):
+    o = self._offset(m, 2 * i)
+    return pl.multiple_of(jnp.minimum(o - o % 8, self.t - 128), 8)
+
+  def segments(self, m):
+    return (core.Segment(self.count(m), None),)
+
+
+@pytest.mark.parametrize("config", [
+    Config(compute_wgs=2, max_concurrent_steps=1),
+    Config(compute_wgs=1, max_concurrent_steps=2)])
+def test_128_row_tiles_with_one_ring_slot(config):
+  """128-row key tiles (128-byte swizzle) and a one-slot ring: the tile
+  list kernel attends to exactly its tiles' keys (interpret mode), and
+  lowers for an H200."""
+  rng, seed = ktu.fresh_rng()
+  b, t, n, kv, d = 1, 640, 2, 1, 128
+  tb = t // 64
+  q, k, v = ktu.random_qkv(rng, b, t, n, kv, d, jnp.bfloat16)
+  count = rng.integers(0, 5, (b, n, tb)).astype(np.int32)
+  offset = np.zeros((b, n, tb, 4), np.int32)
+  keep = np.zeros((b, n, t, t), bool)
+  for h in range(n):
+    for m in range(tb):
+      c = count[0, h, m]
+      # Distinct 128-row slabs, so no key is read twice.
+      o = np.sort(rng.choice(t // 128, c, replace=False)) * 128 \
+          + rng.integers(0, 64, c)
+      offset[0, h, m, :c] = o
+      for start in np.minimum(o[::2] - o[::2] % 8, t - 128):
+        keep[0, h, m * 64:(m + 1) * 64, start:start + 128] = True
+  dims = core.Dims(b, t, n, n // kv, d, tb)
+
+  def fn(q, k, v, count, offset, interpret):
+    return core.tile_list_attention(
+        q, k, v, (count, offset),
+        plan_fn=lambda refs, bb, h: _Tiles128(*refs, bb, h, t),
+        config=config, dims=dims, interpret=interpret, name="tiles128",
+        key_rows=128)
+
+  out = fn(q, k, v, jnp.asarray(count), jnp.asarray(offset),
+           plgpu.InterpretGPUParams())
+  ktu.assert_close(out, ktu.reference(q, k, v, jnp.asarray(keep)),
+                   jnp.bfloat16, seed, f"128-row tiles {config}")
+  i32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.int32)
+  text = ktu.lower_for_gpu(
+      lambda *a: fn(*a, None),
+      (q, k, v, i32(b, n, tb), i32(b, n, tb, 4))).as_text()
+  assert "wgmma" in text and "cp.async.bulk" in text
