@@ -4,8 +4,8 @@ FlashAttention-3-style (Shah et al. 2024): warp-specialised, with TMA copies
 into SMEM rings and wgmma on the tensor cores. Built on the structure of
 jax's `pallas/ops/gpu/attention_mgpu.py` (`_attention_forward`), with the
 dense key loop replaced by a per-query-block list of key tiles
-([key_rows, D], key_rows = 64, 80 or 128) that a sparse pattern describes through
-a `TilePlan`:
+([key_rows, D], key_rows = 64, 80 or 128) that a sparse pattern describes
+through a `TilePlan`:
 
 - `count(m)`: the number of key tiles of query block m;
 - `key_start(m, i)`: the first key row of tile i, in [0, S - key_rows]. It
@@ -410,9 +410,8 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
       swizzle (128-key steps: one online-softmax rescale per 128 keys), or
       another multiple of 16 up to 256 with the 32-byte swizzle, e.g. 80
       for tiles at 8-aligned starts that hold a 64-key window starting
-      anywhere. `key_start` must be a multiple of
-      8: Mosaic GPU's TMA into the tiled SMEM that wgmma reads takes only
-      tile-aligned rows.
+      anywhere. `key_start` must be a multiple of 8: Mosaic GPU's TMA into
+      the tiled SMEM that wgmma reads takes only tile-aligned rows.
     stream: `plan_fn` returns a `StreamPlan` (64-row key tiles only): the
       producer walks its tiles in order, writes each step's header into
       SMEM for the consumer's `StreamMask` and gathers 8-row chunks into

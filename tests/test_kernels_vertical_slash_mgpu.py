@@ -15,6 +15,9 @@ previous path (`_fwd(..., tails="seed")`: run tails in the Triton launch,
 `_Plan`) keeps a kernel test and its coverage test. Cases run one and two compute
 warpgroups (two need `PJRT_NPROC`, set in conftest.py, on small hosts). The
 lowering test cross-lowers both launches for an abstract H200.
+`test_128_row_tiles_with_one_ring_slot` runs the tile-list core itself with
+128-row key tiles and a one-slot K/V ring (the 128-key loop that
+`gpu_vs_mgpu_variants` times as `k128_free_s1`).
 """
 
 import jax
