@@ -142,7 +142,7 @@ class Config:
       key tiles in flight, counting the one being computed. 1 loads step
       i + 1's K once step i's QK^T is done and its V once step i's P @ V
       is done; with 128-row key tiles at D = 128 only 1 fits for two
-      warpgroups.
+      warpgroups. Stream plans take >= 2.
     use_schedule_barrier: with 2 compute warpgroups, alternate their wgmma
       and softmax phases (FA3's ping-pong schedule). Off by default: on an
       H200 it gained 2-3% on Block-Sparse and lost up to 6% on A-shape and
@@ -427,6 +427,11 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
   seeded = seed is not None
   if stream and key_rows != BLOCK:
     raise ValueError(f"stream plans take 64-row key tiles, not {key_rows}")
+  if stream and depth < 2:
+    # The producer rewrites a slot's words as soon as the slot is released;
+    # a stream on a one-slot ring has run neither on a GPU nor in the tests.
+    raise ValueError(f"stream plans take max_concurrent_steps >= 2, not"
+                     f" {depth}")
   # The ping-pong also runs with a seed: in the sixth session it matched the
   # f32 reference on the H200 as closely as the default config (a one-off
   # check noted in `gpu_vs_mgpu_pingpong_h200.md`; `gpu_vs_mgpu_variants`'

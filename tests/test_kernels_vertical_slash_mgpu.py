@@ -364,6 +364,8 @@ def test_bad_inputs_raise():
   with pytest.raises(ValueError, match="SMEM"):
     q256, k256, v256 = ktu.random_qkv(rng, 1, 128, 2, 1, 256, jnp.bfloat16)
     call(q256, k256, v256, layout, config=W2S2)
+  with pytest.raises(ValueError, match="max_concurrent_steps >= 2"):
+    call(q, k, v, layout, config=Config(max_concurrent_steps=1))
 
 
 @pytest.mark.parametrize("d,n_vert,config", [(128, 80, None), (64, 80, None),
