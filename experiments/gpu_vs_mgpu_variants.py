@@ -160,6 +160,18 @@ def _windows_fn(plan_cls, key_rows=BLOCK, config=None):
   return fn
 
 
+def _ring_by_ring(fn):
+  """fn traced with the stream producer's ring-by-ring order
+  (`mosaic_gpu_core.PLAN_ALL_FIRST = False`)."""
+  def traced(*args):
+    old, core.PLAN_ALL_FIRST = core.PLAN_ALL_FIRST, False
+    try:
+      return fn(*args)
+    finally:
+      core.PLAN_ALL_FIRST = old
+  return traced
+
+
 def _with_tail_chunk(fn, cw):
   """fn traced with vertical_slash.mosaic_gpu.TAIL_CHUNK = cw."""
   def traced(*args):
@@ -171,8 +183,9 @@ def _with_tail_chunk(fn, cw):
   return traced
 
 
-# FA3's ping-pong schedule between the two compute warpgroups.
-PINGPONG = Config(compute_wgs=2, max_concurrent_steps=2,
+# FA3's ping-pong schedule between the two compute warpgroups (128-key
+# steps: one K/V slot each at D = 128).
+PINGPONG = Config(compute_wgs=2, max_concurrent_steps=1,
                   use_schedule_barrier=True)
 
 
@@ -184,16 +197,31 @@ W2S1P = Config(compute_wgs=2, max_concurrent_steps=1,
 W1S2 = Config(compute_wgs=1, max_concurrent_steps=2)
 
 
-def _full(tails, seed_config=None, config=None):
+# (config, keys per step) of the checked kernels; CHECK_EXTRA are checked
+# besides the default and ping-pong ones.
+CHECK_CONFIGS = {
+    "default_config": (None, vs_mgpu.STEP_KEYS),
+    "pingpong": (PINGPONG, vs_mgpu.STEP_KEYS),
+    "k64": (None, BLOCK),
+    "k64_s1": (W2S1, BLOCK),
+}
+CHECK_EXTRA = ("k64", "k64_s1")
+
+
+def _full(tails, seed_config=None, config=None, step_keys=vs_mgpu.STEP_KEYS):
   """The whole kernel with the run tails where `tails` says (and the column
   launch's Triton knobs `seed_config`, the Mosaic launch's `config`;
-  defaults if None)."""
+  defaults if None; `step_keys` keys per step of the Mosaic launch, 64 with
+  the run tails in the seed)."""
   def fn(q, k, v, lay):
+    d = q.shape[-1]
+    default = (vs_mgpu.default_config(d) if step_keys == 2 * BLOCK
+               and tails == "gathered" else Config.get_default(d))
     return vs_mgpu._fwd(q, k, v, lay.block_count, lay.block_offset,
                         lay.column_count, lay.column_index,
-                        block_size=lay.block_size,
-                        config=config or Config.get_default(q.shape[-1]),
-                        interpret=None, tails=tails, seed_config=seed_config)
+                        block_size=lay.block_size, config=config or default,
+                        interpret=None, tails=tails, seed_config=seed_config,
+                        step_keys=step_keys)
   return fn
 
 
@@ -207,17 +235,33 @@ def seed_config(name: str) -> TritonConfig:
   return TritonConfig(block_c=block_c, num_warps=warps, num_stages=stages)
 
 
-def _stream_windows(q, k, v, lay):
+class _StreamPlanFreeWindows(vs_mgpu._StreamPlan):
+  """The stream with no mask on its window tiles (gathered ones still
+  masked): the cost of the window masks, not the layout's key set."""
+
+  @staticmethod
+  def _kind(header):
+    return header * 0
+
+
+def _stream_windows_fn(step_keys=BLOCK, plan_cls=vs_mgpu._StreamPlan):
   """The current Mosaic GPU launch alone (no seed): windows + run tails,
-  with the kernel that counts the tiles."""
-  dims = _dims(q, k)
-  steps = tile_steps.tile_steps(lay.block_count, lay.block_offset,
-                                t=dims.t)
-  return core.tile_list_attention(
-      q, k, v, (steps, lay.block_count, lay.block_offset),
-      plan_fn=lambda refs, bb, h: vs_mgpu._StreamPlan.of(refs, bb, h, dims.t),
-      config=Config.get_default(dims.d), dims=dims, interpret=None,
-      name="vs_variant_stream", stream=True)
+  with the kernel that counts the tiles, at `step_keys` keys per step."""
+  def fn(q, k, v, lay):
+    dims = _dims(q, k)
+    steps = tile_steps.tile_steps(lay.block_count, lay.block_offset,
+                                  t=dims.t)
+    config = (vs_mgpu.default_config(dims.d) if step_keys == 2 * BLOCK
+              else Config.get_default(dims.d))
+    return core.tile_list_attention(
+        q, k, v, (steps, lay.block_count, lay.block_offset),
+        plan_fn=lambda refs, bb, h: plan_cls.of(refs, bb, h, dims.t),
+        config=config, dims=dims, interpret=None,
+        name="vs_variant_stream", stream=True, key_rows=step_keys)
+  return fn
+
+
+_stream_windows = _stream_windows_fn()
 
 
 def _columns(q, k, v, lay, config=None):
@@ -241,10 +285,18 @@ def _impls(tail_chunks=(), seed_configs=()):
   return [("triton_vertical_slash", triton, "all"),
           ("mgpu_full", full, "all"),
           ("mgpu_full_seed_tails", _full("seed"), "all"),
+          ("mgpu_full_k64", _full("gathered", step_keys=BLOCK), "all"),
           ("mgpu_full_pingpong", _full("gathered", config=PINGPONG), "all"),
           ("seed_only", seed, "columns"),
           ("seed_columns_only", _columns, "columns"),
           ("stream_windows_tails", _stream_windows, "windows"),
+          ("stream_windows_tails_k128", _stream_windows_fn(2 * BLOCK),
+           "windows"),
+          ("stream_k128_free_windows",
+           _stream_windows_fn(2 * BLOCK, _StreamPlanFreeWindows), "windows"),
+          ("mgpu_full_ring_by_ring", _ring_by_ring(full), "all"),
+          ("stream_windows_tails_k128_ring_by_ring",
+           _ring_by_ring(_stream_windows_fn(2 * BLOCK)), "windows"),
           ("tile_steps_pass", steps, None),
           ("tile_steps_xla", steps_xla, None),
           ("k80_masked", _windows_fn(_Plan80, 80), "windows"),
@@ -283,11 +335,12 @@ def check(rows, tails_kinds=vs_mgpu.TAILS_KINDS):
   cases += [("random", 1024, 4, 4, 6, 0, 3), ("runs", 448, 2, 1, 0, 0, 4),
             ("many_tails", tvs.MANY_TAILS_T, 2, 1, 0, 0, 5)]
   hand_made = dict(runs=tvs._run_layout, many_tails=tvs._many_tails_layout)
-  runs = [(c, tails, None) for c in cases for tails in tails_kinds]
+  runs = [(c, tails, "default_config") for c in cases for tails in tails_kinds]
   if "gathered" in tails_kinds:
-    runs += [(c, "gathered", PINGPONG) for c in cases]
-  for (kind, t, n, kv, n_slash, n_vert, seed), tails, config in runs:
-    name = "pingpong" if config else "default_config"
+    runs += [(c, "gathered", name) for c in cases
+             for name in ("pingpong", *CHECK_EXTRA)]
+  for (kind, t, n, kv, n_slash, n_vert, seed), tails, name in runs:
+    config, step_keys = CHECK_CONFIGS[name]
     row = dict(kernel=f"check_{name}_{tails}", check=kind, T=t)
     try:
       rng = np.random.default_rng(seed)
@@ -295,8 +348,8 @@ def check(rows, tails_kinds=vs_mgpu.TAILS_KINDS):
       layout = (hand_made[kind]() if kind in hand_made else
                 ktu.random_vs_layout(rng, 1, n, t, n_slash, n_vert,
                                      inactive=(1,)))
-      out = np.asarray(_full(tails, config=config)(q, k, v, layout)
-                       .astype(jnp.float32))
+      out = np.asarray(_full(tails, config=config, step_keys=step_keys)(
+          q, k, v, layout).astype(jnp.float32))
       want = ktu.reference(q, k, v, vertical_slash_mask(layout, t, t))
       rel = float(np.linalg.norm(out - want) / np.linalg.norm(want))
       inactive_ok = kind in hand_made or not out[:, :, 1].any()

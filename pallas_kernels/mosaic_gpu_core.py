@@ -73,6 +73,14 @@ from pallas_kernels.mosaic_gpu_stream import (  # noqa: F401 (re-exported)
 )
 
 BLOCK = 64  # rows of a query block and of a key tile
+# The first SMEM word of a paired stream step's padding half (no sub-step
+# left: an in-range tile, all masked); words of real sub-steps are >= 0.
+EMPTY_HALF = -2
+# A stream producer's loop body issues every ring's scalar reads (the plan's
+# GMEM index) before its first wait; False: ring by ring, each after the
+# previous ring's waits (the order until the seventh session; a module
+# switch so that one benchmark run times both).
+PLAN_ALL_FIRST = True
 SUPPORTED_HEAD_DIMS = (64, 128, 256)
 # Opt-in dynamic SMEM of an H100/H200 CTA (227 KiB), minus a margin for the
 # barriers and the cross-warp reduction scratch Mosaic GPU reserves.
@@ -142,7 +150,8 @@ class Config:
       key tiles in flight, counting the one being computed. 1 loads step
       i + 1's K once step i's QK^T is done and its V once step i's P @ V
       is done; with 128-row key tiles at D = 128 only 1 fits for two
-      warpgroups. Stream plans take >= 2.
+      warpgroups. A stream's words sit in a ring of 2 * depth entries,
+      so a one-slot ring serves stream plans too.
     use_schedule_barrier: with 2 compute warpgroups, alternate their wgmma
       and softmax phases (FA3's ping-pong schedule). Off by default: on an
       H200 it gained 2-3% on Block-Sparse and lost up to 6% on A-shape and
@@ -207,8 +216,12 @@ def takes(q) -> bool:
 
 
 def check_inputs(q, k, v, op: str, config: Config, *,
-                 seeded: bool = False, key_rows: int = BLOCK) -> Dims:
+                 seeded: bool = False, key_rows: int = BLOCK,
+                 copy_rows: int | None = None) -> Dims:
   """Validates q/k/v for the MGPU kernels; returns the static dims.
+
+  key_rows: rows of a ring slot; copy_rows: rows of its largest TMA copy
+  (key_rows if None; 64 for a paired stream's 128-row slots).
 
   Raises:
     TypeError: dtype not bfloat16/float16.
@@ -226,8 +239,9 @@ def check_inputs(q, k, v, op: str, config: Config, *,
   if t % BLOCK or t == 0:
     raise ValueError(f"{op}: T={t} must be a positive multiple of {BLOCK}"
                      " (the Pallas-Triton kernel takes any T)")
-  if t < key_rows:
-    raise ValueError(f"{op}: T={t} must be at least {key_rows} (one key"
+  copy_rows = key_rows if copy_rows is None else copy_rows
+  if t < copy_rows:
+    raise ValueError(f"{op}: T={t} must be at least {copy_rows} (one key"
                      " tile)")
   need = config.smem_bytes(d, q.dtype.itemsize, seeded, key_rows)
   if need > SMEM_BYTES:
@@ -243,8 +257,9 @@ def causal_mask(i, rows, cols):
   return cols <= rows
 
 
-def _wgmma_accumulate(acc, lhs, rhs_ref, after_issue, *, fused: bool):
-  """acc + lhs @ rhs_ref (lhs in registers), running `after_issue` meanwhile.
+def _wgmma_accumulate(acc, lhs, rhs_refs, after_issue, *, fused: bool):
+  """acc + sum_j lhs[j] @ rhs_refs[j] (lhs in registers), running
+  `after_issue` meanwhile.
 
   `fused`: one register-operand wgmma into acc's registers (`pl.run_state`
   over an initialised accumulator, as FA3 does), with `after_issue` running
@@ -254,12 +269,16 @@ def _wgmma_accumulate(acc, lhs, rhs_ref, after_issue, *, fused: bool):
   """
   if fused:
     def body(acc_ref):
-      plgpu.wgmma(acc_ref, lhs, rhs_ref)
+      for lhs_j, rhs_ref in zip(lhs, rhs_refs, strict=True):
+        plgpu.wgmma(acc_ref, lhs_j, rhs_ref)
       after_issue()
 
     return pl.run_state(body)(plgpu.ACC.init(acc))
   after_issue()
-  return acc + jnp.dot(lhs, rhs_ref[...], preferred_element_type=jnp.float32)
+  for lhs_j, rhs_ref in zip(lhs, rhs_refs, strict=True):
+    acc = acc + jnp.dot(lhs_j, rhs_ref[...],
+                        preferred_element_type=jnp.float32)
+  return acc
 
 
 def _wgmma_iota(shape, dim: int) -> jax.Array:
@@ -276,11 +295,14 @@ def _masked_scores(s, mask: MaskFn, i, r0, key_start):
 
 
 def _apply_stream_mask(s, mask: StreamMask, words, r0):
-  """s [64, 64] masked as a `StreamMask` says for the step whose SMEM words
-  (header * 2 + gathered, then GATHER chunk words) are `words`."""
+  """s [64, 64] masked as a `StreamMask` says for the 64-row tile whose
+  SMEM words (header * 2 + gathered, then GATHER chunk words; EMPTY_HALF
+  for the padding half of a paired stream's last step, all masked) are
+  `words`."""
   header = lax.shift_right_arithmetic(words[0], 1)
   gathered = (words[0] & 1) != 0
   kind = jnp.where(gathered, len(mask.masks) + 1, mask.kind(header))
+  kind = jnp.where(words[0] == EMPTY_HALF, len(mask.masks) + 2, kind)
 
   def masked(keep_fn):
     def branch(s):
@@ -290,17 +312,16 @@ def _apply_stream_mask(s, mask: StreamMask, words, r0):
 
   branches = ([lambda s: s]
               + [masked(functools.partial(fn, header)) for fn in mask.masks]
-              + [masked(functools.partial(mask.gathered, words[1:]))])
+              + [masked(functools.partial(mask.gathered, words[1:])),
+                 lambda s: s - jnp.inf])  # all masked; s's layout kept
   return lax.switch(kind, branches, s)
 
 
 def _apply_mask(s, mask, i, x, r0, key_start):
-  """s [64, KR] masked by a `Segment.mask` (not None); x: a `CondMask`'s
-  scalars of step i, or a `StreamMask`'s words; `key_start()` gives the
-  tile's first key row (read only on the masked path). A `CondMask` runs
-  as `lax.cond`, a `StreamMask` as `lax.switch`."""
-  if isinstance(mask, StreamMask):
-    return _apply_stream_mask(s, mask, x, r0)
+  """s [64, KR] masked by a `Segment.mask` (a function or a `CondMask`; a
+  `StreamMask` goes through `_apply_stream_mask`); x: a `CondMask`'s
+  scalars of step i; `key_start()` gives the tile's first key row (read
+  only on the masked path). A `CondMask` runs as `lax.cond`."""
   if not isinstance(mask, CondMask):
     return _masked_scores(s, mask, i, r0, key_start())
   fn = lambda i, rows, cols: mask.mask(i, x, rows, cols)
@@ -311,17 +332,22 @@ def _apply_mask(s, mask, i, x, r0, key_start):
 def _softmax_update(s, m_i, l_i, acc, qk_scale, masked: bool):
   """One online-softmax step (FlashAttention-2, section 3.1.1) in base 2.
 
-  s [64, KR] f32 scores; m_i, l_i [64] (m kept scaled, so p is one FMA +
-  exp2 per score); acc [64, D]. With `masked`, a row whose keys so far are
-  all masked keeps m = -inf; its exponent base is 0 instead (p = alpha = 0,
-  no NaN). Returns (p [64, KR] f32, acc rescaled, m_new, l_new).
+  s: a tuple of f32 score tiles [64, KR_j] of one step (one rescale for
+  all); m_i, l_i [64] (m kept scaled, so p is one FMA + exp2 per score);
+  acc [64, D]. With `masked`, a row whose keys so far are all masked keeps
+  m = -inf; its exponent base is 0 instead (p = alpha = 0, no NaN).
+  Returns (p: tuple like s, f32; acc rescaled, m_new, l_new).
   """
-  m_new = jnp.maximum(m_i, s.max(axis=1) * qk_scale)
+  row_max = functools.reduce(jnp.maximum, [s_j.max(axis=1) for s_j in s])
+  m_new = jnp.maximum(m_i, row_max * qk_scale)
   base = jnp.where(m_new == -jnp.inf, 0.0, m_new) if masked else m_new
   alpha = jnp.exp2(m_i - base)
-  p = jnp.exp2(s * qk_scale - lax.broadcast_in_dim(base, s.shape, [0]))
+  p = tuple(jnp.exp2(s_j * qk_scale
+                     - lax.broadcast_in_dim(base, s_j.shape, [0]))
+            for s_j in s)
   acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
-  l_new = l_i * alpha + p.sum(axis=1)
+  l_new = l_i * alpha + functools.reduce(
+      jnp.add, [p_j.sum(axis=1) for p_j in p])
   return p, acc, m_new, l_new
 
 
@@ -425,13 +451,11 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
   wgs = config.compute_wgs
   depth = config.max_concurrent_steps
   seeded = seed is not None
-  if stream and key_rows != BLOCK:
-    raise ValueError(f"stream plans take 64-row key tiles, not {key_rows}")
-  if stream and depth < 2:
-    # The producer rewrites a slot's words as soon as the slot is released;
-    # a stream on a one-slot ring has run neither on a GPU nor in the tests.
-    raise ValueError(f"stream plans take max_concurrent_steps >= 2, not"
-                     f" {depth}")
+  if stream and key_rows not in (BLOCK, 2 * BLOCK):
+    raise ValueError(f"stream plans take 64- or 128-row key tiles, not"
+                     f" {key_rows}")
+  # A stream step of 128 keys pairs two of the plan's 64-row sub-steps.
+  halves = key_rows // BLOCK if stream else 1
   # The ping-pong also runs with a seed: in the sixth session it matched the
   # f32 reference on the H200 as closely as the default config (a one-off
   # check noted in `gpu_vs_mgpu_pingpong_h200.md`; `gpu_vs_mgpu_variants`'
@@ -456,7 +480,13 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
     plan = plan_fn(index_refs, bb, h)
 
     def block_of(w):
-      """(m clamped to a real block, valid, count) of warpgroup w."""
+      """(m clamped to a real block, valid, count) of warpgroup w; count:
+      steps (a paired stream's steps take two of the plan's tiles)."""
+      m, valid, tiles = plan_tiles(w)
+      return m, valid, lax.div(tiles + halves - 1, jnp.int32(halves))
+
+    def plan_tiles(w):
+      """(m clamped to a real block, valid, the plan's count(m))."""
       m = pair * wgs + w
       valid = m < tb
       m_c = jnp.minimum(m, tb - 1)
@@ -478,17 +508,30 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
       plgpu.barrier_wait(seed_bars[1].at[w])
       return _merge_seed(acc, m_i, l_i, qo, seed_smem.at[w])
 
-    def stream_words(w, slot):
-      """The words the producer wrote for ring w's slot: (header * 2 +
-      gathered, GATHER chunk words); on a gathered tile, waits for its
-      chunks 1..7 of K and V."""
-      words = tuple(stream_smem[0][w, slot, j] for j in range(1 + GATHER))
+    def stream_words(w, i):
+      """The words the producer wrote for ring w's step i, one tuple per
+      64-row half: (header * 2 + gathered, GATHER chunk words); on a
+      gathered half, waits for its chunks 1..7 of K and V.
 
-      @pl.when((words[0] & 1) != 0)
-      def _():
-        plgpu.barrier_wait(gather_bars.at[w * depth + slot])
+      The words sit in a ring of 2 * depth entries: the producer rewrites
+      step i's only for step i + 2 * depth, after step i + depth has
+      released its K slot. So reads that the compiler sinks past step i's
+      own release (e.g. the chunk words, used only after the QK wgmma) still
+      see step i's words."""
+      slot = lax.rem(i, depth)
+      entry = lax.rem(i, 2 * depth)
+      out = []
+      for half in range(halves):
+        words = tuple(stream_smem[0][w, entry, half, j]
+                      for j in range(1 + GATHER))
 
-      return words
+        @pl.when((words[0] & 1) != 0)
+        def _():
+          plgpu.barrier_wait(gather_bars.at[(w * depth + slot) * halves
+                                            + half])
+
+        out.append(words)
+      return tuple(out)
 
     @pl.when(wg < wgs)
     def _compute():
@@ -516,24 +559,38 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
         acc, m_i, l_i, aux = carry
         slot = lax.rem(i, depth)
         x = None
+
+        def key_tiles(ring):
+          """The slot's key tile, or a paired stream's two 64-row halves."""
+          if halves == 1:
+            return (ring.at[w, slot],)
+          return tuple(ring.at[w, slot, pl.ds(j * BLOCK, BLOCK)]
+                       for j in range(halves))
+
         if isinstance(mask, CondMask):  # scalars read before the wgmma
           x, aux = mask.scalars(i, aux)
         elif isinstance(mask, StreamMask):  # before the slot is released
-          x = stream_words(w, slot)
+          x = stream_words(w, i)
 
-        def compute_qk(acc_ref):
-          plgpu.wgmma(acc_ref, qo, k_smem.at[w, slot].transpose((1, 0)))
+        def compute_qk(*acc_refs):
+          for acc_ref, k_tile in zip(acc_refs, key_tiles(k_smem)):
+            plgpu.wgmma(acc_ref, qo, k_tile.transpose((1, 0)))
           schedule_sync()
-          return acc_ref[...]
+          return tuple(acc_ref[...] for acc_ref in acc_refs)
 
-        s = pl.run_scoped(compute_qk,
-                          plgpu.ACC((BLOCK, key_rows), jnp.float32))
+        # [64, KR] scores, or a paired stream's two [64, 64] halves.
+        s = pl.run_scoped(compute_qk, *[
+            plgpu.ACC((BLOCK, key_rows // halves), jnp.float32)] * halves)
         plgpu.barrier_arrive(k_free.at[w * depth + slot])
-        if mask is not None:
-          s = _apply_mask(s, mask, i, x, r0, lambda: plan.key_start(m, i))
+        if isinstance(mask, StreamMask):
+          s = tuple(_apply_stream_mask(s_j, mask, words, r0)
+                    for s_j, words in zip(s, x))
+        elif mask is not None:
+          (s,) = s
+          s = (_apply_mask(s, mask, i, x, r0, lambda: plan.key_start(m, i)),)
         p, acc, m_new, l_i = _softmax_update(s, m_i, l_i, acc, qk_scale,
                                              masked=mask is not None)
-        p16 = p.astype(dtype)
+        p16 = tuple(p_j.astype(dtype) for p_j in p)
         if schedule:
           acc, l_i, m_new, p16 = lax.optimization_barrier(
               (acc, l_i, m_new, p16))
@@ -549,7 +606,7 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
           def _():
             plgpu.barrier_wait(k_bars.at[w * depth + lax.rem(nxt, depth)])
 
-        acc = _wgmma_accumulate(acc, p16, v_smem.at[w, slot], wait_next_k,
+        acc = _wgmma_accumulate(acc, p16, key_tiles(v_smem), wait_next_k,
                                 fused=not interpret)
         plgpu.barrier_arrive(v_free.at[w * depth + slot])
         return acc, m_new, l_i, aux
@@ -627,52 +684,88 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
           plgpu.barrier_wait(v_free.at[w * depth + slot])
           copy(v_ref, v_smem, v_bars)
 
-      def issue_stream(w, i, state: StreamState, wait):
-        """`issue` for a stream plan: step i of ring w is its next primary
-        tile or a gathered tile (`stream_advance`); the K copy goes with the
-        step's words for the consumer. Returns the next `StreamState`."""
+      def plan_stream(w, i, state: StreamState):
+        """Step i of ring w for a stream plan: the plan's next `halves`
+        tiles, each its next primary tile or a gathered tile
+        (`stream_advance`), for the slot's 64-row halves; a paired step
+        past the plan's last tile loads an in-range tile as an EMPTY_HALF.
+        Only the plan's scalar reads (GMEM) and no waits, so a loop body can
+        issue every ring's reads before its first wait. Returns (the
+        halves for `load_stream`, the next `StreamState`)."""
         m, _, count = blocks[w]
+        subs, left = [], []
+        for half in range(halves):
+          # Read before the wait (an in-range primary even past the last).
+          p_in = jnp.clip(state.p, 0, jnp.maximum(n_primary[w] - 1, 0))
+          tile, next_plan = plan.stream_next(m, p_in, state.plan)
+          live = i * halves + half < n_tiles[w]
+          gathered, primary, next_state = stream_advance(
+              state, tile, next_plan, n_primary[w], live)
+          empty = (i < count) & ~live
+          # A gathered half takes its pending chunks from SMEM, except those
+          # the earlier halves of this step left (`left`: passed on in
+          # registers; every new chunk is stored after the step's copies,
+          # so no half's SMEM reads race a store of the same step).
+          subs.append(dict(tile=tile, gathered=gathered,
+                           whole=primary | empty, empty=empty,
+                           pending=state.pending, left=tuple(left)))
+          left.append((primary & tile.has_chunk, state.pending, tile.chunk))
+          state = next_state
+        return (subs, tuple(left)), state
+
+      def load_stream(w, i, planned, wait):
+        """`issue` for a stream plan: waits for ring w's slot (if `wait`),
+        copies step i's halves (`plan_stream`) into it (the K copies with
+        each half's words for the consumer), then stores the step's new
+        pending chunks."""
+        subs, left = planned
+        _, _, count = blocks[w]
         slot = lax.rem(i, depth)
         bar = w * depth + slot
-        # Read before the wait (an in-range primary even past the last).
-        p_in = jnp.clip(state.p, 0, jnp.maximum(n_primary[w] - 1, 0))
-        tile, next_plan = plan.stream_next(m, p_in, state.plan)
-        gathered, primary, next_state = stream_advance(
-            state, tile, next_plan, n_primary[w], i < count)
-        words_ref = stream_smem[0].at[w, slot]  # [1 + GATHER]
         pending_ref = stream_smem[1].at[w]  # [GATHER]
 
-        def chunk_words():
-          """The pending chunks; the slots past them repeat chunk 0's row
-          with bits 0 (an in-range copy whose keys the mask drops)."""
-          first = pending_ref[0]
-          blank = first - (first & (CHUNK - 1))
-          return [jnp.where(j < state.pending, pending_ref[j], blank)
-                  for j in range(GATHER)]
+        def chunk_words(sub):
+          """A gathered half's GATHER chunk words; the slots past its
+          pending chunks repeat chunk 0's row with bits 0 (an in-range copy
+          whose keys the mask drops)."""
+          words = [pending_ref[j] for j in range(GATHER)]
+          for wrote, index, chunk in sub["left"]:
+            words = [jnp.where(wrote & (index == j), chunk, word)
+                     for j, word in enumerate(words)]
+          blank = words[0] - (words[0] & (CHUNK - 1))
+          return [jnp.where(j < sub["pending"], word, blank)
+                  for j, word in enumerate(words)]
 
         def load(src_ref, dst_ref, bars, with_words):
-          @pl.when(primary)
-          def _():
-            if with_words:
-              words_ref[0] = tile.header * 2
-            plgpu.copy_gmem_to_smem(
-                src_ref.at[bb, pl.ds(pl.multiple_of(tile.start, 8), BLOCK),
-                           kv_head],
-                dst_ref.at[w, slot], bars.at[bar])
+          for half, sub in enumerate(subs):
+            tile, empty = sub["tile"], sub["empty"]
+            words_ref = stream_smem[0].at[w, lax.rem(i, 2 * depth), half]
+            rows = half * BLOCK
 
-          @pl.when(gathered)
-          def _():
-            words = chunk_words()
-            if with_words:
-              words_ref[0] = jnp.int32(1)
-              for j, word in enumerate(words):
-                words_ref[1 + j] = word
-            for j, word in enumerate(words):
-              row = pl.multiple_of(word - (word & (CHUNK - 1)), CHUNK)
+            @pl.when(sub["whole"])
+            def _():
+              if with_words:
+                words_ref[0] = jnp.where(empty, EMPTY_HALF, tile.header * 2)
+              start = jnp.where(empty, 0, tile.start)
               plgpu.copy_gmem_to_smem(
-                  src_ref.at[bb, pl.ds(row, CHUNK), kv_head],
-                  dst_ref.at[w, slot, pl.ds(j * CHUNK, CHUNK)],
-                  (bars if j == 0 else gather_bars).at[bar])
+                  src_ref.at[bb, pl.ds(pl.multiple_of(start, 8), BLOCK),
+                             kv_head],
+                  dst_ref.at[w, slot, pl.ds(rows, BLOCK)], bars.at[bar])
+
+            @pl.when(sub["gathered"])
+            def _():
+              chunks = chunk_words(sub)
+              if with_words:
+                words_ref[0] = jnp.int32(1)
+                for j, word in enumerate(chunks):
+                  words_ref[1 + j] = word
+              for j, word in enumerate(chunks):
+                row = pl.multiple_of(word - (word & (CHUNK - 1)), CHUNK)
+                plgpu.copy_gmem_to_smem(
+                    src_ref.at[bb, pl.ds(row, CHUNK), kv_head],
+                    dst_ref.at[w, slot, pl.ds(rows + j * CHUNK, CHUNK)],
+                    bars.at[bar] if j == 0 else
+                    gather_bars.at[bar * halves + half])
 
         if wait:
           @pl.when(i < count + depth)
@@ -684,29 +777,43 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
         else:
           load(k_ref, k_smem, k_bars, True)
           load(v_ref, v_smem, v_bars, False)
+        for wrote, index, chunk in left:
+          @pl.when(wrote)
+          def _():
+            pending_ref[index] = chunk
 
-        @pl.when(primary & tile.has_chunk)
-        def _():
-          pending_ref[state.pending] = tile.chunk
-
-        return next_state
+      def issue_stream(states, i, wait):
+        """Step i of every ring: with PLAN_ALL_FIRST, all rings' plan reads
+        before the first wait, else ring by ring (the 64-key kernel's
+        order). Returns the next states."""
+        out = list(states)
+        if PLAN_ALL_FIRST:
+          plans = [plan_stream(w, i, states[w]) for w in range(wgs)]
+          for w, (planned, state) in enumerate(plans):
+            load_stream(w, i, planned, wait)
+            out[w] = state
+          return tuple(out)
+        for w in range(wgs):
+          planned, out[w] = plan_stream(w, i, states[w])
+          load_stream(w, i, planned, wait)
+        return tuple(out)
 
       longest = blocks[0][2]
       for w in range(1, wgs):
         longest = jnp.maximum(longest, blocks[w][2])
       if stream:
         n_primary = [plan.primary_count(blocks[w][0]) for w in range(wgs)]
+        n_tiles = [plan_tiles(w)[2] for w in range(wgs)]
         states = [StreamState(jnp.int32(0), jnp.int32(0),
                               plan.stream_init(blocks[w][0]))
                   for w in range(wgs)]
+        states = tuple(states)
         for i in range(depth):  # fill the rings
-          for w in range(wgs):
-            states[w] = issue_stream(w, i, states[w], wait=False)
+          states = issue_stream(states, i, wait=False)
 
-        @pl.loop(depth, longest + depth, init_carry=tuple(states))
+        @pl.loop(depth, longest + depth, init_carry=states)
         def _(i, states):
-          return tuple(issue_stream(w, i, states[w], wait=True)
-                       for w in range(wgs))
+          return issue_stream(states, i, wait=True)
         return
 
       for i in range(depth):  # fill the rings
@@ -725,17 +832,21 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
                               transforms=transforms)
     seed_smem = plgpu.SMEM((wgs, BLOCK), jnp.float32) if seeded else None
     # A stream's words per ring slot, and each ring's pending chunks.
-    stream_smem = ((plgpu.SMEM((wgs, depth, 1 + GATHER), jnp.int32),
+    stream_smem = ((plgpu.SMEM((wgs, 2 * depth, halves, 1 + GATHER),
+                               jnp.int32),
                     plgpu.SMEM((wgs, GATHER), jnp.int32)) if stream else None)
     smem = (qo, ring(), ring(), seed_smem, stream_smem)
-    loaded = lambda: plgpu.Barrier(num_barriers=wgs * depth)
+    # One copy per 64-row half of a step (a gathered half's first chunk).
+    loaded = lambda: plgpu.Barrier(num_arrivals=halves,
+                                   num_barriers=wgs * depth)
     freed = lambda: plgpu.Barrier(num_arrivals=1, num_barriers=wgs * depth)
     barriers = (
         plgpu.Barrier(num_barriers=wgs), loaded(), loaded(), freed(), freed(),
         plgpu.Barrier(num_arrivals=wgs) if schedule else None,
         (plgpu.Barrier(num_barriers=wgs),) * 2 if seeded else None,
         # A gathered tile's chunks 1..7 of K and V (chunk 0 on k/v_bars).
-        plgpu.Barrier(num_arrivals=2 * (GATHER - 1), num_barriers=wgs * depth)
+        plgpu.Barrier(num_arrivals=2 * (GATHER - 1),
+                      num_barriers=wgs * depth * halves)
         if stream else None,
     )
     pl.run_scoped(lambda *scratch: kernel(refs, *scratch), smem, barriers,

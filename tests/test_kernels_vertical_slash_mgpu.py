@@ -43,6 +43,8 @@ W2S2 = Config(compute_wgs=2, max_concurrent_steps=2,
 W2S2P = Config(compute_wgs=2, max_concurrent_steps=2,
                use_schedule_barrier=True)  # ping-pong, with the column seed
 W1S2 = Config(compute_wgs=1, max_concurrent_steps=2)
+W2S1P = Config(compute_wgs=2, max_concurrent_steps=1,
+               use_schedule_barrier=True)  # 128-key steps at D = 128
 W1S3 = Config(compute_wgs=1, max_concurrent_steps=3)
 
 CASES = [
@@ -364,13 +366,11 @@ def test_bad_inputs_raise():
   with pytest.raises(ValueError, match="SMEM"):
     q256, k256, v256 = ktu.random_qkv(rng, 1, 128, 2, 1, 256, jnp.bfloat16)
     call(q256, k256, v256, layout, config=W2S2)
-  with pytest.raises(ValueError, match="max_concurrent_steps >= 2"):
-    call(q, k, v, layout, config=Config(max_concurrent_steps=1))
 
 
 @pytest.mark.parametrize("d,n_vert,config", [(128, 80, None), (64, 80, None),
                                              (256, 80, None),
-                                             (128, 0, W2S2)])
+                                             (128, 0, W2S1P)])
 def test_lowers_for_h200(d, n_vert, config):
   """One Mosaic GPU call (wgmma, TMA; windows and run tails), one Triton
   call for the steps count and one for the columns, if any."""
@@ -513,3 +513,18 @@ def test_128_row_tiles_with_one_ring_slot(config):
       lambda *a: fn(*a, None),
       (q, k, v, i32(b, n, tb), i32(b, n, tb, 4))).as_text()
   assert "wgmma" in text and "cp.async.bulk" in text
+
+
+def test_paired_steps_ring_by_ring(monkeypatch):
+  """The producer's ring-by-ring order (core.PLAN_ALL_FIRST = False) gives
+  the same key set: the hand-made runs, whose block 5 pairs a window that
+  leaves a run tail with the gathered tile of that tail in one step."""
+  monkeypatch.setattr(core, "PLAN_ALL_FIRST", False)
+  rng, seed = ktu.fresh_rng()
+  t = 448
+  q, k, v = ktu.random_qkv(rng, 1, t, 2, 1, 64, jnp.bfloat16)
+  layout = _run_layout(t)
+  out = vertical_slash_attention_mgpu(q, k, v, layout, config=W2S2,
+                                      interpret=True)
+  want = ktu.reference(q, k, v, vertical_slash_mask(layout, t, t))
+  ktu.assert_close(out, want, jnp.bfloat16, seed, "ring by ring")

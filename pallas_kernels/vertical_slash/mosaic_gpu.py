@@ -62,6 +62,25 @@ TFLOP/s at 128K and 480 ms / 414 TFLOP/s at 1M, 1.06x / 1.08x the previous
 kernel beside it (55.5 / 490 ms on another machine start). Next
 step: the columns (4.6 of the 54.5 ms at 128K, at ~200 TFLOP/s).
 
+Paired steps (this patch, `STEP_KEYS = 128`): each Mosaic GPU step takes
+two of the stream's 64-row tiles into the two halves of a 128-row ring slot
+(one K/V slot per warpgroup at D = 128), masks each half as before and
+runs one online-softmax rescale per 128 keys. Its first version, run on an
+H200 in the seventh session, was wrong on layouts where a step's second
+half gathers the run tail its first half left, and 20-30% slower than the
+64-key stream (`experiments/results/gpu_vs_paired_steps_h200.md`), while a
+mask-free 128-key loop was 14% faster than the 64-key one
+(`gpu_mgpu_key128_h200.md`). That version read all pending chunks into
+registers before its waits (16 per ring and step, against the producer's
+40 registers) and stored a half's new chunk before the next half re-read
+it from SMEM. Since then (not yet run on a GPU): the producer reads a
+gathered half's chunks only where it copies them, as the 64-key kernel
+does, passes the chunks its step's earlier halves left in registers and
+stores the new ones after the step's copies; and it issues both rings'
+window reads before its first wait (`mosaic_gpu_core.PLAN_ALL_FIRST`;
+the `*_ring_by_ring` rows of `gpu_vs_mgpu_variants` time the previous
+order).
+
 Restrictions (the Pallas-Triton `vertical_slash_attention` is the general
 path): bf16/fp16, D in {64, 128, 256}, T == S a multiple of 64 and at most
 2**24, block size 64, Hopper (sm_90a) GPUs.
@@ -90,7 +109,7 @@ from pallas_kernels.vertical_slash.tile_steps import (
     tile_steps,
 )
 
-__all__ = ["Config", "vertical_slash_attention_mgpu"]
+__all__ = ["Config", "default_config", "vertical_slash_attention_mgpu"]
 
 
 # ---------------- step 1: columns (and, with tails="seed", run tails)
@@ -105,6 +124,11 @@ TAILS_KINDS = ("gathered", "seed")
 # continue.
 _NO_WINDOW = -2 * BLOCK
 MAX_T = 1 << 24  # stream tile headers: start / 8 in 21 bits (header < 2**29)
+
+# Keys per step of the Mosaic GPU launch: two of the stream's 64-row tiles
+# (`tile_list_attention(..., stream=True, key_rows=128)`): one online-softmax
+# rescale per 128 keys.
+STEP_KEYS = 2 * BLOCK
 
 TAIL_CHUNK = 64  # windows scanned at a time for run tails
 TAIL_GROUP = 8  # run tails gathered at a time (8 keys each: 64 gathered keys)
@@ -400,13 +424,26 @@ class _StreamPlan:
         self._kind, (self._window_keep,), self._tail_keep)),)
 
 
-def _check(q, k, v, layout_arrays, block_size, config, seeded):
+def default_config(head_dim: int = 128) -> Config:
+  """The launch knobs of the 128-key steps (`STEP_KEYS`): two compute
+  warpgroups with one K/V slot each at D = 128 (2 x (q 16 KiB + K/V 64
+  KiB) = 160 KiB of SMEM; two slots would need 288), two slots at D = 64,
+  one warpgroup with one slot at D = 256."""
+  if head_dim <= 64:
+    return Config(compute_wgs=2, max_concurrent_steps=2)
+  if head_dim <= 128:
+    return Config(compute_wgs=2, max_concurrent_steps=1)
+  return Config(compute_wgs=1, max_concurrent_steps=1)
+
+
+def _check(q, k, v, layout_arrays, block_size, config, seeded, key_rows):
   op = "vertical_slash_attention_mgpu"
   if block_size != BLOCK:
     common.check_qkv(q, k, v, op)
     raise ValueError(f"{op}: VerticalSlashLayout.block_size={block_size}"
                      f" must be {BLOCK}")
-  dims = core.check_inputs(q, k, v, op, config, seeded=seeded)
+  dims = core.check_inputs(q, k, v, op, config, seeded=seeded,
+                           key_rows=key_rows, copy_rows=BLOCK)
   names = (("block_count", 3), ("block_offset", 4), ("column_count", 3),
            ("column_index", 4))
   for (name, ndim), arr in zip(names, layout_arrays):
@@ -417,19 +454,22 @@ def _check(q, k, v, layout_arrays, block_size, config, seeded):
 
 @functools.partial(jax.jit, static_argnames=("block_size", "config",
                                              "interpret", "tails",
-                                             "seed_config"))
+                                             "seed_config", "step_keys"))
 def _fwd(q, k, v, block_count, block_offset, column_count, column_index, *,
          block_size: int, config: Config, interpret, tails: str = "gathered",
-         seed_config: TritonConfig | None = None):
+         seed_config: TritonConfig | None = None, step_keys: int = STEP_KEYS):
   if tails not in TAILS_KINDS:
     raise ValueError(f"tails={tails!r} must be one of {TAILS_KINDS}")
+  if step_keys not in (BLOCK, 2 * BLOCK):
+    raise ValueError(f"step_keys={step_keys} must be {BLOCK} or {2 * BLOCK}")
   in_seed = tails == "seed"
   # Step 1 runs for the columns (and the run tails, if in the seed), unless
   # there is no such budget.
   seeded = column_index.shape[-1] > 0 or (in_seed
                                           and block_offset.shape[-1] > 0)
+  key_rows = BLOCK if in_seed else step_keys  # the seed path: 64-key steps
   dims = _check(q, k, v, (block_count, block_offset, column_count,
-                          column_index), block_size, config, seeded)
+                          column_index), block_size, config, seeded, key_rows)
   if dims.t > MAX_T:
     raise ValueError(f"vertical_slash_attention_mgpu: T={dims.t} >"
                      f" {MAX_T} (the tile headers' packing)")
@@ -450,7 +490,7 @@ def _fwd(q, k, v, block_count, block_offset, column_count, column_index, *,
   return core.tile_list_attention(
       q, k, v, (steps, block_count, block_offset),
       plan_fn=lambda refs, bb, h: _StreamPlan.of(refs, bb, h, dims.t),
-      stream=True, **common_args)
+      stream=True, key_rows=key_rows, **common_args)
 
 
 @jaxtyped(typechecker=beartype)
@@ -493,7 +533,7 @@ def vertical_slash_attention_mgpu(
     TypeError: on dtypes other than bfloat16/float16 or non-int32 layouts.
   """
   if config is None:
-    config = Config.get_default(q.shape[-1])
+    config = default_config(q.shape[-1])
   if interpret is True:
     interpret = plgpu.InterpretGPUParams()
   return _fwd(q, k, v, layout.block_count, layout.block_offset,
