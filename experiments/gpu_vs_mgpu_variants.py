@@ -172,6 +172,18 @@ def _ring_by_ring(fn):
   return traced
 
 
+def _keys_first(fn):
+  """fn traced with the producer's keys-first order
+  (`mosaic_gpu_core.KEYS_FIRST = True`)."""
+  def traced(*args):
+    old, core.KEYS_FIRST = core.KEYS_FIRST, True
+    try:
+      return fn(*args)
+    finally:
+      core.KEYS_FIRST = old
+  return traced
+
+
 def _with_tail_chunk(fn, cw):
   """fn traced with vertical_slash.mosaic_gpu.TAIL_CHUNK = cw."""
   def traced(*args):
@@ -244,19 +256,21 @@ class _StreamPlanFreeWindows(vs_mgpu._StreamPlan):
     return header * 0
 
 
-def _stream_windows_fn(step_keys=BLOCK, plan_cls=vs_mgpu._StreamPlan):
+def _stream_windows_fn(step_keys=BLOCK, plan_cls=vs_mgpu._StreamPlan,
+                       config=None):
   """The current Mosaic GPU launch alone (no seed): windows + run tails,
-  with the kernel that counts the tiles, at `step_keys` keys per step."""
+  with the kernel that counts the tiles, at `step_keys` keys per step (the
+  default config for them if `config` is None)."""
   def fn(q, k, v, lay):
     dims = _dims(q, k)
     steps = tile_steps.tile_steps(lay.block_count, lay.block_offset,
                                   t=dims.t)
-    config = (vs_mgpu.default_config(dims.d) if step_keys == 2 * BLOCK
-              else Config.get_default(dims.d))
+    default = (vs_mgpu.default_config(dims.d) if step_keys == 2 * BLOCK
+               else Config.get_default(dims.d))
     return core.tile_list_attention(
         q, k, v, (steps, lay.block_count, lay.block_offset),
         plan_fn=lambda refs, bb, h: plan_cls.of(refs, bb, h, dims.t),
-        config=config, dims=dims, interpret=None,
+        config=config or default, dims=dims, interpret=None,
         name="vs_variant_stream", stream=True, key_rows=step_keys)
   return fn
 
@@ -297,6 +311,18 @@ def _impls(tail_chunks=(), seed_configs=()):
           ("mgpu_full_ring_by_ring", _ring_by_ring(full), "all"),
           ("stream_windows_tails_k128_ring_by_ring",
            _ring_by_ring(_stream_windows_fn(2 * BLOCK)), "windows"),
+          ("mgpu_full_keys_first", _keys_first(full), "all"),
+          ("stream_windows_tails_k128_keys_first",
+           _keys_first(_stream_windows_fn(2 * BLOCK)), "windows"),
+          ("stream_windows_tails_k128_pingpong",
+           _stream_windows_fn(2 * BLOCK, config=W2S1P), "windows"),
+          ("stream_windows_tails_k128_pingpong_keys_first",
+           _keys_first(_stream_windows_fn(2 * BLOCK, config=W2S1P)),
+           "windows"),
+          ("stream_windows_tails_s1", _stream_windows_fn(config=W2S1),
+           "windows"),
+          ("stream_windows_tails_s1_keys_first",
+           _keys_first(_stream_windows_fn(config=W2S1)), "windows"),
           ("tile_steps_pass", steps, None),
           ("tile_steps_xla", steps_xla, None),
           ("k80_masked", _windows_fn(_Plan80, 80), "windows"),
@@ -305,6 +331,9 @@ def _impls(tail_chunks=(), seed_configs=()):
           ("k64_free", _windows_fn(_Plan64Free), "windows"),
           ("k64_free_s1", _windows_fn(_Plan64Free, config=W2S1), "windows"),
           ("k128_free_s1", _windows_fn(_Plan128Free, 2 * BLOCK, W2S1),
+           "windows"),
+          ("k128_free_s1_keys_first",
+           _keys_first(_windows_fn(_Plan128Free, 2 * BLOCK, W2S1)),
            "windows"),
           ("k128_free_s1_pingpong",
            _windows_fn(_Plan128Free, 2 * BLOCK, W2S1P), "windows"),

@@ -81,6 +81,11 @@ EMPTY_HALF = -2
 # previous ring's waits (the order until the seventh session; a module
 # switch so that one benchmark run times both).
 PLAN_ALL_FIRST = True
+# The producer's copies within a loop body: True, every ring's K tile and
+# then every ring's V tile (the order in which the compute warpgroups
+# release them); False, ring by ring, K then V (a module switch so that one
+# benchmark run times both).
+KEYS_FIRST = False
 SUPPORTED_HEAD_DIMS = (64, 128, 256)
 # Opt-in dynamic SMEM of an H100/H200 CTA (227 KiB), minus a margin for the
 # barriers and the cross-warp reduction scratch Mosaic GPU reserves.
@@ -652,8 +657,8 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
       kv_head = lax.div(h, jnp.int32(g))
       blocks = [block_of(w) for w in range(wgs)]
 
-      def issue(w, i, wait):
-        """Step i of ring w: wait for slot i % depth to be released by step
+      def issue(w, i, wait, which=("k", "v")):
+        """Step i of ring w (its K and/or V tile, `which`): wait for slot i % depth to be released by step
         i - depth (if `wait`), then copy key/value tile i into it (if any).
 
         The waits run to count + depth, so the producer observes every
@@ -672,17 +677,18 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
                 src_ref.at[bb, pl.ds(start, key_rows), kv_head],
                 dst_ref.at[w, slot], bar.at[w * depth + slot])
 
-        if not wait:
-          copy(k_ref, k_smem, k_bars)
-          copy(v_ref, v_smem, v_bars)
-          return
+        parts = {"k": (k_ref, k_smem, k_bars, k_free),
+                 "v": (v_ref, v_smem, v_bars, v_free)}
+        for part in which:
+          src, dst, bars, free = parts[part]
+          if not wait:
+            copy(src, dst, bars)
+            continue
 
-        @pl.when(i < count + depth)
-        def _():
-          plgpu.barrier_wait(k_free.at[w * depth + slot])
-          copy(k_ref, k_smem, k_bars)
-          plgpu.barrier_wait(v_free.at[w * depth + slot])
-          copy(v_ref, v_smem, v_bars)
+          @pl.when(i < count + depth)
+          def _():
+            plgpu.barrier_wait(free.at[w * depth + slot])
+            copy(src, dst, bars)
 
       def plan_stream(w, i, state: StreamState):
         """Step i of ring w for a stream plan: the plan's next `halves`
@@ -713,7 +719,7 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
           state = next_state
         return (subs, tuple(left)), state
 
-      def load_stream(w, i, planned, wait):
+      def load_stream(w, i, planned, wait, which=("k", "v")):
         """`issue` for a stream plan: waits for ring w's slot (if `wait`),
         copies step i's halves (`plan_stream`) into it (the K copies with
         each half's words for the consumer), then stores the step's new
@@ -767,16 +773,19 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
                     bars.at[bar] if j == 0 else
                     gather_bars.at[bar * halves + half])
 
-        if wait:
-          @pl.when(i < count + depth)
-          def _():
-            plgpu.barrier_wait(k_free.at[bar])
-            load(k_ref, k_smem, k_bars, True)
-            plgpu.barrier_wait(v_free.at[bar])
-            load(v_ref, v_smem, v_bars, False)
-        else:
-          load(k_ref, k_smem, k_bars, True)
-          load(v_ref, v_smem, v_bars, False)
+        parts = {"k": (k_ref, k_smem, k_bars, k_free, True),
+                 "v": (v_ref, v_smem, v_bars, v_free, False)}
+        for part in which:
+          src, dst, bars, free, with_words = parts[part]
+          if wait:
+            @pl.when(i < count + depth)
+            def _():
+              plgpu.barrier_wait(free.at[bar])
+              load(src, dst, bars, with_words)
+          else:
+            load(src, dst, bars, with_words)
+        if "v" not in which:  # the V copies still read the pending chunks
+          return
         for wrote, index, chunk in left:
           @pl.when(wrote)
           def _():
@@ -789,10 +798,10 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
         out = list(states)
         if PLAN_ALL_FIRST:
           plans = [plan_stream(w, i, states[w]) for w in range(wgs)]
-          for w, (planned, state) in enumerate(plans):
-            load_stream(w, i, planned, wait)
-            out[w] = state
-          return tuple(out)
+          for which in (("k",), ("v",)) if KEYS_FIRST else (("k", "v"),):
+            for w, (planned, _) in enumerate(plans):
+              load_stream(w, i, planned, wait, which)
+          return tuple(state for _, state in plans)
         for w in range(wgs):
           planned, out[w] = plan_stream(w, i, states[w])
           load_stream(w, i, planned, wait)
@@ -816,14 +825,17 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
           return issue_stream(states, i, wait=True)
         return
 
+      order = (("k",), ("v",)) if KEYS_FIRST else (("k", "v"),)
       for i in range(depth):  # fill the rings
-        for w in range(wgs):
-          issue(w, i, wait=False)
+        for which in order:
+          for w in range(wgs):
+            issue(w, i, False, which)
 
       @pl.loop(depth, longest + depth)
       def _(i):
-        for w in range(wgs):
-          issue(w, i, wait=True)
+        for which in order:
+          for w in range(wgs):
+            issue(w, i, True, which)
 
   def entry(*refs):
     transforms = smem_transforms(key_rows)

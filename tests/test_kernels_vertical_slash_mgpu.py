@@ -515,11 +515,14 @@ def test_128_row_tiles_with_one_ring_slot(config):
   assert "wgmma" in text and "cp.async.bulk" in text
 
 
-def test_paired_steps_ring_by_ring(monkeypatch):
-  """The producer's ring-by-ring order (core.PLAN_ALL_FIRST = False) gives
-  the same key set: the hand-made runs, whose block 5 pairs a window that
-  leaves a run tail with the gathered tile of that tail in one step."""
-  monkeypatch.setattr(core, "PLAN_ALL_FIRST", False)
+@pytest.mark.parametrize("switch, value", [("PLAN_ALL_FIRST", False),
+                                           ("KEYS_FIRST", True)])
+def test_paired_steps_producer_orders(monkeypatch, switch, value):
+  """The producer's other orders (ring by ring: core.PLAN_ALL_FIRST = False;
+  every ring's K before any V: core.KEYS_FIRST = True) give the same key
+  set: the hand-made runs, whose block 5 pairs a window that leaves a run
+  tail with the gathered tile of that tail in one step."""
+  monkeypatch.setattr(core, switch, value)
   rng, seed = ktu.fresh_rng()
   t = 448
   q, k, v = ktu.random_qkv(rng, 1, t, 2, 1, 64, jnp.bfloat16)
@@ -527,4 +530,4 @@ def test_paired_steps_ring_by_ring(monkeypatch):
   out = vertical_slash_attention_mgpu(q, k, v, layout, config=W2S2,
                                       interpret=True)
   want = ktu.reference(q, k, v, vertical_slash_mask(layout, t, t))
-  ktu.assert_close(out, want, jnp.bfloat16, seed, "ring by ring")
+  ktu.assert_close(out, want, jnp.bfloat16, seed, f"{switch}={value}")
