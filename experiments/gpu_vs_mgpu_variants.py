@@ -184,6 +184,18 @@ def _keys_first(fn):
   return traced
 
 
+def _one_qk(fn):
+  """fn traced with one N = 128 QK wgmma per paired step
+  (`mosaic_gpu_core.ONE_QK_WGMMA = True`)."""
+  def traced(*args):
+    old, core.ONE_QK_WGMMA = core.ONE_QK_WGMMA, True
+    try:
+      return fn(*args)
+    finally:
+      core.ONE_QK_WGMMA = old
+  return traced
+
+
 def _with_tail_chunk(fn, cw):
   """fn traced with vertical_slash.mosaic_gpu.TAIL_CHUNK = cw."""
   def traced(*args):
@@ -318,6 +330,11 @@ def _impls(tail_chunks=(), seed_configs=()):
            _stream_windows_fn(2 * BLOCK, config=W2S1P), "windows"),
           ("stream_windows_tails_k128_pingpong_keys_first",
            _keys_first(_stream_windows_fn(2 * BLOCK, config=W2S1P)),
+           "windows"),
+          ("stream_windows_tails_k128_keys_first_one_qk",
+           _one_qk(_keys_first(_stream_windows_fn(2 * BLOCK))), "windows"),
+          ("stream_windows_tails_k128_pingpong_keys_first_one_qk",
+           _one_qk(_keys_first(_stream_windows_fn(2 * BLOCK, config=W2S1P))),
            "windows"),
           ("stream_windows_tails_s1", _stream_windows_fn(config=W2S1),
            "windows"),

@@ -86,6 +86,10 @@ PLAN_ALL_FIRST = True
 # release them); False, ring by ring, K then V (a module switch so that one
 # benchmark run times both).
 KEYS_FIRST = False
+# A paired stream step's QK: True, one N = 128 wgmma over the whole slot,
+# its [64, 128] scores then sliced into the two halves; False, one N = 64
+# wgmma per half (a module switch so that one benchmark run times both).
+ONE_QK_WGMMA = False
 SUPPORTED_HEAD_DIMS = (64, 128, 256)
 # Opt-in dynamic SMEM of an H100/H200 CTA (227 KiB), minus a margin for the
 # barriers and the cross-warp reduction scratch Mosaic GPU reserves.
@@ -584,8 +588,19 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
           return tuple(acc_ref[...] for acc_ref in acc_refs)
 
         # [64, KR] scores, or a paired stream's two [64, 64] halves.
-        s = pl.run_scoped(compute_qk, *[
-            plgpu.ACC((BLOCK, key_rows // halves), jnp.float32)] * halves)
+        if halves > 1 and ONE_QK_WGMMA:
+          def compute_qk_once(acc_ref):
+            plgpu.wgmma(acc_ref, qo, k_smem.at[w, slot].transpose((1, 0)))
+            schedule_sync()
+            return acc_ref[...]
+
+          s_all = pl.run_scoped(compute_qk_once,
+                                plgpu.ACC((BLOCK, key_rows), jnp.float32))
+          s = tuple(s_all[:, j * BLOCK:(j + 1) * BLOCK]
+                    for j in range(halves))
+        else:
+          s = pl.run_scoped(compute_qk, *[
+              plgpu.ACC((BLOCK, key_rows // halves), jnp.float32)] * halves)
         plgpu.barrier_arrive(k_free.at[w * depth + slot])
         if isinstance(mask, StreamMask):
           s = tuple(_apply_stream_mask(s_j, mask, words, r0)
