@@ -196,6 +196,19 @@ def _one_qk(fn):
   return traced
 
 
+def _trivial_producer(fn):
+  """fn traced with the stream's timing-only producer
+  (`mosaic_gpu_core.TRIVIAL_STREAM_PRODUCER = True`: not the key set)."""
+  def traced(*args):
+    old = core.TRIVIAL_STREAM_PRODUCER
+    core.TRIVIAL_STREAM_PRODUCER = True
+    try:
+      return fn(*args)
+    finally:
+      core.TRIVIAL_STREAM_PRODUCER = old
+  return traced
+
+
 def _with_tail_chunk(fn, cw):
   """fn traced with vertical_slash.mosaic_gpu.TAIL_CHUNK = cw."""
   def traced(*args):
@@ -336,6 +349,14 @@ def _impls(tail_chunks=(), seed_configs=()):
           ("stream_windows_tails_k128_pingpong_keys_first_one_qk",
            _one_qk(_keys_first(_stream_windows_fn(2 * BLOCK, config=W2S1P))),
            "windows"),
+          ("stream_k128_trivial_producer_one_qk",
+           _trivial_producer(_one_qk(_keys_first(
+               _stream_windows_fn(2 * BLOCK)))), "windows"),
+          ("stream_k128_trivial_producer",
+           _trivial_producer(_keys_first(_stream_windows_fn(2 * BLOCK))),
+           "windows"),
+          ("stream_k64_trivial_producer",
+           _trivial_producer(_stream_windows_fn()), "windows"),
           ("stream_windows_tails_s1", _stream_windows_fn(config=W2S1),
            "windows"),
           ("stream_windows_tails_s1_keys_first",

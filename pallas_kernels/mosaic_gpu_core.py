@@ -90,6 +90,9 @@ KEYS_FIRST = False
 # its [64, 128] scores then sliced into the two halves; False, one N = 64
 # wgmma per half (a module switch so that one benchmark run times both).
 ONE_QK_WGMMA = False
+# Timing only (wrong key set): the stream producer skips its plan and loads
+# unmasked 64-row tiles ending below the query block, header words 0.
+TRIVIAL_STREAM_PRODUCER = False
 SUPPORTED_HEAD_DIMS = (64, 128, 256)
 # Opt-in dynamic SMEM of an H100/H200 CTA (227 KiB), minus a margin for the
 # barriers and the cross-warp reduction scratch Mosaic GPU reserves.
@@ -811,6 +814,41 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
         before the first wait, else ring by ring (the 64-key kernel's
         order). Returns the next states."""
         out = list(states)
+        if TRIVIAL_STREAM_PRODUCER:
+          for which in (("k",), ("v",)) if KEYS_FIRST else (("k", "v"),):
+            for w in range(wgs):
+              m, _, count = blocks[w]
+              slot = lax.rem(i, depth)
+              bar = w * depth + slot
+              parts = {"k": (k_ref, k_smem, k_bars, k_free, True),
+                       "v": (v_ref, v_smem, v_bars, v_free, False)}
+              for part in which:
+                src, dst, bars, free, with_words = parts[part]
+
+                def load_trivial():
+                  @pl.when(i < count)
+                  def _():
+                    for half in range(halves):
+                      if with_words:
+                        stream_smem[0][w, lax.rem(i, 2 * depth), half, 0] = (
+                            jnp.int32(0))
+                      start = jnp.maximum(
+                          m * BLOCK - (i + 1) * halves * BLOCK
+                          + half * BLOCK, 0)
+                      plgpu.copy_gmem_to_smem(
+                          src.at[bb, pl.ds(pl.multiple_of(start, BLOCK),
+                                           BLOCK), kv_head],
+                          dst.at[w, slot, pl.ds(half * BLOCK, BLOCK)],
+                          bars.at[bar])
+
+                if wait:
+                  @pl.when(i < count + depth)
+                  def _():
+                    plgpu.barrier_wait(free.at[bar])
+                    load_trivial()
+                else:
+                  load_trivial()
+          return states
         if PLAN_ALL_FIRST:
           plans = [plan_stream(w, i, states[w]) for w in range(wgs)]
           for which in (("k",), ("v",)) if KEYS_FIRST else (("k", "v"),):
