@@ -209,6 +209,20 @@ def _trivial_producer(fn):
   return traced
 
 
+def _switches(fn, **values):
+  """fn traced with `mosaic_gpu_core`'s module switches set to `values`."""
+  def traced(*args):
+    old = {name: getattr(core, name) for name in values}
+    for name, value in values.items():
+      setattr(core, name, value)
+    try:
+      return fn(*args)
+    finally:
+      for name, value in old.items():
+        setattr(core, name, value)
+  return traced
+
+
 def _with_tail_chunk(fn, cw):
   """fn traced with vertical_slash.mosaic_gpu.TAIL_CHUNK = cw."""
   def traced(*args):
@@ -357,6 +371,15 @@ def _impls(tail_chunks=(), seed_configs=()):
            "windows"),
           ("stream_k64_trivial_producer",
            _trivial_producer(_stream_windows_fn()), "windows"),
+          ("stream_k128_plan_ahead_one_qk",
+           _switches(_stream_windows_fn(2 * BLOCK), ONE_QK_WGMMA=True,
+                     PLAN_AHEAD=True), "windows"),
+          ("stream_k128_plan_ahead_one_qk_r224_56",
+           _switches(_stream_windows_fn(2 * BLOCK), ONE_QK_WGMMA=True,
+                     PLAN_AHEAD=True, REGISTERS_W2=(224, 56)), "windows"),
+          ("stream_k128_keys_first_one_qk_r224_56",
+           _switches(_stream_windows_fn(2 * BLOCK), ONE_QK_WGMMA=True,
+                     KEYS_FIRST=True, REGISTERS_W2=(224, 56)), "windows"),
           ("stream_windows_tails_s1", _stream_windows_fn(config=W2S1),
            "windows"),
           ("stream_windows_tails_s1_keys_first",

@@ -93,6 +93,12 @@ ONE_QK_WGMMA = False
 # Timing only (wrong key set): the stream producer skips its plan and loads
 # unmasked 64-row tiles ending below the query block, header words 0.
 TRIVIAL_STREAM_PRODUCER = False
+# The stream producer plans step i + 1 (its GMEM reads) between step i's K
+# and V copies, off the K copy's critical path (every ring's K first).
+PLAN_AHEAD = False
+# Registers per thread: (compute warpgroups, producer) with two compute
+# warpgroups (their sum * 128 threads stays within the SM's 64K).
+REGISTERS_W2 = (232, 40)
 SUPPORTED_HEAD_DIMS = (64, 128, 256)
 # Opt-in dynamic SMEM of an H100/H200 CTA (227 KiB), minus a margin for the
 # barriers and the cross-warp reduction scratch Mosaic GPU reserves.
@@ -547,7 +553,8 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
 
     @pl.when(wg < wgs)
     def _compute():
-      plgpu.set_max_registers(232 if wgs == 2 else 240, action="increase")
+      plgpu.set_max_registers(REGISTERS_W2[0] if wgs == 2 else 240,
+                              action="increase")
       w = wg
       m, valid, count = block_of(w)
       r0 = m * BLOCK
@@ -671,7 +678,8 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
 
     @pl.when(wg == wgs)
     def _producer():
-      plgpu.set_max_registers(40 if wgs == 2 else 24, action="decrease")
+      plgpu.set_max_registers(REGISTERS_W2[1] if wgs == 2 else 24,
+                              action="decrease")
       kv_head = lax.div(h, jnp.int32(g))
       blocks = [block_of(w) for w in range(wgs)]
 
@@ -870,6 +878,27 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
                               plan.stream_init(blocks[w][0]))
                   for w in range(wgs)]
         states = tuple(states)
+        if PLAN_AHEAD:
+          def issue_ahead(carry, i, wait):
+            states, plans = carry  # step i's plans, the states after it
+            for w in range(wgs):
+              load_stream(w, i, plans[w], wait, ("k",))
+            nxt = [plan_stream(w, i + 1, states[w]) for w in range(wgs)]
+            for w in range(wgs):
+              load_stream(w, i, plans[w], wait, ("v",))
+            return (tuple(state for _, state in nxt),
+                    tuple(planned for planned, _ in nxt))
+
+          first = [plan_stream(w, 0, states[w]) for w in range(wgs)]
+          carry = (tuple(state for _, state in first),
+                   tuple(planned for planned, _ in first))
+          for i in range(depth):  # fill the rings
+            carry = issue_ahead(carry, i, wait=False)
+
+          @pl.loop(depth, longest + depth, init_carry=carry)
+          def _(i, carry):
+            return issue_ahead(carry, i, wait=True)
+          return
         for i in range(depth):  # fill the rings
           states = issue_stream(states, i, wait=False)
 

@@ -517,7 +517,8 @@ def test_128_row_tiles_with_one_ring_slot(config):
 
 @pytest.mark.parametrize("switch, value", [("PLAN_ALL_FIRST", False),
                                            ("KEYS_FIRST", True),
-                                           ("ONE_QK_WGMMA", True)])
+                                           ("ONE_QK_WGMMA", True),
+                                           ("PLAN_AHEAD", True)])
 def test_paired_steps_producer_orders(monkeypatch, switch, value):
   """The producer's other orders (ring by ring: core.PLAN_ALL_FIRST = False;
   every ring's K before any V: core.KEYS_FIRST = True) give the same key
