@@ -61,9 +61,10 @@ class BenchConfig:
   flash_configs: tuple[tuple[int, ...], ...] = ()
   a_shape_configs: tuple[tuple[int, ...], ...] = ()
   # Kernel implementations timed side by side: "triton" (Pallas-Triton,
-  # any GPU), "mosaic_gpu" (Hopper: wgmma + TMA; default configs), and
+  # any GPU), "mosaic_gpu" (Hopper: wgmma + TMA; default configs),
   # "mosaic_gpu_qb" / "mosaic_gpu_gqa" (the same with another CTA order,
-  # `MGPU_ORDERS`).
+  # `MGPU_ORDERS`), and "mosaic_gpu_k128" (Vertical-Slash only: 128 keys
+  # per step, `step_keys=128` with its default config).
   kernel_impls: tuple[str, ...] = ("triton",)
   crossover_lens: tuple[int, ...] = ()
   crossover_kv_heads: int = 8
@@ -178,12 +179,22 @@ def _build_layout(cfg, pattern, fns, q, k, t):
 # "mosaic_gpu_<order>": the Mosaic GPU kernel with Config.fastest_axis.
 MGPU_ORDERS = {"mosaic_gpu": "heads", "mosaic_gpu_qb": "query_blocks",
                "mosaic_gpu_gqa": "gqa_group"}
-KERNEL_IMPLS = ("triton", *MGPU_ORDERS)
+# Vertical-Slash only: paired (128-key) steps with their default config.
+MGPU_PAIRED = "mosaic_gpu_k128"
+KERNEL_IMPLS = ("triton", *MGPU_ORDERS, MGPU_PAIRED)
 
 
 def _mosaic_gpu_kernel_fn(pattern, interpret, impl="mosaic_gpu"):
   """The Mosaic GPU (Hopper) kernel of a pattern: its default config, with
-  the CTA order of `impl` (`MGPU_ORDERS`)."""
+  the CTA order of `impl` (`MGPU_ORDERS`), or Vertical-Slash's paired steps
+  (`MGPU_PAIRED`)."""
+  if impl == MGPU_PAIRED:
+    if pattern != "vertical_slash":
+      raise ValueError(f"{MGPU_PAIRED} is a Vertical-Slash kernel, not"
+                       f" {pattern}")
+    from pallas_kernels.vertical_slash import mosaic_gpu as vs_mod
+    return lambda q, k, v, lay: vs_mod.vertical_slash_attention_mgpu(
+        q, k, v, lay, step_keys=2 * 64, interpret=interpret)
   if pattern == "vertical_slash":
     from pallas_kernels.vertical_slash import mosaic_gpu as mod
     fn = mod.vertical_slash_attention_mgpu
@@ -293,6 +304,8 @@ def bench_size(cfg, t, kv, configs, rows, key):
             for c in configs[key_of[pattern]]
             if "triton" in cfg.kernel_impls]
     for impl in cfg.kernel_impls:
+      if impl == MGPU_PAIRED and pattern != "vertical_slash":
+        continue  # a Vertical-Slash kernel only
       if impl.startswith("mosaic_gpu"):
         # 64 x 64 tiles: the area counted like the Triton default's.
         runs.append((impl, configs[key_of[pattern]][0],

@@ -26,22 +26,29 @@ slash) with different tile plans:
   64-row tiles plus the run tails in gathered tiles (`_StreamPlan`, with
   the kernel that counts each block's tiles, `tile_steps_pass` alone,
   checked equal to its XLA reference pass, `tile_steps_xla`, on each
-  layout);
+  layout); `_s1` with a one-slot ring;
+- `stream_windows_tails_k128`: the same launch with paired (128-key) steps
+  (`vs_mgpu.default_config(128, 128)`: one slot per warpgroup, the producer
+  a step ahead with 72 registers); `_ring_by_ring`: the producer ring by
+  ring with 40 registers (no `Config.plan_ahead`); `_pingpong`; `_r40`,
+  `_r56`, `_r80`: other producer registers; `stream_k128_free_windows`:
+  no mask on the window tiles (their masks' cost, not the key set);
 plus the whole kernel (`mgpu_full`: the column seed launch + the Mosaic GPU
 launch with the run tails; `mgpu_full_seed_tails`: the previous kernel,
 `_fwd(..., tails="seed")`, the run tails in the Triton seed launch), the seed
 launches alone (`seed_only`: columns + run tails, the previous one;
 `seed_columns_only`: the columns, the current one) and the Pallas-Triton
 Vertical-Slash kernel; `mgpu_full_pingpong` is the whole kernel with FA3's
-ping-pong schedule, and `seed_configs=[BC-W-S,...]` adds the column launch
+ping-pong schedule, `mgpu_full_k128` (`_ring_by_ring`) with paired steps, and `seed_configs=[BC-W-S,...]` adds the column launch
 alone and the whole kernel under other Triton knobs (block_c, warps,
 stages). Effective TFLOP/s count 64 x 64 pairs per window (and 64 per
 column for the whole kernels), as `gpu_mgpu_kernels` does.
 
 Before timing (`check=true`), the whole kernel (default config: two compute
 warpgroups, which the interpret-mode tests do not run), with the run tails
-in gathered tiles and in the seed launch (and the ping-pong config with the
-gathered tails), is checked against the dense f32
+in gathered tiles and in the seed launch (and with the gathered tails: the
+ping-pong config, and paired steps in their default, ring-by-ring and
+ping-pong configs, `CHECK_EXTRA`), is checked against the dense f32
 reference on the tests' random layouts (misaligned runs, runs of one
 window, runs crossing the diagonal, windows at the sequence end, inactive
 heads, GQA) and the tests' hand-made runs and many-tails layout.
@@ -160,69 +167,6 @@ def _windows_fn(plan_cls, key_rows=BLOCK, config=None):
   return fn
 
 
-def _ring_by_ring(fn):
-  """fn traced with the stream producer's ring-by-ring order
-  (`mosaic_gpu_core.PLAN_ALL_FIRST = False`)."""
-  def traced(*args):
-    old, core.PLAN_ALL_FIRST = core.PLAN_ALL_FIRST, False
-    try:
-      return fn(*args)
-    finally:
-      core.PLAN_ALL_FIRST = old
-  return traced
-
-
-def _keys_first(fn):
-  """fn traced with the producer's keys-first order
-  (`mosaic_gpu_core.KEYS_FIRST = True`)."""
-  def traced(*args):
-    old, core.KEYS_FIRST = core.KEYS_FIRST, True
-    try:
-      return fn(*args)
-    finally:
-      core.KEYS_FIRST = old
-  return traced
-
-
-def _one_qk(fn):
-  """fn traced with one N = 128 QK wgmma per paired step
-  (`mosaic_gpu_core.ONE_QK_WGMMA = True`)."""
-  def traced(*args):
-    old, core.ONE_QK_WGMMA = core.ONE_QK_WGMMA, True
-    try:
-      return fn(*args)
-    finally:
-      core.ONE_QK_WGMMA = old
-  return traced
-
-
-def _trivial_producer(fn):
-  """fn traced with the stream's timing-only producer
-  (`mosaic_gpu_core.TRIVIAL_STREAM_PRODUCER = True`: not the key set)."""
-  def traced(*args):
-    old = core.TRIVIAL_STREAM_PRODUCER
-    core.TRIVIAL_STREAM_PRODUCER = True
-    try:
-      return fn(*args)
-    finally:
-      core.TRIVIAL_STREAM_PRODUCER = old
-  return traced
-
-
-def _switches(fn, **values):
-  """fn traced with `mosaic_gpu_core`'s module switches set to `values`."""
-  def traced(*args):
-    old = {name: getattr(core, name) for name in values}
-    for name, value in values.items():
-      setattr(core, name, value)
-    try:
-      return fn(*args)
-    finally:
-      for name, value in old.items():
-        setattr(core, name, value)
-  return traced
-
-
 def _with_tail_chunk(fn, cw):
   """fn traced with vertical_slash.mosaic_gpu.TAIL_CHUNK = cw."""
   def traced(*args):
@@ -234,9 +178,8 @@ def _with_tail_chunk(fn, cw):
   return traced
 
 
-# FA3's ping-pong schedule between the two compute warpgroups (128-key
-# steps: one K/V slot each at D = 128).
-PINGPONG = Config(compute_wgs=2, max_concurrent_steps=1,
+# FA3's ping-pong schedule between the two compute warpgroups.
+PINGPONG = Config(compute_wgs=2, max_concurrent_steps=2,
                   use_schedule_barrier=True)
 
 
@@ -246,33 +189,42 @@ W2S1 = Config(compute_wgs=2, max_concurrent_steps=1)
 W2S1P = Config(compute_wgs=2, max_concurrent_steps=1,
                use_schedule_barrier=True)
 W1S2 = Config(compute_wgs=1, max_concurrent_steps=2)
+# Paired steps at D = 128: the default (`vs_mgpu.default_config(128, 128)`:
+# one slot, the producer a step ahead with 72 registers), the producer ring
+# by ring with 40, and the ping-pong.
+PAIRED = vs_mgpu.default_config(128, 2 * BLOCK)
+PAIRED_RING_BY_RING = dataclasses.replace(PAIRED, plan_ahead=False,
+                                          producer_registers=40)
+PAIRED_PINGPONG = dataclasses.replace(PAIRED, use_schedule_barrier=True)
 
 
-# (config, keys per step) of the checked kernels; CHECK_EXTRA are checked
-# besides the default and ping-pong ones.
+# (config, keys per step) of the checked kernels (None: the default config
+# for those keys per step); CHECK_EXTRA are checked besides the default and
+# ping-pong ones, with the run tails gathered.
 CHECK_CONFIGS = {
-    "default_config": (None, vs_mgpu.STEP_KEYS),
-    "pingpong": (PINGPONG, vs_mgpu.STEP_KEYS),
-    "k64": (None, BLOCK),
-    "k64_s1": (W2S1, BLOCK),
+    "default_config": (None, BLOCK),
+    "pingpong": (PINGPONG, BLOCK),
+    "k128": (None, 2 * BLOCK),
+    "k128_ring_by_ring": (PAIRED_RING_BY_RING, 2 * BLOCK),
+    "k128_pingpong": (PAIRED_PINGPONG, 2 * BLOCK),
 }
-CHECK_EXTRA = ("k64", "k64_s1")
+CHECK_EXTRA = ("k128", "k128_ring_by_ring", "k128_pingpong")
 
 
-def _full(tails, seed_config=None, config=None, step_keys=vs_mgpu.STEP_KEYS):
+def _full(tails, seed_config=None, config=None, step_keys=BLOCK):
   """The whole kernel with the run tails where `tails` says (and the column
   launch's Triton knobs `seed_config`, the Mosaic launch's `config`;
-  defaults if None; `step_keys` keys per step of the Mosaic launch, 64 with
-  the run tails in the seed)."""
+  defaults if None) at `step_keys` keys per Mosaic GPU step (64 with the
+  run tails in the seed)."""
   def fn(q, k, v, lay):
-    d = q.shape[-1]
-    default = (vs_mgpu.default_config(d) if step_keys == 2 * BLOCK
-               and tails == "gathered" else Config.get_default(d))
+    keys = BLOCK if tails == "seed" else step_keys
     return vs_mgpu._fwd(q, k, v, lay.block_count, lay.block_offset,
                         lay.column_count, lay.column_index,
-                        block_size=lay.block_size, config=config or default,
+                        block_size=lay.block_size,
+                        config=config or vs_mgpu.default_config(
+                            q.shape[-1], keys),
                         interpret=None, tails=tails, seed_config=seed_config,
-                        step_keys=step_keys)
+                        step_keys=keys)
   return fn
 
 
@@ -304,13 +256,12 @@ def _stream_windows_fn(step_keys=BLOCK, plan_cls=vs_mgpu._StreamPlan,
     dims = _dims(q, k)
     steps = tile_steps.tile_steps(lay.block_count, lay.block_offset,
                                   t=dims.t)
-    default = (vs_mgpu.default_config(dims.d) if step_keys == 2 * BLOCK
-               else Config.get_default(dims.d))
     return core.tile_list_attention(
         q, k, v, (steps, lay.block_count, lay.block_offset),
         plan_fn=lambda refs, bb, h: plan_cls.of(refs, bb, h, dims.t),
-        config=config or default, dims=dims, interpret=None,
-        name="vs_variant_stream", stream=True, key_rows=step_keys)
+        config=config or vs_mgpu.default_config(dims.d, step_keys),
+        dims=dims, interpret=None, name="vs_variant_stream", stream=True,
+        key_rows=step_keys)
   return fn
 
 
@@ -335,64 +286,29 @@ def _impls(tail_chunks=(), seed_configs=()):
       lay.block_count, lay.block_offset, q.shape[1])
   triton = lambda q, k, v, lay: vertical_slash.vertical_slash_attention(
       q, k, v, lay)
+  paired = 2 * BLOCK
   return [("triton_vertical_slash", triton, "all"),
           ("mgpu_full", full, "all"),
           ("mgpu_full_seed_tails", _full("seed"), "all"),
-          ("mgpu_full_k64", _full("gathered", step_keys=BLOCK), "all"),
           ("mgpu_full_pingpong", _full("gathered", config=PINGPONG), "all"),
+          ("mgpu_full_k128", _full("gathered", step_keys=paired), "all"),
+          ("mgpu_full_k128_ring_by_ring",
+           _full("gathered", config=PAIRED_RING_BY_RING, step_keys=paired),
+           "all"),
           ("seed_only", seed, "columns"),
           ("seed_columns_only", _columns, "columns"),
           ("stream_windows_tails", _stream_windows, "windows"),
-          ("stream_windows_tails_k128", _stream_windows_fn(2 * BLOCK),
+          ("stream_windows_tails_k128", _stream_windows_fn(paired),
            "windows"),
-          ("stream_k128_free_windows",
-           _stream_windows_fn(2 * BLOCK, _StreamPlanFreeWindows), "windows"),
-          ("mgpu_full_ring_by_ring", _ring_by_ring(full), "all"),
           ("stream_windows_tails_k128_ring_by_ring",
-           _ring_by_ring(_stream_windows_fn(2 * BLOCK)), "windows"),
-          ("mgpu_full_keys_first", _keys_first(full), "all"),
-          ("stream_windows_tails_k128_keys_first",
-           _keys_first(_stream_windows_fn(2 * BLOCK)), "windows"),
+           _stream_windows_fn(paired, config=PAIRED_RING_BY_RING),
+           "windows"),
           ("stream_windows_tails_k128_pingpong",
-           _stream_windows_fn(2 * BLOCK, config=W2S1P), "windows"),
-          ("stream_windows_tails_k128_pingpong_keys_first",
-           _keys_first(_stream_windows_fn(2 * BLOCK, config=W2S1P)),
-           "windows"),
-          ("stream_windows_tails_k128_keys_first_one_qk",
-           _one_qk(_keys_first(_stream_windows_fn(2 * BLOCK))), "windows"),
-          ("stream_windows_tails_k128_pingpong_keys_first_one_qk",
-           _one_qk(_keys_first(_stream_windows_fn(2 * BLOCK, config=W2S1P))),
-           "windows"),
-          ("stream_k128_trivial_producer_one_qk",
-           _trivial_producer(_one_qk(_keys_first(
-               _stream_windows_fn(2 * BLOCK)))), "windows"),
-          ("stream_k128_trivial_producer",
-           _trivial_producer(_keys_first(_stream_windows_fn(2 * BLOCK))),
-           "windows"),
-          ("stream_k64_trivial_producer",
-           _trivial_producer(_stream_windows_fn()), "windows"),
-          ("stream_k128_plan_ahead_one_qk",
-           _switches(_stream_windows_fn(2 * BLOCK), ONE_QK_WGMMA=True,
-                     PLAN_AHEAD=True), "windows"),
-          ("stream_k128_plan_ahead_one_qk_r224_56",
-           _switches(_stream_windows_fn(2 * BLOCK), ONE_QK_WGMMA=True,
-                     PLAN_AHEAD=True, REGISTERS_W2=(224, 56)), "windows"),
-          ("stream_k128_keys_first_one_qk_r224_56",
-           _switches(_stream_windows_fn(2 * BLOCK), ONE_QK_WGMMA=True,
-                     KEYS_FIRST=True, REGISTERS_W2=(224, 56)), "windows"),
-          ("stream_k128_plan_ahead_one_qk_r216_72",
-           _switches(_stream_windows_fn(2 * BLOCK), ONE_QK_WGMMA=True,
-                     PLAN_AHEAD=True, REGISTERS_W2=(216, 72)), "windows"),
-          ("stream_k128_plan_ahead_one_qk_r208_80",
-           _switches(_stream_windows_fn(2 * BLOCK), ONE_QK_WGMMA=True,
-                     PLAN_AHEAD=True, REGISTERS_W2=(208, 80)), "windows"),
-          ("stream_windows_tails_r224_56",
-           _switches(_stream_windows_fn(), REGISTERS_W2=(224, 56)),
-           "windows"),
+           _stream_windows_fn(paired, config=PAIRED_PINGPONG), "windows"),
+          ("stream_k128_free_windows",
+           _stream_windows_fn(paired, _StreamPlanFreeWindows), "windows"),
           ("stream_windows_tails_s1", _stream_windows_fn(config=W2S1),
            "windows"),
-          ("stream_windows_tails_s1_keys_first",
-           _keys_first(_stream_windows_fn(config=W2S1)), "windows"),
           ("tile_steps_pass", steps, None),
           ("tile_steps_xla", steps_xla, None),
           ("k80_masked", _windows_fn(_Plan80, 80), "windows"),
@@ -402,13 +318,14 @@ def _impls(tail_chunks=(), seed_configs=()):
           ("k64_free_s1", _windows_fn(_Plan64Free, config=W2S1), "windows"),
           ("k128_free_s1", _windows_fn(_Plan128Free, 2 * BLOCK, W2S1),
            "windows"),
-          ("k128_free_s1_keys_first",
-           _keys_first(_windows_fn(_Plan128Free, 2 * BLOCK, W2S1)),
-           "windows"),
           ("k128_free_s1_pingpong",
            _windows_fn(_Plan128Free, 2 * BLOCK, W2S1P), "windows"),
           ("k128_free_w1s2", _windows_fn(_Plan128Free, 2 * BLOCK, W1S2),
            "windows")] + [
+              (f"stream_windows_tails_k128_r{regs}", _stream_windows_fn(
+                  paired, config=dataclasses.replace(
+                      PAIRED, producer_registers=regs)), "windows")
+              for regs in (40, 56, 80)] + [
               (f"{name}_cw{cw}", _with_tail_chunk(fn, cw), what)
               for cw in tail_chunks
               for name, fn, what in (("mgpu_full_seed_tails", _full("seed"),
@@ -423,7 +340,8 @@ def _impls(tail_chunks=(), seed_configs=()):
 
 def check(rows, tails_kinds=vs_mgpu.TAILS_KINDS):
   """The kernel (default config; and with the run tails gathered, the
-  ping-pong config) vs the f32 reference on random layouts."""
+  ping-pong config and `CHECK_EXTRA`) vs the f32 reference on random and
+  the tests' hand-made layouts."""
   sys.path.insert(0, "tests")
   import kernel_test_utils as ktu  # noqa: PLC0415
   import test_kernels_vertical_slash_mgpu as tvs  # noqa: PLC0415

@@ -31,6 +31,10 @@ chunks into extra 64-row tiles (eight 8-row TMA copies each, which the
 a step's words before its wgmma (the producer rewrites them only after the
 slot's release), waits a gathered tile's chunks 1..7 (K and V) on a second
 barrier per slot and masks it with the plan's `StreamMask.gathered`.
+With 128-row slots (paired steps) each step takes the stream's next two
+64-row tiles into the slot's halves, each with its own words, masks and
+gather barrier: one N = 128 QK wgmma, sliced into the halves for the masks,
+and one online-softmax rescale per 128 keys.
 
 One CTA (`plgpu.kernel` program) handles `Config.compute_wgs` consecutive
 64-row query blocks of one (batch, head):
@@ -76,29 +80,6 @@ BLOCK = 64  # rows of a query block and of a key tile
 # The first SMEM word of a paired stream step's padding half (no sub-step
 # left: an in-range tile, all masked); words of real sub-steps are >= 0.
 EMPTY_HALF = -2
-# A stream producer's loop body issues every ring's scalar reads (the plan's
-# GMEM index) before its first wait; False: ring by ring, each after the
-# previous ring's waits (the order until the seventh session; a module
-# switch so that one benchmark run times both).
-PLAN_ALL_FIRST = True
-# The producer's copies within a loop body: True, every ring's K tile and
-# then every ring's V tile (the order in which the compute warpgroups
-# release them); False, ring by ring, K then V (a module switch so that one
-# benchmark run times both).
-KEYS_FIRST = False
-# A paired stream step's QK: True, one N = 128 wgmma over the whole slot,
-# its [64, 128] scores then sliced into the two halves; False, one N = 64
-# wgmma per half (a module switch so that one benchmark run times both).
-ONE_QK_WGMMA = False
-# Timing only (wrong key set): the stream producer skips its plan and loads
-# unmasked 64-row tiles ending below the query block, header words 0.
-TRIVIAL_STREAM_PRODUCER = False
-# The stream producer plans step i + 1 (its GMEM reads) between step i's K
-# and V copies, off the K copy's critical path (every ring's K first).
-PLAN_AHEAD = False
-# Registers per thread: (compute warpgroups, producer) with two compute
-# warpgroups (their sum * 128 threads stays within the SM's 64K).
-REGISTERS_W2 = (232, 40)
 SUPPORTED_HEAD_DIMS = (64, 128, 256)
 # Opt-in dynamic SMEM of an H100/H200 CTA (227 KiB), minus a margin for the
 # barriers and the cross-warp reduction scratch Mosaic GPU reserves.
@@ -182,12 +163,29 @@ class Config:
       head, which share the sink and local tiles, but the G heads of a
       group run far apart), or "gqa_group" (the G heads of one KV group
       for consecutive pairs, then the next KV head).
+    producer_registers: registers per thread of the producer warpgroup
+      with two compute warpgroups (a multiple of 8 in [24, 96]); the
+      compute warpgroups get the rest of the SM's 64K, rounded down to a
+      multiple of 8 (40 -> 232, 56 -> 224, 72 -> 216). With one compute
+      warpgroup: 24 and 240.
+    plan_ahead: stream plans only. The producer's loop body copies every
+      ring's K tile of step i, then reads the plan of step i + 1 (its GMEM
+      scalars), then copies every ring's V tile of step i; False: ring by
+      ring, each ring's plan read, K copy and V copy in turn. With one
+      slot per ring, a release is followed at once by the copy into it,
+      so the plan's GMEM latency is better spent while the V slot is still
+      busy (H200, 128-key steps at 128K, same run: 54.7 -> 53.5 ms with 40
+      producer registers, 52.0 -> 50.6 with 56, against every ring's K
+      before its V without the plan ahead;
+      `experiments/results/gpu_vs_paired_steps_h200_s8.md`).
   """
 
   compute_wgs: int = 2
   max_concurrent_steps: int = 2
   use_schedule_barrier: bool = False
   fastest_axis: str = "heads"
+  producer_registers: int = 40
+  plan_ahead: bool = False
 
   def __post_init__(self):
     if self.compute_wgs not in (1, 2):
@@ -198,6 +196,18 @@ class Config:
     if self.fastest_axis not in FASTEST_AXES:
       raise ValueError(f"fastest_axis={self.fastest_axis!r} must be one of"
                        f" {FASTEST_AXES}")
+    regs = self.producer_registers
+    if (isinstance(regs, bool) or not isinstance(regs, int)
+        or regs % 8 or not 24 <= regs <= 96):
+      raise ValueError(f"producer_registers={regs!r} must be a multiple of 8"
+                       " in [24, 96]")
+
+  def registers(self) -> tuple[int, int]:
+    """(compute warpgroup, producer) registers per thread."""
+    if self.compute_wgs == 1:
+      return 240, 24
+    compute = (65536 // 128 - self.producer_registers) // 2 // 8 * 8
+    return min(compute, 232), self.producer_registers
 
   def smem_bytes(self, head_dim: int, itemsize: int = 2,
                  seeded: bool = False, key_rows: int = BLOCK) -> int:
@@ -456,10 +466,10 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
       for tiles at 8-aligned starts that hold a 64-key window starting
       anywhere. `key_start` must be a multiple of 8: Mosaic GPU's TMA into
       the tiled SMEM that wgmma reads takes only tile-aligned rows.
-    stream: `plan_fn` returns a `StreamPlan` (64-row key tiles only): the
-      producer walks its tiles in order, writes each step's header into
-      SMEM for the consumer's `StreamMask` and gathers 8-row chunks into
-      extra tiles (see the module doc).
+    stream: `plan_fn` returns a `StreamPlan` (key_rows 64, or 128 for
+      paired steps): the producer walks its 64-row tiles in order, writes
+      each one's header into SMEM for the consumer's `StreamMask` and
+      gathers 8-row chunks into extra tiles (see the module doc).
 
   Returns:
     [B, T, N, D] output in q's dtype; rows without any key are zero.
@@ -553,8 +563,7 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
 
     @pl.when(wg < wgs)
     def _compute():
-      plgpu.set_max_registers(REGISTERS_W2[0] if wgs == 2 else 240,
-                              action="increase")
+      plgpu.set_max_registers(config.registers()[0], action="increase")
       w = wg
       m, valid, count = block_of(w)
       r0 = m * BLOCK
@@ -591,26 +600,18 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
         elif isinstance(mask, StreamMask):  # before the slot is released
           x = stream_words(w, i)
 
-        def compute_qk(*acc_refs):
-          for acc_ref, k_tile in zip(acc_refs, key_tiles(k_smem)):
-            plgpu.wgmma(acc_ref, qo, k_tile.transpose((1, 0)))
+        def compute_qk(acc_ref):  # one wgmma over the whole slot
+          plgpu.wgmma(acc_ref, qo, k_smem.at[w, slot].transpose((1, 0)))
           schedule_sync()
-          return tuple(acc_ref[...] for acc_ref in acc_refs)
+          return acc_ref[...]
 
-        # [64, KR] scores, or a paired stream's two [64, 64] halves.
-        if halves > 1 and ONE_QK_WGMMA:
-          def compute_qk_once(acc_ref):
-            plgpu.wgmma(acc_ref, qo, k_smem.at[w, slot].transpose((1, 0)))
-            schedule_sync()
-            return acc_ref[...]
-
-          s_all = pl.run_scoped(compute_qk_once,
-                                plgpu.ACC((BLOCK, key_rows), jnp.float32))
-          s = tuple(s_all[:, j * BLOCK:(j + 1) * BLOCK]
-                    for j in range(halves))
-        else:
-          s = pl.run_scoped(compute_qk, *[
-              plgpu.ACC((BLOCK, key_rows // halves), jnp.float32)] * halves)
+        # [64, KR] scores; a paired stream's two [64, 64] halves, sliced
+        # from one N = 128 wgmma (one per half took 58.4 against 54.0 ms
+        # at 128K on an H200, `gpu_vs_paired_steps_h200_s8.md`).
+        s_all = pl.run_scoped(compute_qk,
+                              plgpu.ACC((BLOCK, key_rows), jnp.float32))
+        s = tuple(s_all[:, j * BLOCK:(j + 1) * BLOCK] for j in range(halves)
+                  ) if halves > 1 else (s_all,)
         plgpu.barrier_arrive(k_free.at[w * depth + slot])
         if isinstance(mask, StreamMask):
           s = tuple(_apply_stream_mask(s_j, mask, words, r0)
@@ -678,13 +679,12 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
 
     @pl.when(wg == wgs)
     def _producer():
-      plgpu.set_max_registers(REGISTERS_W2[1] if wgs == 2 else 24,
-                              action="decrease")
+      plgpu.set_max_registers(config.registers()[1], action="decrease")
       kv_head = lax.div(h, jnp.int32(g))
       blocks = [block_of(w) for w in range(wgs)]
 
-      def issue(w, i, wait, which=("k", "v")):
-        """Step i of ring w (its K and/or V tile, `which`): wait for slot i % depth to be released by step
+      def issue(w, i, wait):
+        """Step i of ring w: wait for slot i % depth to be released by step
         i - depth (if `wait`), then copy key/value tile i into it (if any).
 
         The waits run to count + depth, so the producer observes every
@@ -703,27 +703,27 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
                 src_ref.at[bb, pl.ds(start, key_rows), kv_head],
                 dst_ref.at[w, slot], bar.at[w * depth + slot])
 
-        parts = {"k": (k_ref, k_smem, k_bars, k_free),
-                 "v": (v_ref, v_smem, v_bars, v_free)}
-        for part in which:
-          src, dst, bars, free = parts[part]
-          if not wait:
-            copy(src, dst, bars)
-            continue
+        if not wait:
+          copy(k_ref, k_smem, k_bars)
+          copy(v_ref, v_smem, v_bars)
+          return
 
-          @pl.when(i < count + depth)
-          def _():
-            plgpu.barrier_wait(free.at[w * depth + slot])
-            copy(src, dst, bars)
+        @pl.when(i < count + depth)
+        def _():
+          plgpu.barrier_wait(k_free.at[w * depth + slot])
+          copy(k_ref, k_smem, k_bars)
+          plgpu.barrier_wait(v_free.at[w * depth + slot])
+          copy(v_ref, v_smem, v_bars)
 
       def plan_stream(w, i, state: StreamState):
         """Step i of ring w for a stream plan: the plan's next `halves`
         tiles, each its next primary tile or a gathered tile
         (`stream_advance`), for the slot's 64-row halves; a paired step
         past the plan's last tile loads an in-range tile as an EMPTY_HALF.
-        Only the plan's scalar reads (GMEM) and no waits, so a loop body can
-        issue every ring's reads before its first wait. Returns (the
-        halves for `load_stream`, the next `StreamState`)."""
+        Only the plan's scalar reads (GMEM) and no waits, so that with
+        `config.plan_ahead` they run a step ahead, between the K and the V
+        copies. Returns (the halves for `load_stream`, the next
+        `StreamState`)."""
         m, _, count = blocks[w]
         subs, left = [], []
         for half in range(halves):
@@ -746,10 +746,11 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
         return (subs, tuple(left)), state
 
       def load_stream(w, i, planned, wait, which=("k", "v")):
-        """`issue` for a stream plan: waits for ring w's slot (if `wait`),
-        copies step i's halves (`plan_stream`) into it (the K copies with
-        each half's words for the consumer), then stores the step's new
-        pending chunks."""
+        """`issue` for a stream plan and the tiles `which` ("k", "v"): waits
+        for ring w's slot (if `wait`), copies step i's halves
+        (`plan_stream`) into it (the K copies with each half's words for
+        the consumer); after the V copies, stores the step's new pending
+        chunks."""
         subs, left = planned
         _, _, count = blocks[w]
         slot = lax.rem(i, depth)
@@ -817,56 +818,25 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
           def _():
             pending_ref[index] = chunk
 
-      def issue_stream(states, i, wait):
-        """Step i of every ring: with PLAN_ALL_FIRST, all rings' plan reads
-        before the first wait, else ring by ring (the 64-key kernel's
-        order). Returns the next states."""
-        out = list(states)
-        if TRIVIAL_STREAM_PRODUCER:
-          for which in (("k",), ("v",)) if KEYS_FIRST else (("k", "v"),):
-            for w in range(wgs):
-              m, _, count = blocks[w]
-              slot = lax.rem(i, depth)
-              bar = w * depth + slot
-              parts = {"k": (k_ref, k_smem, k_bars, k_free, True),
-                       "v": (v_ref, v_smem, v_bars, v_free, False)}
-              for part in which:
-                src, dst, bars, free, with_words = parts[part]
-
-                def load_trivial():
-                  @pl.when(i < count)
-                  def _():
-                    for half in range(halves):
-                      if with_words:
-                        stream_smem[0][w, lax.rem(i, 2 * depth), half, 0] = (
-                            jnp.int32(0))
-                      start = jnp.maximum(
-                          m * BLOCK - (i + 1) * halves * BLOCK
-                          + half * BLOCK, 0)
-                      plgpu.copy_gmem_to_smem(
-                          src.at[bb, pl.ds(pl.multiple_of(start, BLOCK),
-                                           BLOCK), kv_head],
-                          dst.at[w, slot, pl.ds(half * BLOCK, BLOCK)],
-                          bars.at[bar])
-
-                if wait:
-                  @pl.when(i < count + depth)
-                  def _():
-                    plgpu.barrier_wait(free.at[bar])
-                    load_trivial()
-                else:
-                  load_trivial()
-          return states
-        if PLAN_ALL_FIRST:
-          plans = [plan_stream(w, i, states[w]) for w in range(wgs)]
-          for which in (("k",), ("v",)) if KEYS_FIRST else (("k", "v"),):
-            for w, (planned, _) in enumerate(plans):
-              load_stream(w, i, planned, wait, which)
-          return tuple(state for _, state in plans)
+      def issue_stream(carry, i, wait):
+        """Step i of every ring (the plan's reads, the K and V copies); the
+        carry is each ring's `StreamState` after step i - 1, and with
+        `config.plan_ahead` also step i's `plan_stream` (read during step
+        i - 1). Returns the carry of step i + 1."""
+        if not config.plan_ahead:  # ring by ring
+          states = list(carry)
+          for w in range(wgs):
+            planned, states[w] = plan_stream(w, i, states[w])
+            load_stream(w, i, planned, wait, ("k", "v"))
+          return tuple(states)
+        states, plans = carry
         for w in range(wgs):
-          planned, out[w] = plan_stream(w, i, states[w])
-          load_stream(w, i, planned, wait)
-        return tuple(out)
+          load_stream(w, i, plans[w], wait, ("k",))
+        ahead = [plan_stream(w, i + 1, states[w]) for w in range(wgs)]
+        for w in range(wgs):
+          load_stream(w, i, plans[w], wait, ("v",))
+        return (tuple(state for _, state in ahead),
+                tuple(planned for planned, _ in ahead))
 
       longest = blocks[0][2]
       for w in range(1, wgs):
@@ -877,47 +847,27 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
         states = [StreamState(jnp.int32(0), jnp.int32(0),
                               plan.stream_init(blocks[w][0]))
                   for w in range(wgs)]
-        states = tuple(states)
-        if PLAN_AHEAD:
-          def issue_ahead(carry, i, wait):
-            states, plans = carry  # step i's plans, the states after it
-            for w in range(wgs):
-              load_stream(w, i, plans[w], wait, ("k",))
-            nxt = [plan_stream(w, i + 1, states[w]) for w in range(wgs)]
-            for w in range(wgs):
-              load_stream(w, i, plans[w], wait, ("v",))
-            return (tuple(state for _, state in nxt),
-                    tuple(planned for planned, _ in nxt))
-
-          first = [plan_stream(w, 0, states[w]) for w in range(wgs)]
+        carry = tuple(states)
+        if config.plan_ahead:
+          first = [plan_stream(w, 0, state) for w, state in enumerate(carry)]
           carry = (tuple(state for _, state in first),
                    tuple(planned for planned, _ in first))
-          for i in range(depth):  # fill the rings
-            carry = issue_ahead(carry, i, wait=False)
-
-          @pl.loop(depth, longest + depth, init_carry=carry)
-          def _(i, carry):
-            return issue_ahead(carry, i, wait=True)
-          return
         for i in range(depth):  # fill the rings
-          states = issue_stream(states, i, wait=False)
+          carry = issue_stream(carry, i, wait=False)
 
-        @pl.loop(depth, longest + depth, init_carry=states)
-        def _(i, states):
-          return issue_stream(states, i, wait=True)
+        @pl.loop(depth, longest + depth, init_carry=carry)
+        def _(i, carry):
+          return issue_stream(carry, i, wait=True)
         return
 
-      order = (("k",), ("v",)) if KEYS_FIRST else (("k", "v"),)
       for i in range(depth):  # fill the rings
-        for which in order:
-          for w in range(wgs):
-            issue(w, i, False, which)
+        for w in range(wgs):
+          issue(w, i, wait=False)
 
       @pl.loop(depth, longest + depth)
       def _(i):
-        for which in order:
-          for w in range(wgs):
-            issue(w, i, True, which)
+        for w in range(wgs):
+          issue(w, i, wait=True)
 
   def entry(*refs):
     transforms = smem_transforms(key_rows)

@@ -62,3 +62,15 @@ def test_crossover_is_per_kernel_implementation():
                                                16384: 1.2}
   assert found["block_sparse"]["crossover_T"] is None  # never wins
   assert "block_sparse@mosaic_gpu" not in found  # not measured
+
+
+def test_paired_steps_impl_is_vertical_slash_only():
+  """`kernel_impls=[mosaic_gpu_k128]` names the Vertical-Slash kernel with
+  128 keys per step; asked for another pattern's kernel, it refuses."""
+  from experiments import bench_kernels as bk
+
+  assert bk.MGPU_PAIRED in bk.KERNEL_IMPLS
+  assert callable(bk._mosaic_gpu_kernel_fn("vertical_slash", True,
+                                           bk.MGPU_PAIRED))
+  with pytest.raises(ValueError, match="Vertical-Slash kernel"):
+    bk._mosaic_gpu_kernel_fn("block_sparse", True, bk.MGPU_PAIRED)

@@ -17,8 +17,13 @@ warpgroups (two need `PJRT_NPROC`, set in conftest.py, on small hosts). The
 lowering test cross-lowers both launches for an abstract H200.
 `test_128_row_tiles_with_one_ring_slot` runs the tile-list core itself with
 128-row key tiles and a one-slot K/V ring (the 128-key loop that
-`gpu_vs_mgpu_variants` times as `k128_free_s1`).
+`gpu_vs_mgpu_variants` times as `k128_free_s1`). Cases with
+`step_keys=128` run the paired steps (two of the stream's 64-row tiles per
+128-row slot), with the producer a step ahead (`Config.plan_ahead`) and
+ring by ring.
 """
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -47,33 +52,48 @@ W2S1P = Config(compute_wgs=2, max_concurrent_steps=1,
                use_schedule_barrier=True)  # 128-key steps at D = 128
 W1S3 = Config(compute_wgs=1, max_concurrent_steps=3)
 
+# Paired (128-key) steps: one K/V slot per warpgroup and the producer a
+# step ahead (`vs_mgpu.default_config(128, 128)`), or two slots at D = 64.
+PAIRED = Config(compute_wgs=2, max_concurrent_steps=1, plan_ahead=True,
+                producer_registers=72)
+PAIRED_W1 = Config(compute_wgs=1, max_concurrent_steps=2, plan_ahead=True)
+
 CASES = [
-    # b, t, n, kv, d, dtype, n_slash, n_vert, config
-    (1, 256, 4, 2, 64, jnp.bfloat16, 3, 40, W2S2),
-    (1, 192, 4, 1, 128, jnp.float16, 2, 100, None),  # > 1 column chunk
-    (1, 320, 4, 2, 64, jnp.bfloat16, 4, 20, W1S2),  # one warpgroup
-    (2, 128, 2, 2, 64, jnp.bfloat16, 2, 0, W1S3),  # no columns: tails only
-    (1, 192, 4, 4, 64, jnp.float16, 0, 50, None),  # columns only
-    (1, 128, 2, 1, 256, jnp.bfloat16, 2, 30, None),  # 1 warpgroup, D = 256
-    (1, 64, 2, 1, 64, jnp.bfloat16, 1, 0, W1S2),  # one block
-    (1, 320, 4, 2, 64, jnp.bfloat16, 5, 30, W2S2P),  # odd blocks: one idle
+    # b, t, n, kv, d, dtype, n_slash, n_vert, config, step_keys
+    (1, 256, 4, 2, 64, jnp.bfloat16, 3, 40, W2S2, 64),
+    (1, 192, 4, 1, 128, jnp.float16, 2, 100, None, 64),  # > 1 column chunk
+    (1, 320, 4, 2, 64, jnp.bfloat16, 4, 20, W1S2, 64),  # one warpgroup
+    (2, 128, 2, 2, 64, jnp.bfloat16, 2, 0, W1S3, 64),  # no columns: tails only
+    (1, 192, 4, 4, 64, jnp.float16, 0, 50, None, 64),  # columns only
+    (1, 128, 2, 1, 256, jnp.bfloat16, 2, 30, None, 64),  # 1 warpgroup, D = 256
+    (1, 64, 2, 1, 64, jnp.bfloat16, 1, 0, W1S2, 64),  # one block
+    (1, 320, 4, 2, 64, jnp.bfloat16, 5, 30, W2S2P, 64),  # odd blocks: one idle
+    # Paired steps: the default config at D = 128 (an odd window count per
+    # block leaves an empty half), one warpgroup, the ping-pong, D = 256.
+    (1, 256, 4, 2, 128, jnp.bfloat16, 3, 40, None, 128),
+    (2, 192, 2, 2, 64, jnp.float16, 4, 0, PAIRED_W1, 128),
+    (1, 320, 4, 2, 128, jnp.bfloat16, 5, 30, W2S1P, 128),
+    (1, 128, 2, 1, 256, jnp.bfloat16, 2, 30, None, 128),
 ]
 
 
-@pytest.mark.parametrize("b,t,n,kv,d,dtype,n_slash,n_vert,config", CASES)
-def test_matches_reference(b, t, n, kv, d, dtype, n_slash, n_vert, config):
+@pytest.mark.parametrize(
+    "b,t,n,kv,d,dtype,n_slash,n_vert,config,step_keys", CASES)
+def test_matches_reference(b, t, n, kv, d, dtype, n_slash, n_vert, config,
+                           step_keys):
   rng, seed = ktu.fresh_rng()
   q, k, v = ktu.random_qkv(rng, b, t, n, kv, d, dtype)
   layout = ktu.random_vs_layout(rng, b, n, t, n_slash, n_vert, inactive=(1,))
   out = vertical_slash_attention_mgpu(q, k, v, layout, config=config,
-                                      interpret=True)
+                                      step_keys=step_keys, interpret=True)
   assert out.shape == q.shape and out.dtype == q.dtype
   want = ktu.reference(q, k, v, vertical_slash_mask(layout, t, t))
   got = np.asarray(out.astype(jnp.float32))
   assert np.isfinite(got).all(), f"non-finite output (seed={seed})"
   assert not got[:, :, 1].any(), f"inactive head not zero (seed={seed})"
   if np.linalg.norm(want):
-    ktu.assert_close(out, want, dtype, seed, f"T={t} D={d} {config}")
+    ktu.assert_close(out, want, dtype, seed,
+                     f"T={t} D={d} {config} {step_keys} keys per step")
 
 
 def test_diagonal_window_plus_all_columns_is_causal():
@@ -174,13 +194,17 @@ def _many_tails_layout():
       count, offset, zeros, np.zeros((1, 2, tb, 0), np.int32))))
 
 
-@pytest.mark.parametrize("config,tails", [(W1S3, "gathered"),
-                                          (None, "gathered"),
-                                          (W1S2, "seed")])
-def test_misaligned_runs_and_tails(config, tails):
+@pytest.mark.parametrize("config,tails,step_keys", [
+    (W1S3, "gathered", 64), (None, "gathered", 64), (W1S2, "seed", 64),
+    (PAIRED, "gathered", 128),
+    (dataclasses.replace(PAIRED, plan_ahead=False), "gathered", 128)])
+def test_misaligned_runs_and_tails(config, tails, step_keys):
   """Runs of contiguous windows at unaligned starts: the first tile of a
   run masked, the others not, the run tails (incl. right of r0) in a
-  gathered tile (or, `tails="seed"`, from the seed launch)."""
+  gathered tile (or, `tails="seed"`, from the seed launch). With paired
+  steps, block 5 pairs a window that leaves a run tail with the gathered
+  tile of that tail in one step (the producer a step ahead, or ring by
+  ring)."""
   rng, seed = ktu.fresh_rng()
   t = 448
   q, k, v = ktu.random_qkv(rng, 1, t, 2, 1, 64, jnp.bfloat16)
@@ -188,7 +212,7 @@ def test_misaligned_runs_and_tails(config, tails):
   ktu.check_vs_layout(layout, t)
   if tails == "gathered":
     out = vertical_slash_attention_mgpu(q, k, v, layout, config=config,
-                                        interpret=True)
+                                        step_keys=step_keys, interpret=True)
   else:
     out = vs_mgpu._fwd(q, k, v, layout.block_count, layout.block_offset,
                        layout.column_count, layout.column_index,
@@ -198,8 +222,9 @@ def test_misaligned_runs_and_tails(config, tails):
   ktu.assert_close(out, want, jnp.bfloat16, seed, f"misaligned runs {tails}")
 
 
-@pytest.mark.parametrize("config", [W1S2, None])
-def test_many_tails_and_tails_at_the_sequence_end(config):
+@pytest.mark.parametrize("config,step_keys", [(W1S2, 64), (None, 64),
+                                             (PAIRED, 128)])
+def test_many_tails_and_tails_at_the_sequence_end(config, step_keys):
   """More than 8 run tails per query block (several gathered tiles, the
   last one partly empty) and tails in the last chunks of the sequence."""
   rng, seed = ktu.fresh_rng()
@@ -211,7 +236,7 @@ def test_many_tails_and_tails_at_the_sequence_end(config):
       layout.block_count, layout.block_offset, t=t, interpret=True))
   assert steps[0, 0, 19] == 18 + 3 and steps[0, 0, 18] == 16 + 2
   out = vertical_slash_attention_mgpu(q, k, v, layout, config=config,
-                                      interpret=True)
+                                      step_keys=step_keys, interpret=True)
   want = ktu.reference(q, k, v, vertical_slash_mask(layout, t, t))
   ktu.assert_close(out, want, jnp.bfloat16, seed, "many tails")
 
@@ -366,12 +391,22 @@ def test_bad_inputs_raise():
   with pytest.raises(ValueError, match="SMEM"):
     q256, k256, v256 = ktu.random_qkv(rng, 1, 128, 2, 1, 256, jnp.bfloat16)
     call(q256, k256, v256, layout, config=W2S2)
+  with pytest.raises(ValueError, match="SMEM"):  # 2 x 2 slots of 128 rows
+    q128, k128, v128 = ktu.random_qkv(rng, 1, 128, 2, 1, 128, jnp.bfloat16)
+    call(q128, k128, v128, layout, config=W2S2, step_keys=128)
+  with pytest.raises(ValueError, match="step_keys"):
+    call(q, k, v, layout, step_keys=96)
+  with pytest.raises(ValueError, match="producer_registers"):
+    Config(producer_registers=100)
+  with pytest.raises(ValueError, match="producer_registers"):
+    Config(producer_registers=44)
 
 
-@pytest.mark.parametrize("d,n_vert,config", [(128, 80, None), (64, 80, None),
-                                             (256, 80, None),
-                                             (128, 0, W2S1P)])
-def test_lowers_for_h200(d, n_vert, config):
+@pytest.mark.parametrize("d,n_vert,config,step_keys", [
+    (128, 80, None, 64), (64, 80, None, 64), (256, 80, None, 64),
+    (128, 0, W2S2, 64), (128, 80, None, 128), (64, 80, None, 128),
+    (256, 0, None, 128), (128, 0, W2S1P, 128)])
+def test_lowers_for_h200(d, n_vert, config, step_keys):
   """One Mosaic GPU call (wgmma, TMA; windows and run tails), one Triton
   call for the steps count and one for the columns, if any."""
   b, t, n, kv, n_slash = 1, 1024, 4, 2, 9
@@ -382,7 +417,8 @@ def test_lowers_for_h200(d, n_vert, config):
 
   def fn(q, k, v, c, o, cc, ci):
     return vertical_slash_attention_mgpu(
-        q, k, v, VerticalSlashLayout(c, o, cc, ci), config=config)
+        q, k, v, VerticalSlashLayout(c, o, cc, ci), config=config,
+        step_keys=step_keys)
 
   args = (q, k, k, i32(b, n, tb), i32(b, n, tb, n_slash), i32(b, n, tb),
           i32(b, n, tb, n_vert))
@@ -513,23 +549,3 @@ def test_128_row_tiles_with_one_ring_slot(config):
       lambda *a: fn(*a, None),
       (q, k, v, i32(b, n, tb), i32(b, n, tb, 4))).as_text()
   assert "wgmma" in text and "cp.async.bulk" in text
-
-
-@pytest.mark.parametrize("switch, value", [("PLAN_ALL_FIRST", False),
-                                           ("KEYS_FIRST", True),
-                                           ("ONE_QK_WGMMA", True),
-                                           ("PLAN_AHEAD", True)])
-def test_paired_steps_producer_orders(monkeypatch, switch, value):
-  """The producer's other orders (ring by ring: core.PLAN_ALL_FIRST = False;
-  every ring's K before any V: core.KEYS_FIRST = True) give the same key
-  set: the hand-made runs, whose block 5 pairs a window that leaves a run
-  tail with the gathered tile of that tail in one step."""
-  monkeypatch.setattr(core, switch, value)
-  rng, seed = ktu.fresh_rng()
-  t = 448
-  q, k, v = ktu.random_qkv(rng, 1, t, 2, 1, 64, jnp.bfloat16)
-  layout = _run_layout(t)
-  out = vertical_slash_attention_mgpu(q, k, v, layout, config=W2S2,
-                                      interpret=True)
-  want = ktu.reference(q, k, v, vertical_slash_mask(layout, t, t))
-  ktu.assert_close(out, want, jnp.bfloat16, seed, f"{switch}={value}")

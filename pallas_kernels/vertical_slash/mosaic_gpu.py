@@ -62,24 +62,23 @@ TFLOP/s at 128K and 480 ms / 414 TFLOP/s at 1M, 1.06x / 1.08x the previous
 kernel beside it (55.5 / 490 ms on another machine start). Next
 step: the columns (4.6 of the 54.5 ms at 128K, at ~200 TFLOP/s).
 
-Paired steps (this patch, `STEP_KEYS = 128`): each Mosaic GPU step takes
-two of the stream's 64-row tiles into the two halves of a 128-row ring slot
-(one K/V slot per warpgroup at D = 128), masks each half as before and
-runs one online-softmax rescale per 128 keys. Its first version, run on an
-H200 in the seventh session, was wrong on layouts where a step's second
-half gathers the run tail its first half left, and 20-30% slower than the
-64-key stream (`experiments/results/gpu_vs_paired_steps_h200.md`), while a
-mask-free 128-key loop was 14% faster than the 64-key one
-(`gpu_mgpu_key128_h200.md`). That version read all pending chunks into
-registers before its waits (16 per ring and step, against the producer's
-40 registers) and stored a half's new chunk before the next half re-read
-it from SMEM. Since then (not yet run on a GPU): the producer reads a
-gathered half's chunks only where it copies them, as the 64-key kernel
-does, passes the chunks its step's earlier halves left in registers and
-stores the new ones after the step's copies; and it issues both rings'
-window reads before its first wait (`mosaic_gpu_core.PLAN_ALL_FIRST`;
-the `*_ring_by_ring` rows of `gpu_vs_mgpu_variants` time the previous
-order).
+Paired steps (`step_keys=128`, opt-in): each Mosaic GPU step takes two of
+the stream's 64-row tiles into the two halves of a 128-row ring slot (one
+K/V slot per warpgroup at D = 128), masks each half as before and runs one
+online-softmax rescale per 128 keys. A mask-free 128-key loop is 1.14x the
+64-key one (`gpu_mgpu_key128_h200.md`). The first paired kernel (seventh
+session) was wrong on layouts where a step's second half gathers the run
+tail its first half left, and 20-30% slower
+(`experiments/results/gpu_vs_paired_steps_h200.md`). In the eighth session
+its reworked producer (a gathered half's chunks read only where copied,
+the chunks an earlier half left passed on in registers, new ones stored
+after the step's copies) passed every GPU check, and one N = 128 QK wgmma
+per step, the producer a step ahead (`Config.plan_ahead`) and 72 producer
+registers made the window launch 1.04x the 64-key one at 128K (49.9
+against 52.0 ms, 445 TFLOP/s; `gpu_vs_paired_steps_h200_s8.md`, which also
+splits the rest: the producer, with one slot per ring, costs ~5 ms more
+than a trivial one). The whole kernel with paired steps has not been timed
+yet, so 64 keys per step stays the default.
 
 Restrictions (the Pallas-Triton `vertical_slash_attention` is the general
 path): bf16/fp16, D in {64, 128, 256}, T == S a multiple of 64 and at most
@@ -125,10 +124,12 @@ TAILS_KINDS = ("gathered", "seed")
 _NO_WINDOW = -2 * BLOCK
 MAX_T = 1 << 24  # stream tile headers: start / 8 in 21 bits (header < 2**29)
 
-# Keys per step of the Mosaic GPU launch: two of the stream's 64-row tiles
-# (`tile_list_attention(..., stream=True, key_rows=128)`): one online-softmax
-# rescale per 128 keys.
-STEP_KEYS = 2 * BLOCK
+# Keys per step of the Mosaic GPU launch: 64 (one of the stream's 64-row
+# tiles per step, the measured default), or 128 (paired steps: two tiles
+# per 128-row ring slot, one online-softmax rescale per 128 keys; see the
+# module doc).
+STEP_KEYS = BLOCK
+STEP_KEYS_CHOICES = (BLOCK, 2 * BLOCK)
 
 TAIL_CHUNK = 64  # windows scanned at a time for run tails
 TAIL_GROUP = 8  # run tails gathered at a time (8 keys each: 64 gathered keys)
@@ -424,16 +425,30 @@ class _StreamPlan:
         self._kind, (self._window_keep,), self._tail_keep)),)
 
 
-def default_config(head_dim: int = 128) -> Config:
-  """The launch knobs of the 128-key steps (`STEP_KEYS`): two compute
-  warpgroups with one K/V slot each at D = 128 (2 x (q 16 KiB + K/V 64
-  KiB) = 160 KiB of SMEM; two slots would need 288), two slots at D = 64,
-  one warpgroup with one slot at D = 256."""
+def default_config(head_dim: int = 128, step_keys: int = STEP_KEYS
+                   ) -> Config:
+  """The launch knobs for `step_keys` keys per step.
+
+  64: `Config.get_default`. 128 (paired steps): two compute warpgroups
+  with one K/V slot each at D = 128 (2 x (q 16 KiB + K/V 64 KiB) = 160 KiB
+  of SMEM; two slots would need 288), two slots at D = 64, one warpgroup
+  with one slot at D = 256; the producer plans a step ahead with 72
+  registers (the window launch on an H200 at D = 128, 128K: 49.9 ms
+  against 52.0 for 64-key steps in the same run,
+  `experiments/results/gpu_vs_paired_steps_h200_s8.md`). D = 64 is checked
+  on an H200 but not timed, D = 256 only checked in interpret mode.
+  """
+  if step_keys not in STEP_KEYS_CHOICES:
+    raise ValueError(f"step_keys={step_keys} must be one of"
+                     f" {STEP_KEYS_CHOICES}")
+  if step_keys == BLOCK:
+    return Config.get_default(head_dim)
+  paired = dict(plan_ahead=True, producer_registers=72)
   if head_dim <= 64:
-    return Config(compute_wgs=2, max_concurrent_steps=2)
+    return Config(compute_wgs=2, max_concurrent_steps=2, **paired)
   if head_dim <= 128:
-    return Config(compute_wgs=2, max_concurrent_steps=1)
-  return Config(compute_wgs=1, max_concurrent_steps=1)
+    return Config(compute_wgs=2, max_concurrent_steps=1, **paired)
+  return Config(compute_wgs=1, max_concurrent_steps=1, **paired)
 
 
 def _check(q, k, v, layout_arrays, block_size, config, seeded, key_rows):
@@ -460,8 +475,9 @@ def _fwd(q, k, v, block_count, block_offset, column_count, column_index, *,
          seed_config: TritonConfig | None = None, step_keys: int = STEP_KEYS):
   if tails not in TAILS_KINDS:
     raise ValueError(f"tails={tails!r} must be one of {TAILS_KINDS}")
-  if step_keys not in (BLOCK, 2 * BLOCK):
-    raise ValueError(f"step_keys={step_keys} must be {BLOCK} or {2 * BLOCK}")
+  if step_keys not in STEP_KEYS_CHOICES:
+    raise ValueError(f"step_keys={step_keys} must be one of"
+                     f" {STEP_KEYS_CHOICES}")
   in_seed = tails == "seed"
   # Step 1 runs for the columns (and the run tails, if in the seed), unless
   # there is no such budget.
@@ -501,6 +517,7 @@ def vertical_slash_attention_mgpu(
     layout: VerticalSlashLayout,
     *,
     config: Config | None = None,
+    step_keys: int = STEP_KEYS,
     interpret: bool | plgpu.InterpretGPUParams = False,
 ) -> Float[Array, "B T N D"]:
   """Vertical-Slash attention on Hopper: Mosaic GPU windows + Triton columns.
@@ -517,8 +534,11 @@ def vertical_slash_attention_mgpu(
     k: [B, S, K, D] keys, S == T a multiple of 64, N % K == 0.
     v: [B, S, K, D] values.
     layout: int32 arrays [B, N, T / 64, ...], block size 64.
-    config: Mosaic GPU launch knobs; `Config.get_default(D)` if None (the
-      column phase uses the Triton kernel's default config).
+    config: Mosaic GPU launch knobs; `default_config(D, step_keys)` if
+      None (the column phase uses the Triton kernel's default config).
+    step_keys: keys per Mosaic GPU step, 64 or 128 (paired steps; needs a
+      config whose 128-row slots fit in SMEM, e.g. one slot per warpgroup
+      at D = 128).
     interpret: False (compile for the GPU), or True /
       `plgpu.InterpretGPUParams(...)` to run both launches in interpret mode
       on CPU (tests).
@@ -529,14 +549,15 @@ def vertical_slash_attention_mgpu(
   Raises:
     ValueError: on shapes this kernel does not take (D not in {64, 128,
       256}, T not a multiple of 64 or above 2**24, block size != 64), bad
-      layout shapes, or a config whose SMEM does not fit.
+      layout shapes, step_keys not 64 or 128, or a config whose SMEM does
+      not fit.
     TypeError: on dtypes other than bfloat16/float16 or non-int32 layouts.
   """
   if config is None:
-    config = default_config(q.shape[-1])
+    config = default_config(q.shape[-1], step_keys)
   if interpret is True:
     interpret = plgpu.InterpretGPUParams()
   return _fwd(q, k, v, layout.block_count, layout.block_offset,
               layout.column_count, layout.column_index,
               block_size=layout.block_size, config=config,
-              interpret=interpret or None)
+              interpret=interpret or None, step_keys=step_keys)
