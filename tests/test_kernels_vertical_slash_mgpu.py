@@ -222,8 +222,9 @@ def test_misaligned_runs_and_tails(config, tails, step_keys):
   ktu.assert_close(out, want, jnp.bfloat16, seed, f"misaligned runs {tails}")
 
 
-@pytest.mark.parametrize("config,step_keys", [(W1S2, 64), (None, 64),
-                                             (PAIRED, 128)])
+@pytest.mark.parametrize("config,step_keys", [
+    (W1S2, 64), (None, 64), (PAIRED, 128),
+    (Config(compute_wgs=2, max_concurrent_steps=1), 64)])  # one-slot ring
 def test_many_tails_and_tails_at_the_sequence_end(config, step_keys):
   """More than 8 run tails per query block (several gathered tiles, the
   last one partly empty) and tails in the last chunks of the sequence."""
