@@ -39,9 +39,9 @@ launch with the run tails; `mgpu_full_seed_tails`: the previous kernel,
 launches alone (`seed_only`: columns + run tails, the previous one;
 `seed_columns_only`: the columns, the current one) and the Pallas-Triton
 Vertical-Slash kernel; `mgpu_full_pingpong` is the whole kernel with FA3's
-ping-pong schedule, `mgpu_full_k128` (`_ring_by_ring`) with paired steps, and `seed_configs=[BC-W-S,...]` adds the column launch
-alone and the whole kernel under other Triton knobs (block_c, warps,
-stages). Effective TFLOP/s count 64 x 64 pairs per window (and 64 per
+ping-pong schedule, `mgpu_full_k128` (`_ring_by_ring`) with paired steps,
+and `seed_configs=[BC-W-S,...]` adds the column launch alone and the whole
+kernel under other Triton knobs (block_c, warps, stages). Effective TFLOP/s count 64 x 64 pairs per window (and 64 per
 column for the whole kernels), as `gpu_mgpu_kernels` does.
 
 Before timing (`check=true`), the whole kernel (default config: two compute

@@ -588,8 +588,9 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
         slot = lax.rem(i, depth)
         x = None
 
-        def key_tiles(ring):
-          """The slot's key tile, or a paired stream's two 64-row halves."""
+        def slot_tiles(ring):
+          """The slot's tile, or a paired stream's two 64-row halves (the
+          P @ V operands)."""
           if halves == 1:
             return (ring.at[w, slot],)
           return tuple(ring.at[w, slot, pl.ds(j * BLOCK, BLOCK)]
@@ -637,7 +638,7 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
           def _():
             plgpu.barrier_wait(k_bars.at[w * depth + lax.rem(nxt, depth)])
 
-        acc = _wgmma_accumulate(acc, p16, key_tiles(v_smem), wait_next_k,
+        acc = _wgmma_accumulate(acc, p16, slot_tiles(v_smem), wait_next_k,
                                 fused=not interpret)
         plgpu.barrier_arrive(v_free.at[w * depth + slot])
         return acc, m_new, l_i, aux
@@ -745,7 +746,7 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
           state = next_state
         return (subs, tuple(left)), state
 
-      def load_stream(w, i, planned, wait, which=("k", "v")):
+      def load_stream(w, i, planned, wait, which):
         """`issue` for a stream plan and the tiles `which` ("k", "v"): waits
         for ring w's slot (if `wait`), copies step i's halves
         (`plan_stream`) into it (the K copies with each half's words for

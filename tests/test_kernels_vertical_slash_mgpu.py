@@ -29,10 +29,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 import kernel_test_utils as ktu
+from experiments.gpu_vs_mgpu_variants import _Plan128Free
 from pallas_kernels import mosaic_gpu_core as core
 from pallas_kernels.layouts import VerticalSlashLayout
 from pallas_kernels.reference import vertical_slash_mask
@@ -52,10 +52,9 @@ W2S1P = Config(compute_wgs=2, max_concurrent_steps=1,
                use_schedule_barrier=True)  # 128-key steps at D = 128
 W1S3 = Config(compute_wgs=1, max_concurrent_steps=3)
 
-# Paired (128-key) steps: one K/V slot per warpgroup and the producer a
-# step ahead (`vs_mgpu.default_config(128, 128)`), or two slots at D = 64.
-PAIRED = Config(compute_wgs=2, max_concurrent_steps=1, plan_ahead=True,
-                producer_registers=72)
+# Paired (128-key) steps: the D = 128 default (one K/V slot per warpgroup,
+# the producer a step ahead), also run at D = 64; one warpgroup.
+PAIRED = vs_mgpu.default_config(128, 128)
 PAIRED_W1 = Config(compute_wgs=1, max_concurrent_steps=2, plan_ahead=True)
 
 CASES = [
@@ -493,20 +492,24 @@ def test_tile_steps_kernel_walks_several_chunks():
   assert got[0, 1, 10] == 2  # the window and one gathered tile
 
 
-class _Tiles128(vs_mgpu._Plan):
-  """Test plan: step i of block m is the 128-row tile at floor8 of window
-  2i (clamped to T - 128), mask-free (`gpu_vs_mgpu_variants`'
-  `k128_free` ceiling reads tiles so)."""
-
-  def count(self, m):
-    return (self.cnt_ref[self.bb, self.h, m] + 1) // 2
-
-  def key_start(self, m, i):
-    o = self._offset(m, 2 * i)
-    return pl.multiple_of(jnp.minimum(o - o % 8, self.t - 128), 8)
-
-  def segments(self, m):
-    return (core.Segment(self.count(m), None),)
+def random_128_row_tiles(rng, t: int, n: int):
+  """(count [1, n, Tb], offset [1, n, Tb, 4], keep [1, n, T, T]) of random
+  windows for `gpu_vs_mgpu_variants._Plan128Free` (the 128-row tile at
+  floor8 of every other window), each window in its own 128-row slab so no
+  key is read twice; keep: the keys of those tiles. T a multiple of 128,
+  at least 512."""
+  tb = t // 64
+  count = rng.integers(0, 5, (1, n, tb)).astype(np.int32)
+  offset = np.zeros((1, n, tb, 4), np.int32)
+  keep = np.zeros((1, n, t, t), bool)
+  for h, m in np.ndindex(n, tb):
+    c = count[0, h, m]
+    o = (np.sort(rng.choice(t // 128, c, replace=False)) * 128
+         + rng.integers(0, 64, c))
+    offset[0, h, m, :c] = o
+    for start in np.minimum(o[::2] - o[::2] % 8, t - 128):
+      keep[0, h, m * 64:(m + 1) * 64, start:start + 128] = True
+  return count, offset, keep
 
 
 @pytest.mark.parametrize("config", [
@@ -520,24 +523,13 @@ def test_128_row_tiles_with_one_ring_slot(config):
   b, t, n, kv, d = 1, 640, 2, 1, 128
   tb = t // 64
   q, k, v = ktu.random_qkv(rng, b, t, n, kv, d, jnp.bfloat16)
-  count = rng.integers(0, 5, (b, n, tb)).astype(np.int32)
-  offset = np.zeros((b, n, tb, 4), np.int32)
-  keep = np.zeros((b, n, t, t), bool)
-  for h in range(n):
-    for m in range(tb):
-      c = count[0, h, m]
-      # Distinct 128-row slabs, so no key is read twice.
-      o = np.sort(rng.choice(t // 128, c, replace=False)) * 128 \
-          + rng.integers(0, 64, c)
-      offset[0, h, m, :c] = o
-      for start in np.minimum(o[::2] - o[::2] % 8, t - 128):
-        keep[0, h, m * 64:(m + 1) * 64, start:start + 128] = True
+  count, offset, keep = random_128_row_tiles(rng, t, n)
   dims = core.Dims(b, t, n, n // kv, d, tb)
 
   def fn(q, k, v, count, offset, interpret):
     return core.tile_list_attention(
         q, k, v, (count, offset),
-        plan_fn=lambda refs, bb, h: _Tiles128(*refs, bb, h, t),
+        plan_fn=lambda refs, bb, h: _Plan128Free(*refs, bb, h, t),
         config=config, dims=dims, interpret=interpret, name="tiles128",
         key_rows=128)
 

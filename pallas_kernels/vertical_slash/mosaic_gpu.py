@@ -425,6 +425,12 @@ class _StreamPlan:
         self._kind, (self._window_keep,), self._tail_keep)),)
 
 
+def _check_step_keys(step_keys: int):
+  if step_keys not in STEP_KEYS_CHOICES:
+    raise ValueError(f"step_keys={step_keys} must be one of"
+                     f" {STEP_KEYS_CHOICES}")
+
+
 def default_config(head_dim: int = 128, step_keys: int = STEP_KEYS
                    ) -> Config:
   """The launch knobs for `step_keys` keys per step.
@@ -438,9 +444,7 @@ def default_config(head_dim: int = 128, step_keys: int = STEP_KEYS
   `experiments/results/gpu_vs_paired_steps_h200_s8.md`). D = 64 is checked
   on an H200 but not timed, D = 256 only checked in interpret mode.
   """
-  if step_keys not in STEP_KEYS_CHOICES:
-    raise ValueError(f"step_keys={step_keys} must be one of"
-                     f" {STEP_KEYS_CHOICES}")
+  _check_step_keys(step_keys)
   if step_keys == BLOCK:
     return Config.get_default(head_dim)
   paired = dict(plan_ahead=True, producer_registers=72)
@@ -475,9 +479,7 @@ def _fwd(q, k, v, block_count, block_offset, column_count, column_index, *,
          seed_config: TritonConfig | None = None, step_keys: int = STEP_KEYS):
   if tails not in TAILS_KINDS:
     raise ValueError(f"tails={tails!r} must be one of {TAILS_KINDS}")
-  if step_keys not in STEP_KEYS_CHOICES:
-    raise ValueError(f"step_keys={step_keys} must be one of"
-                     f" {STEP_KEYS_CHOICES}")
+  _check_step_keys(step_keys)
   in_seed = tails == "seed"
   # Step 1 runs for the columns (and the run tails, if in the seed), unless
   # there is no such budget.
