@@ -196,6 +196,13 @@ PAIRED = vs_mgpu.default_config(128, 2 * BLOCK)
 PAIRED_RING_BY_RING = dataclasses.replace(PAIRED, plan_ahead=False,
                                           producer_registers=40)
 PAIRED_PINGPONG = dataclasses.replace(PAIRED, use_schedule_barrier=True)
+# One producer warpgroup per ring (`Config.ring_producers`), 40 registers
+# each (the compute warpgroups keep 216).
+PAIRED_2PROD = dataclasses.replace(PAIRED, ring_producers=True,
+                                   producer_registers=40)
+TWO_PRODUCERS = dataclasses.replace(Config.get_default(128),
+                                    ring_producers=True)
+W2S1_2PROD = dataclasses.replace(W2S1, ring_producers=True)
 
 
 # (config, keys per step) of the checked kernels (None: the default config
@@ -207,8 +214,11 @@ CHECK_CONFIGS = {
     "k128": (None, 2 * BLOCK),
     "k128_ring_by_ring": (PAIRED_RING_BY_RING, 2 * BLOCK),
     "k128_pingpong": (PAIRED_PINGPONG, 2 * BLOCK),
+    "k128_2prod": (PAIRED_2PROD, 2 * BLOCK),
+    "2prod": (TWO_PRODUCERS, BLOCK),
 }
-CHECK_EXTRA = ("k128", "k128_ring_by_ring", "k128_pingpong")
+CHECK_EXTRA = ("k128", "k128_ring_by_ring", "k128_pingpong", "k128_2prod",
+               "2prod")
 
 
 def _full(tails, seed_config=None, config=None, step_keys=BLOCK):
@@ -245,6 +255,15 @@ class _StreamPlanFreeWindows(vs_mgpu._StreamPlan):
   @staticmethod
   def _kind(header):
     return header * 0
+
+
+class _StreamPlanRereadCount(vs_mgpu._StreamPlan):
+  """The stream as it was until the ninth session: every tile re-reads the
+  block's window count from GMEM instead of carrying it."""
+
+  def stream_next(self, m, p, state):
+    o, prev, _ = state
+    return super().stream_next(m, p, (o, prev, self.primary_count(m)))
 
 
 def _stream_windows_fn(step_keys=BLOCK, plan_cls=vs_mgpu._StreamPlan,
@@ -292,6 +311,9 @@ def _impls(tail_chunks=(), seed_configs=()):
           ("mgpu_full_seed_tails", _full("seed"), "all"),
           ("mgpu_full_pingpong", _full("gathered", config=PINGPONG), "all"),
           ("mgpu_full_k128", _full("gathered", step_keys=paired), "all"),
+          ("mgpu_full_k128_2prod",
+           _full("gathered", config=PAIRED_2PROD, step_keys=paired), "all"),
+          ("mgpu_full_2prod", _full("gathered", config=TWO_PRODUCERS), "all"),
           ("mgpu_full_k128_ring_by_ring",
            _full("gathered", config=PAIRED_RING_BY_RING, step_keys=paired),
            "all"),
@@ -300,6 +322,15 @@ def _impls(tail_chunks=(), seed_configs=()):
           ("stream_windows_tails", _stream_windows, "windows"),
           ("stream_windows_tails_k128", _stream_windows_fn(paired),
            "windows"),
+          ("stream_windows_tails_k128_reread_count",
+           _stream_windows_fn(paired, _StreamPlanRereadCount), "windows"),
+          ("stream_windows_tails_k128_2prod",
+           _stream_windows_fn(paired, config=PAIRED_2PROD), "windows"),
+          ("stream_windows_tails_k128_2prod_ring_by_ring",
+           _stream_windows_fn(paired, config=dataclasses.replace(
+               PAIRED_2PROD, plan_ahead=False)), "windows"),
+          ("stream_windows_tails_2prod",
+           _stream_windows_fn(config=TWO_PRODUCERS), "windows"),
           ("stream_windows_tails_k128_ring_by_ring",
            _stream_windows_fn(paired, config=PAIRED_RING_BY_RING),
            "windows"),
@@ -318,6 +349,8 @@ def _impls(tail_chunks=(), seed_configs=()):
           ("k64_free_s1", _windows_fn(_Plan64Free, config=W2S1), "windows"),
           ("k128_free_s1", _windows_fn(_Plan128Free, 2 * BLOCK, W2S1),
            "windows"),
+          ("k128_free_s1_2prod",
+           _windows_fn(_Plan128Free, 2 * BLOCK, W2S1_2PROD), "windows"),
           ("k128_free_s1_pingpong",
            _windows_fn(_Plan128Free, 2 * BLOCK, W2S1P), "windows"),
           ("k128_free_w1s2", _windows_fn(_Plan128Free, 2 * BLOCK, W1S2),
@@ -326,6 +359,10 @@ def _impls(tail_chunks=(), seed_configs=()):
                   paired, config=dataclasses.replace(
                       PAIRED, producer_registers=regs)), "windows")
               for regs in (40, 56, 80)] + [
+              (f"stream_windows_tails_k128_2prod_r{regs}",
+               _stream_windows_fn(paired, config=dataclasses.replace(
+                   PAIRED_2PROD, producer_registers=regs)), "windows")
+              for regs in (24, 56)] + [
               (f"{name}_cw{cw}", _with_tail_chunk(fn, cw), what)
               for cw in tail_chunks
               for name, fn, what in (("mgpu_full_seed_tails", _full("seed"),

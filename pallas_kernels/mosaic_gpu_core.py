@@ -178,6 +178,13 @@ class Config:
       producer registers, 52.0 -> 50.6 with 56, against every ring's K
       before its V without the plan ahead;
       `experiments/results/gpu_vs_paired_steps_h200_s8.md`).
+    ring_producers: with two compute warpgroups, one producer warpgroup
+      per ring (four warpgroups), each walking its ring alone to its own
+      step count, so no ring's copies wait behind the other ring's release
+      (one producer for both rings copies ring 1's tile of step i only
+      after ring 0 has released its slot of step i, however far ahead
+      ring 1 is). Each producer gets `producer_registers`, the compute
+      warpgroups the rest (40 -> 216).
   """
 
   compute_wgs: int = 2
@@ -186,6 +193,7 @@ class Config:
   fastest_axis: str = "heads"
   producer_registers: int = 40
   plan_ahead: bool = False
+  ring_producers: bool = False
 
   def __post_init__(self):
     if self.compute_wgs not in (1, 2):
@@ -202,12 +210,17 @@ class Config:
       raise ValueError(f"producer_registers={regs!r} must be a multiple of 8"
                        " in [24, 96]")
 
+  @property
+  def producers(self) -> int:
+    """Producer warpgroups: one per ring with `ring_producers`, else 1."""
+    return self.compute_wgs if self.ring_producers else 1
+
   def registers(self) -> tuple[int, int]:
     """(compute warpgroup, producer) registers per thread."""
     if self.compute_wgs == 1:
       return 240, 24
-    compute = (65536 // 128 - self.producer_registers) // 2 // 8 * 8
-    return min(compute, 232), self.producer_registers
+    spare = 65536 // 128 - self.producers * self.producer_registers
+    return min(spare // 2 // 8 * 8, 232), self.producer_registers
 
   def smem_bytes(self, head_dim: int, itemsize: int = 2,
                  seeded: bool = False, key_rows: int = BLOCK) -> int:
@@ -678,7 +691,7 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
 
       plgpu.wait_smem_to_gmem(0)
 
-    @pl.when(wg == wgs)
+    @pl.when(wg >= wgs)
     def _producer():
       plgpu.set_max_registers(config.registers()[1], action="decrease")
       kv_head = lax.div(h, jnp.int32(g))
@@ -819,56 +832,68 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
           def _():
             pending_ref[index] = chunk
 
-      def issue_stream(carry, i, wait):
-        """Step i of every ring (the plan's reads, the K and V copies); the
-        carry is each ring's `StreamState` after step i - 1, and with
-        `config.plan_ahead` also step i's `plan_stream` (read during step
-        i - 1). Returns the carry of step i + 1."""
+      def issue_stream(rings, carry, i, wait):
+        """Step i of the rings `rings` (the plan's reads, the K and V
+        copies); the carry is each ring's `StreamState` after step i - 1,
+        and with `config.plan_ahead` also step i's `plan_stream` (read
+        during step i - 1). Returns the carry of step i + 1."""
         if not config.plan_ahead:  # ring by ring
           states = list(carry)
-          for w in range(wgs):
-            planned, states[w] = plan_stream(w, i, states[w])
+          for j, w in enumerate(rings):
+            planned, states[j] = plan_stream(w, i, states[j])
             load_stream(w, i, planned, wait, ("k", "v"))
           return tuple(states)
         states, plans = carry
-        for w in range(wgs):
-          load_stream(w, i, plans[w], wait, ("k",))
-        ahead = [plan_stream(w, i + 1, states[w]) for w in range(wgs)]
-        for w in range(wgs):
-          load_stream(w, i, plans[w], wait, ("v",))
+        for j, w in enumerate(rings):
+          load_stream(w, i, plans[j], wait, ("k",))
+        ahead = [plan_stream(w, i + 1, states[j])
+                 for j, w in enumerate(rings)]
+        for j, w in enumerate(rings):
+          load_stream(w, i, plans[j], wait, ("v",))
         return (tuple(state for _, state in ahead),
                 tuple(planned for planned, _ in ahead))
 
-      longest = blocks[0][2]
-      for w in range(1, wgs):
-        longest = jnp.maximum(longest, blocks[w][2])
       if stream:
         n_primary = [plan.primary_count(blocks[w][0]) for w in range(wgs)]
         n_tiles = [plan_tiles(w)[2] for w in range(wgs)]
-        states = [StreamState(jnp.int32(0), jnp.int32(0),
-                              plan.stream_init(blocks[w][0]))
-                  for w in range(wgs)]
-        carry = tuple(states)
-        if config.plan_ahead:
-          first = [plan_stream(w, 0, state) for w, state in enumerate(carry)]
-          carry = (tuple(state for _, state in first),
-                   tuple(planned for planned, _ in first))
+
+      def produce(rings):
+        """The producer of the rings `rings`: fills them, then refills each
+        slot as it is released, to the longest ring's count + depth."""
+        longest = blocks[rings[0]][2]
+        for w in rings[1:]:
+          longest = jnp.maximum(longest, blocks[w][2])
+        if stream:
+          carry = tuple(StreamState(jnp.int32(0), jnp.int32(0),
+                                    plan.stream_init(blocks[w][0]))
+                        for w in rings)
+          if config.plan_ahead:
+            first = [plan_stream(w, 0, state)
+                     for w, state in zip(rings, carry)]
+            carry = (tuple(state for _, state in first),
+                     tuple(planned for planned, _ in first))
+          for i in range(depth):  # fill the rings
+            carry = issue_stream(rings, carry, i, wait=False)
+
+          @pl.loop(depth, longest + depth, init_carry=carry)
+          def _(i, carry):
+            return issue_stream(rings, carry, i, wait=True)
+          return
+
         for i in range(depth):  # fill the rings
-          carry = issue_stream(carry, i, wait=False)
+          for w in rings:
+            issue(w, i, wait=False)
 
-        @pl.loop(depth, longest + depth, init_carry=carry)
-        def _(i, carry):
-          return issue_stream(carry, i, wait=True)
+        @pl.loop(depth, longest + depth)
+        def _(i):
+          for w in rings:
+            issue(w, i, wait=True)
+
+      if config.producers == 1:
+        produce(tuple(range(wgs)))
         return
-
-      for i in range(depth):  # fill the rings
-        for w in range(wgs):
-          issue(w, i, wait=False)
-
-      @pl.loop(depth, longest + depth)
-      def _(i):
-        for w in range(wgs):
-          issue(w, i, wait=True)
+      for w in range(wgs):  # producer wgs + w drives ring w alone
+        pl.when(wg == wgs + w)(functools.partial(produce, (w,)))
 
   def entry(*refs):
     transforms = smem_transforms(key_rows)
@@ -901,7 +926,7 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
       entry,
       out_type=jax.ShapeDtypeStruct(q.shape, dtype),
       **_grid(config.fastest_axis, n, n_pairs, g, b),
-      num_threads=wgs + 1,
+      num_threads=wgs + config.producers,
       thread_name="wg",
       compiler_params=plgpu.CompilerParams(approx_math=True),
       interpret=interpret,

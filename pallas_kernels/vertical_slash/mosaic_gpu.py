@@ -378,14 +378,16 @@ class _StreamPlan:
     return self.windows.count(m)
 
   def stream_init(self, m):
-    """(o of window 0, o of the window before it: none)."""
-    return self.windows._offset(m, 0), jnp.int32(_NO_WINDOW)
+    """(o of window 0, o of the window before it: none, the window count,
+    read once: carried rather than re-read from GMEM on every tile)."""
+    return (self.windows._offset(m, 0), jnp.int32(_NO_WINDOW),
+            self.primary_count(m))
 
   def stream_next(self, m, p, state):
-    o, prev = state
+    o, prev, n_windows = state
     w = self.windows
     n_slash = w.off_ref.shape[-1]
-    o_next = jnp.where(p + 1 < self.primary_count(m),
+    o_next = jnp.where(p + 1 < n_windows,
                        w._offset(m, jnp.minimum(p + 1, n_slash - 1)), -1)
     start, lo, need = w._tile(o, prev, m * BLOCK)
     header = (lax.shift_left(lax.div(start, jnp.int32(8)), 8)
@@ -393,7 +395,7 @@ class _StreamPlan:
     return core.StreamStep(
         start=start, header=header,
         has_chunk=ends_run_with_tail(o, o_next, w.t),
-        chunk=jnp.minimum(o + BLOCK, w.t)), (o_next, o)
+        chunk=jnp.minimum(o + BLOCK, w.t)), (o_next, o, n_windows)
 
   def key_start(self, m, i):
     raise NotImplementedError("a stream plan's producer reads stream_next")
