@@ -190,16 +190,17 @@ W2S1P = Config(compute_wgs=2, max_concurrent_steps=1,
                use_schedule_barrier=True)
 W1S2 = Config(compute_wgs=1, max_concurrent_steps=2)
 # Paired steps at D = 128: the default (`vs_mgpu.default_config(128, 128)`:
-# one slot, the producer a step ahead with 72 registers), the producer ring
-# by ring with 40, and the ping-pong.
+# one slot, one producer warpgroup per ring with 40 registers, each a step
+# ahead), the eighth session's default (one producer for both rings, 72
+# registers), that producer ring by ring with 40, and the ping-pong.
 PAIRED = vs_mgpu.default_config(128, 2 * BLOCK)
+PAIRED_ONE_PRODUCER = dataclasses.replace(PAIRED, ring_producers=False,
+                                          producer_registers=72)
 PAIRED_RING_BY_RING = dataclasses.replace(PAIRED, plan_ahead=False,
+                                          ring_producers=False,
                                           producer_registers=40)
 PAIRED_PINGPONG = dataclasses.replace(PAIRED, use_schedule_barrier=True)
-# One producer warpgroup per ring (`Config.ring_producers`), 40 registers
-# each (the compute warpgroups keep 216).
-PAIRED_2PROD = dataclasses.replace(PAIRED, ring_producers=True,
-                                   producer_registers=40)
+# 64-key steps and the mask-free 128-key loop with one producer per ring.
 TWO_PRODUCERS = dataclasses.replace(Config.get_default(128),
                                     ring_producers=True)
 W2S1_2PROD = dataclasses.replace(W2S1, ring_producers=True)
@@ -214,11 +215,11 @@ CHECK_CONFIGS = {
     "k128": (None, 2 * BLOCK),
     "k128_ring_by_ring": (PAIRED_RING_BY_RING, 2 * BLOCK),
     "k128_pingpong": (PAIRED_PINGPONG, 2 * BLOCK),
-    "k128_2prod": (PAIRED_2PROD, 2 * BLOCK),
+    "k128_one_producer": (PAIRED_ONE_PRODUCER, 2 * BLOCK),
     "2prod": (TWO_PRODUCERS, BLOCK),
 }
-CHECK_EXTRA = ("k128", "k128_ring_by_ring", "k128_pingpong", "k128_2prod",
-               "2prod")
+CHECK_EXTRA = ("k128", "k128_ring_by_ring", "k128_pingpong",
+               "k128_one_producer", "2prod")
 
 
 def _full(tails, seed_config=None, config=None, step_keys=BLOCK):
@@ -311,8 +312,9 @@ def _impls(tail_chunks=(), seed_configs=()):
           ("mgpu_full_seed_tails", _full("seed"), "all"),
           ("mgpu_full_pingpong", _full("gathered", config=PINGPONG), "all"),
           ("mgpu_full_k128", _full("gathered", step_keys=paired), "all"),
-          ("mgpu_full_k128_2prod",
-           _full("gathered", config=PAIRED_2PROD, step_keys=paired), "all"),
+          ("mgpu_full_k128_one_producer",
+           _full("gathered", config=PAIRED_ONE_PRODUCER, step_keys=paired),
+           "all"),
           ("mgpu_full_2prod", _full("gathered", config=TWO_PRODUCERS), "all"),
           ("mgpu_full_k128_ring_by_ring",
            _full("gathered", config=PAIRED_RING_BY_RING, step_keys=paired),
@@ -324,11 +326,11 @@ def _impls(tail_chunks=(), seed_configs=()):
            "windows"),
           ("stream_windows_tails_k128_reread_count",
            _stream_windows_fn(paired, _StreamPlanRereadCount), "windows"),
-          ("stream_windows_tails_k128_2prod",
-           _stream_windows_fn(paired, config=PAIRED_2PROD), "windows"),
-          ("stream_windows_tails_k128_2prod_ring_by_ring",
+          ("stream_windows_tails_k128_one_producer",
+           _stream_windows_fn(paired, config=PAIRED_ONE_PRODUCER), "windows"),
+          ("stream_windows_tails_k128_no_plan_ahead",
            _stream_windows_fn(paired, config=dataclasses.replace(
-               PAIRED_2PROD, plan_ahead=False)), "windows"),
+               PAIRED, plan_ahead=False)), "windows"),
           ("stream_windows_tails_2prod",
            _stream_windows_fn(config=TWO_PRODUCERS), "windows"),
           ("stream_windows_tails_k128_ring_by_ring",
@@ -358,10 +360,6 @@ def _impls(tail_chunks=(), seed_configs=()):
               (f"stream_windows_tails_k128_r{regs}", _stream_windows_fn(
                   paired, config=dataclasses.replace(
                       PAIRED, producer_registers=regs)), "windows")
-              for regs in (40, 56, 80)] + [
-              (f"stream_windows_tails_k128_2prod_r{regs}",
-               _stream_windows_fn(paired, config=dataclasses.replace(
-                   PAIRED_2PROD, producer_registers=regs)), "windows")
               for regs in (24, 56)] + [
               (f"{name}_cw{cw}", _with_tail_chunk(fn, cw), what)
               for cw in tail_chunks

@@ -439,22 +439,25 @@ def default_config(head_dim: int = 128, step_keys: int = STEP_KEYS
 
   64: `Config.get_default`. 128 (paired steps): two compute warpgroups
   with one K/V slot each at D = 128 (2 x (q 16 KiB + K/V 64 KiB) = 160 KiB
-  of SMEM; two slots would need 288), two slots at D = 64, one warpgroup
-  with one slot at D = 256; the producer plans a step ahead with 72
-  registers (the window launch on an H200 at D = 128, 128K: 49.9 ms
-  against 52.0 for 64-key steps in the same run,
-  `experiments/results/gpu_vs_paired_steps_h200_s8.md`). D = 64 is checked
-  on an H200 but not timed, D = 256 only checked in interpret mode.
+  of SMEM; two slots would need 288), fed by one producer warpgroup per
+  ring with 40 registers, each a step ahead (the window launch on an H200
+  at D = 128, 128K, same run: 49.2 ms against 50.3 with one producer of 72
+  registers and 51.6 for 64-key steps,
+  `experiments/results/gpu_vs_paired_steps_h200_s9.md`); two slots and
+  one producer (72 registers) at D = 64; one warpgroup with one slot at
+  D = 256. D = 64 is checked on an H200 but not timed, D = 256 only
+  checked in interpret mode.
   """
   _check_step_keys(step_keys)
   if step_keys == BLOCK:
     return Config.get_default(head_dim)
-  paired = dict(plan_ahead=True, producer_registers=72)
   if head_dim <= 64:
-    return Config(compute_wgs=2, max_concurrent_steps=2, **paired)
+    return Config(compute_wgs=2, max_concurrent_steps=2, plan_ahead=True,
+                  producer_registers=72)
   if head_dim <= 128:
-    return Config(compute_wgs=2, max_concurrent_steps=1, **paired)
-  return Config(compute_wgs=1, max_concurrent_steps=1, **paired)
+    return Config(compute_wgs=2, max_concurrent_steps=1, plan_ahead=True,
+                  ring_producers=True, producer_registers=40)
+  return Config(compute_wgs=1, max_concurrent_steps=1, plan_ahead=True)
 
 
 def _check(q, k, v, layout_arrays, block_size, config, seeded, key_rows):
