@@ -94,6 +94,11 @@ class Cfg:
   max_repeats: int = 5
   budget_s: float = 1.0
   check: bool = True
+  # "clustered": the index builder's layout of clustered lines (gaussian
+  # q/k/v); "synthetic": the builder's estimate on `minference_jax.
+  # synthetic` q/k (bench_kernels' "index builder" rows: far more windows,
+  # mostly short runs).
+  layout_source: str = "clustered"
   check_tails: tuple[str, ...] = vs_mgpu.TAILS_KINDS  # paths to check
   kernels: tuple[str, ...] = ()  # a subset of the kernels to time (all)
   tail_chunks: tuple[int, ...] = ()  # extra TAIL_CHUNK values to time
@@ -373,6 +378,42 @@ def _impls(tail_chunks=(), seed_configs=()):
                    _full("gathered", seed_config(name)), "all"))]
 
 
+LAYOUT_SOURCES = ("clustered", "synthetic")
+
+
+def layout_stats(layout, t: int) -> dict:
+  """Per query block and head: windows, runs of contiguous windows, the
+  share of runs at misaligned starts, gathered tiles (from `tile_steps`)
+  and columns (means over all blocks), on the device."""
+  cnt, off = layout.block_count, layout.block_offset
+  i = lax.broadcasted_iota(jnp.int32, off.shape, 3)
+  live = i < cnt[..., None]
+  prev = jnp.concatenate([jnp.full_like(off[..., :1], -2 * BLOCK),
+                          off[..., :-1]], axis=-1)
+  first = live & (off != prev + BLOCK)  # a run starts here
+  steps = tile_steps.tile_steps(cnt, off, t=t)
+  mean = lambda x: float(jnp.mean(x.astype(jnp.float32)))
+  runs = jnp.sum(first, axis=-1)
+  return dict(windows=mean(cnt), runs=mean(runs),
+              misaligned_runs=mean(jnp.sum(first & (off % 8 != 0), axis=-1)),
+              gathered=mean(steps - cnt), columns=mean(layout.column_count))
+
+
+def _synthetic_layout(cfg, t):
+  """(q, k, v, layout, source): structured synthetic q/k/v and the index
+  builder's layout from its estimate on them, as bench_kernels builds it."""
+  from minference_jax import index, synthetic  # noqa: PLC0415
+  s = synthetic.synthetic_qkv(cfg.seed + t, batch=1, seq_len=t,
+                              num_heads=cfg.num_heads,
+                              num_kv_heads=cfg.num_kv_heads,
+                              head_dim=cfg.head_dim, dtype=jnp.bfloat16)
+  nv, ns = cfg.vs_budget
+  layout = index.vertical_slash_layout(
+      index.vertical_slash_indices(s.q, s.k, nv, ns, scores="pallas"), t)
+  return (s.q, s.k, s.v, jax.block_until_ready(layout),
+          "index builder (synthetic q/k)")
+
+
 def check(rows, tails_kinds=vs_mgpu.TAILS_KINDS):
   """The kernel (default config; and with the run tails gathered, the
   ping-pong config and `CHECK_EXTRA`) vs the f32 reference on random and
@@ -423,11 +464,21 @@ def main(argv):
     check(rows, cfg.check_tails)
   kcfg = KernelsCfg(vs_budget=cfg.vs_budget)
   n, kv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+  if cfg.layout_source not in LAYOUT_SOURCES:
+    raise ValueError(f"layout_source={cfg.layout_source!r} must be one of"
+                     f" {LAYOUT_SOURCES}")
   for t in cfg.lens:
-    q, k, v = bc.gaussian_qkv(jax.random.key(cfg.seed + t), 1, t, n, kv, d,
-                              jnp.bfloat16)
-    layout, source = _vs_builder(kcfg, jax.random.key(cfg.seed + t + 1), n,
-                                 t)
+    if cfg.layout_source == "synthetic":
+      q, k, v, layout, source = _synthetic_layout(cfg, t)
+    else:
+      q, k, v = bc.gaussian_qkv(jax.random.key(cfg.seed + t), 1, t, n, kv,
+                                d, jnp.bfloat16)
+      layout, source = _vs_builder(kcfg, jax.random.key(cfg.seed + t + 1),
+                                   n, t)
+    row = dict(kernel="layout", T=t, source=source,
+               **layout_stats(layout, t))
+    rows.append(row)
+    print(json.dumps(row), flush=True)
     windows = float(jnp.sum(layout.block_count, dtype=jnp.float32))
     columns = float(jnp.sum(layout.column_count, dtype=jnp.float32))
     pairs = dict(windows=windows * BLOCK * BLOCK, columns=columns * BLOCK)
@@ -463,7 +514,9 @@ def main(argv):
       print(json.dumps(row), flush=True)
     del q, k, v, layout
   cols = [(c, c) for c in ("kernel", "check", "T", "rel_ref", "ok", "pairs",
-                           "ms", "tflops", "compile_s", "source", "error")]
+                           "ms", "tflops", "compile_s", "windows", "runs",
+                           "misaligned_runs", "gathered", "columns",
+                           "source", "error")]
   print("wrote", *bc.write_results(cfg.out_dir, "gpu_vs_mgpu_variants", meta,
                                    rows, cols), flush=True)
 
