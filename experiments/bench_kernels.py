@@ -63,8 +63,10 @@ class BenchConfig:
   # Kernel implementations timed side by side: "triton" (Pallas-Triton,
   # any GPU), "mosaic_gpu" (Hopper: wgmma + TMA; default configs),
   # "mosaic_gpu_qb" / "mosaic_gpu_gqa" (the same with another CTA order,
-  # `MGPU_ORDERS`), and "mosaic_gpu_k128" (Vertical-Slash only: 128 keys
-  # per step, `step_keys=128` with its default config).
+  # `MGPU_ORDERS`; for Vertical-Slash "mosaic_gpu" is the library default,
+  # whose keys per step follow `auto_step_keys`), and "mosaic_gpu_k64" /
+  # "mosaic_gpu_k128" (Vertical-Slash only: 64 / 128 keys per step, each
+  # with its default config).
   kernel_impls: tuple[str, ...] = ("triton",)
   crossover_lens: tuple[int, ...] = ()
   crossover_kv_heads: int = 8
@@ -179,22 +181,27 @@ def _build_layout(cfg, pattern, fns, q, k, t):
 # "mosaic_gpu_<order>": the Mosaic GPU kernel with Config.fastest_axis.
 MGPU_ORDERS = {"mosaic_gpu": "heads", "mosaic_gpu_qb": "query_blocks",
                "mosaic_gpu_gqa": "gqa_group"}
-# Vertical-Slash only: paired (128-key) steps with their default config.
-MGPU_PAIRED = "mosaic_gpu_k128"
-KERNEL_IMPLS = ("triton", *MGPU_ORDERS, MGPU_PAIRED)
+# Vertical-Slash only: 64 or 128 (paired) keys per step, each with its
+# default config ("mosaic_gpu" is the library default, `auto_step_keys`).
+MGPU_STEP_KEYS = {"mosaic_gpu_k64": 64, "mosaic_gpu_k128": 128}
+KERNEL_IMPLS = ("triton", *MGPU_ORDERS, *MGPU_STEP_KEYS)
 
 
 def _mosaic_gpu_kernel_fn(pattern, interpret, impl="mosaic_gpu"):
   """The Mosaic GPU (Hopper) kernel of a pattern: its default config, with
-  the CTA order of `impl` (`MGPU_ORDERS`), or Vertical-Slash's paired steps
-  (`MGPU_PAIRED`)."""
-  if impl == MGPU_PAIRED:
+  the CTA order of `impl` (`MGPU_ORDERS`), or Vertical-Slash at the keys
+  per step of `impl` (`MGPU_STEP_KEYS`)."""
+  if impl in MGPU_STEP_KEYS:
     if pattern != "vertical_slash":
-      raise ValueError(f"{MGPU_PAIRED} is a Vertical-Slash kernel, not"
-                       f" {pattern}")
+      raise ValueError(f"{impl} is a Vertical-Slash kernel, not {pattern}")
     from pallas_kernels.vertical_slash import mosaic_gpu as vs_mod
     return lambda q, k, v, lay: vs_mod.vertical_slash_attention_mgpu(
-        q, k, v, lay, step_keys=2 * 64, interpret=interpret)
+        q, k, v, lay, step_keys=MGPU_STEP_KEYS[impl], interpret=interpret)
+  if pattern == "vertical_slash" and impl == "mosaic_gpu":
+    # The library default: its config and keys per step (`auto_step_keys`).
+    from pallas_kernels.vertical_slash import mosaic_gpu as vs_mod
+    return lambda q, k, v, lay: vs_mod.vertical_slash_attention_mgpu(
+        q, k, v, lay, interpret=interpret)
   if pattern == "vertical_slash":
     from pallas_kernels.vertical_slash import mosaic_gpu as mod
     fn = mod.vertical_slash_attention_mgpu
@@ -304,7 +311,7 @@ def bench_size(cfg, t, kv, configs, rows, key):
             for c in configs[key_of[pattern]]
             if "triton" in cfg.kernel_impls]
     for impl in cfg.kernel_impls:
-      if impl == MGPU_PAIRED and pattern != "vertical_slash":
+      if impl in MGPU_STEP_KEYS and pattern != "vertical_slash":
         continue  # a Vertical-Slash kernel only
       if impl.startswith("mosaic_gpu"):
         # 64 x 64 tiles: the area counted like the Triton default's.

@@ -345,6 +345,8 @@ def _impls(tail_chunks=(), seed_configs=()):
            _stream_windows_fn(paired, config=PAIRED_PINGPONG), "windows"),
           ("stream_k128_free_windows",
            _stream_windows_fn(paired, _StreamPlanFreeWindows), "windows"),
+          ("stream_free_windows",
+           _stream_windows_fn(BLOCK, _StreamPlanFreeWindows), "windows"),
           ("stream_windows_tails_s1", _stream_windows_fn(config=W2S1),
            "windows"),
           ("tile_steps_pass", steps, None),

@@ -64,13 +64,14 @@ def test_crossover_is_per_kernel_implementation():
   assert "block_sparse@mosaic_gpu" not in found  # not measured
 
 
-def test_paired_steps_impl_is_vertical_slash_only():
-  """`kernel_impls=[mosaic_gpu_k128]` names the Vertical-Slash kernel with
-  128 keys per step; asked for another pattern's kernel, it refuses."""
+@pytest.mark.parametrize("impl", ["mosaic_gpu_k64", "mosaic_gpu_k128"])
+def test_step_keys_impls_are_vertical_slash_only(impl):
+  """`kernel_impls=[mosaic_gpu_k64 / _k128]` name the Vertical-Slash kernel
+  at 64 / 128 keys per step; asked for another pattern's kernel, they
+  refuse."""
   from experiments import bench_kernels as bk
 
-  assert bk.MGPU_PAIRED in bk.KERNEL_IMPLS
-  assert callable(bk._mosaic_gpu_kernel_fn("vertical_slash", True,
-                                           bk.MGPU_PAIRED))
+  assert impl in bk.KERNEL_IMPLS
+  assert callable(bk._mosaic_gpu_kernel_fn("vertical_slash", True, impl))
   with pytest.raises(ValueError, match="Vertical-Slash kernel"):
-    bk._mosaic_gpu_kernel_fn("block_sparse", True, bk.MGPU_PAIRED)
+    bk._mosaic_gpu_kernel_fn("block_sparse", True, impl)

@@ -43,6 +43,8 @@ CASES = [
     (2, 320, 6, 2, 64, jnp.float16, 3,  # KV-group-major CTA order, G = 3
      Config(compute_wgs=2, max_concurrent_steps=2,
             fastest_axis="gqa_group")),
+    (1, 320, 4, 2, 64, jnp.bfloat16, 4,  # one producer per ring, odd blocks
+     Config(compute_wgs=2, max_concurrent_steps=2, ring_producers=True)),
 ]
 
 
@@ -110,8 +112,10 @@ def test_bad_inputs_raise():
     Config(fastest_axis="batch")
 
 
-@pytest.mark.parametrize("d,config", [(128, None), (64, None), (256, None),
-                                      (128, W2S2)])
+@pytest.mark.parametrize("d,config", [
+    (128, None), (64, None), (256, None), (128, W2S2),
+    (128, Config(compute_wgs=2, max_concurrent_steps=2,
+                 ring_producers=True))])
 def test_lowers_for_h200(d, config):
   """The kernel lowers to one Mosaic GPU custom call with wgmma and TMA."""
   b, t, n, kv = 1, 1024, 4, 2

@@ -67,6 +67,9 @@ CASES = [
     (1, 128, 2, 1, 256, jnp.bfloat16, 2, 30, None, 64),  # 1 warpgroup, D = 256
     (1, 64, 2, 1, 64, jnp.bfloat16, 1, 0, W1S2, 64),  # one block
     (1, 320, 4, 2, 64, jnp.bfloat16, 5, 30, W2S2P, 64),  # odd blocks: one idle
+    # One producer warpgroup per ring, odd blocks (one ring idle).
+    (1, 320, 4, 2, 64, jnp.bfloat16, 5, 30,
+     dataclasses.replace(W2S2, ring_producers=True), 64),
     # Paired steps: the default config at D = 128 (an odd window count per
     # block leaves an empty half), one warpgroup, the ping-pong, D = 256.
     (1, 256, 4, 2, 128, jnp.bfloat16, 3, 40, None, 128),
@@ -400,6 +403,11 @@ def test_bad_inputs_raise():
     Config(producer_registers=100)
   with pytest.raises(ValueError, match="producer_registers"):
     Config(producer_registers=44)
+  # Registers: two producers (one per ring) take their share.
+  assert Config(producer_registers=40).registers() == (232, 40)
+  assert Config(producer_registers=40,
+                ring_producers=True).registers() == (216, 40)
+  assert Config(compute_wgs=1, ring_producers=True).producers == 1
 
 
 @pytest.mark.parametrize("d,n_vert,config,step_keys", [
@@ -542,3 +550,35 @@ def test_128_row_tiles_with_one_ring_slot(config):
       lambda *a: fn(*a, None),
       (q, k, v, i32(b, n, tb), i32(b, n, tb, 4))).as_text()
   assert "wgmma" in text and "cp.async.bulk" in text
+
+
+def test_auto_step_keys():
+  """Paired steps at D = 128 up to PAIRED_MAX_T, 64-key steps otherwise."""
+  assert vs_mgpu.auto_step_keys(vs_mgpu.PAIRED_MAX_T, 128) == 128
+  assert vs_mgpu.auto_step_keys(1024, 128) == 128
+  assert vs_mgpu.auto_step_keys(vs_mgpu.PAIRED_MAX_T + 64, 128) == 64
+  for d in (64, 256):
+    assert vs_mgpu.auto_step_keys(1024, d) == 64
+
+
+@pytest.mark.parametrize("config,want_paired", [(None, True), (W2S2, False)])
+def test_default_step_keys_follow_auto_without_a_config(config, want_paired):
+  """Without a config the kernel takes `auto_step_keys` (paired at D = 128
+  and this T: 128-row key tiles in the lowered Mosaic GPU kernel); a given
+  config keeps 64 keys per step."""
+  b, t, n, kv, d = 1, 1024, 4, 2, 128
+  tb = t // 64
+  q = jax.ShapeDtypeStruct((b, t, n, d), jnp.bfloat16)
+  k = jax.ShapeDtypeStruct((b, t, kv, d), jnp.bfloat16)
+  i32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.int32)
+
+  def fn(q, k, v, c, o, cc, ci):
+    return vertical_slash_attention_mgpu(
+        q, k, v, VerticalSlashLayout(c, o, cc, ci), config=config)
+
+  args = (q, k, k, i32(b, n, tb), i32(b, n, tb, 5), i32(b, n, tb),
+          i32(b, n, tb, 0))
+  text = ktu.lower_for_gpu(fn, args).as_text()
+  assert ("minf_vertical_slash_mgpu_d128_w2_s1_k128" in text) == want_paired
+  assert ("minf_vertical_slash_mgpu_d128_w2_s2_stream" in text) == (
+      not want_paired)

@@ -108,7 +108,8 @@ from pallas_kernels.vertical_slash.tile_steps import (
     tile_steps,
 )
 
-__all__ = ["Config", "default_config", "vertical_slash_attention_mgpu"]
+__all__ = ["Config", "auto_step_keys", "default_config",
+           "vertical_slash_attention_mgpu"]
 
 
 # ---------------- step 1: columns (and, with tails="seed", run tails)
@@ -125,11 +126,23 @@ _NO_WINDOW = -2 * BLOCK
 MAX_T = 1 << 24  # stream tile headers: start / 8 in 21 bits (header < 2**29)
 
 # Keys per step of the Mosaic GPU launch: 64 (one of the stream's 64-row
-# tiles per step, the measured default), or 128 (paired steps: two tiles
-# per 128-row ring slot, one online-softmax rescale per 128 keys; see the
-# module doc).
+# tiles per step), or 128 (paired steps: two tiles per 128-row ring slot,
+# one online-softmax rescale per 128 keys; see the module doc).
 STEP_KEYS = BLOCK
 STEP_KEYS_CHOICES = (BLOCK, 2 * BLOCK)
+# `auto_step_keys`: paired steps at D = 128 up to this T. On an H200 (ninth
+# session, `experiments/results/gpu_vs_paired_steps_h200_s9.md`) they were
+# 1.04-1.05x the 64-key kernel at 32K-128K on all three layouts timed, and
+# above 128K they depend on the layout: 1.03-1.05x at 512K-1M on clustered
+# lines, 0.98x / 0.92x at 512K / 1M on the builder's sets from synthetic
+# q/k (short runs, most of them misaligned: masked first tiles).
+PAIRED_MAX_T = 1 << 17
+
+
+def auto_step_keys(t: int, head_dim: int) -> int:
+  """The keys per step the default config takes at sequence length t:
+  128 at D = 128 up to `PAIRED_MAX_T`, else 64."""
+  return 2 * BLOCK if head_dim == 128 and t <= PAIRED_MAX_T else BLOCK
 
 TAIL_CHUNK = 64  # windows scanned at a time for run tails
 TAIL_GROUP = 8  # run tails gathered at a time (8 keys each: 64 gathered keys)
@@ -524,7 +537,7 @@ def vertical_slash_attention_mgpu(
     layout: VerticalSlashLayout,
     *,
     config: Config | None = None,
-    step_keys: int = STEP_KEYS,
+    step_keys: int | None = None,
     interpret: bool | plgpu.InterpretGPUParams = False,
 ) -> Float[Array, "B T N D"]:
   """Vertical-Slash attention on Hopper: Mosaic GPU windows + Triton columns.
@@ -545,7 +558,8 @@ def vertical_slash_attention_mgpu(
       None (the column phase uses the Triton kernel's default config).
     step_keys: keys per Mosaic GPU step, 64 or 128 (paired steps; needs a
       config whose 128-row slots fit in SMEM, e.g. one slot per warpgroup
-      at D = 128).
+      at D = 128). None: `auto_step_keys(T, D)` without a config, 64 with
+      one.
     interpret: False (compile for the GPU), or True /
       `plgpu.InterpretGPUParams(...)` to run both launches in interpret mode
       on CPU (tests).
@@ -560,6 +574,9 @@ def vertical_slash_attention_mgpu(
       not fit.
     TypeError: on dtypes other than bfloat16/float16 or non-int32 layouts.
   """
+  if step_keys is None:
+    step_keys = (auto_step_keys(q.shape[1], q.shape[-1]) if config is None
+                 else STEP_KEYS)
   if config is None:
     config = default_config(q.shape[-1], step_keys)
   if interpret is True:
