@@ -28,27 +28,41 @@ slash) with different tile plans:
   checked equal to its XLA reference pass, `tile_steps_xla`, on each
   layout); `_s1` with a one-slot ring;
 - `stream_windows_tails_k128`: the same launch with paired (128-key) steps
-  (`vs_mgpu.default_config(128, 128)`: one slot per warpgroup, the producer
-  a step ahead with 72 registers); `_ring_by_ring`: the producer ring by
-  ring with 40 registers (no `Config.plan_ahead`); `_pingpong`; `_r40`,
-  `_r56`, `_r80`: other producer registers; `stream_k128_free_windows`:
-  no mask on the window tiles (their masks' cost, not the key set);
+  (`vs_mgpu.default_config(128, 128)`: one slot per warpgroup, one producer
+  warpgroup per ring with 40 registers, each a step ahead);
+  `_one_producer`: the eighth session's default (one producer for both
+  rings, 72 registers); `_ring_by_ring`: that producer ring by ring with
+  40 (no `Config.plan_ahead`); `_no_plan_ahead`: two producers without
+  it; `_reread_count`: one producer, the window count re-read from GMEM
+  on every tile (as until the ninth session); `_pingpong`; `_r24`, `_r56`:
+  other producer registers; `stream_k128_free_windows` /
+  `stream_free_windows`: paired / 64-key steps with no mask on the window
+  tiles (their masks' cost, not the key set); `stream_windows_tails_2prod`,
+  `k128_free_s1_2prod`: 64-key steps and the mask-free 128-key loop with
+  one producer per ring;
 plus the whole kernel (`mgpu_full`: the column seed launch + the Mosaic GPU
 launch with the run tails; `mgpu_full_seed_tails`: the previous kernel,
 `_fwd(..., tails="seed")`, the run tails in the Triton seed launch), the seed
 launches alone (`seed_only`: columns + run tails, the previous one;
 `seed_columns_only`: the columns, the current one) and the Pallas-Triton
 Vertical-Slash kernel; `mgpu_full_pingpong` is the whole kernel with FA3's
-ping-pong schedule, `mgpu_full_k128` (`_ring_by_ring`) with paired steps,
-and `seed_configs=[BC-W-S,...]` adds the column launch alone and the whole
-kernel under other Triton knobs (block_c, warps, stages). Effective TFLOP/s count 64 x 64 pairs per window (and 64 per
-column for the whole kernels), as `gpu_mgpu_kernels` does.
+ping-pong schedule, `mgpu_full_k128` (`_one_producer`, `_ring_by_ring`)
+with paired steps, `mgpu_full_2prod` 64-key steps with one producer per
+ring, and `seed_configs=[BC-W-S,...]` adds the column launch alone and the whole
+kernel under other Triton knobs (block_c, warps, stages). Effective
+TFLOP/s count 64 x 64 pairs per window (and 64 per column for the whole
+kernels), as `gpu_mgpu_kernels` does. `layout_source=synthetic` times
+the builder's layout from `minference_jax.synthetic` q/k (bench_kernels'
+"index builder" rows) instead of clustered lines; a `layout` row per T
+gives the mean windows, runs, misaligned runs, gathered tiles and columns
+per query block.
 
 Before timing (`check=true`), the whole kernel (default config: two compute
 warpgroups, which the interpret-mode tests do not run), with the run tails
 in gathered tiles and in the seed launch (and with the gathered tails: the
-ping-pong config, and paired steps in their default, ring-by-ring and
-ping-pong configs, `CHECK_EXTRA`), is checked against the dense f32
+ping-pong config, paired steps in their default, one-producer,
+ring-by-ring and ping-pong configs, and 64-key steps with one producer
+per ring, `CHECK_EXTRA`), is checked against the dense f32
 reference on the tests' random layouts (misaligned runs, runs of one
 window, runs crossing the diagonal, windows at the sequence end, inactive
 heads, GQA) and the tests' hand-made runs and many-tails layout.

@@ -62,23 +62,24 @@ TFLOP/s at 128K and 480 ms / 414 TFLOP/s at 1M, 1.06x / 1.08x the previous
 kernel beside it (55.5 / 490 ms on another machine start). Next
 step: the columns (4.6 of the 54.5 ms at 128K, at ~200 TFLOP/s).
 
-Paired steps (`step_keys=128`, opt-in): each Mosaic GPU step takes two of
-the stream's 64-row tiles into the two halves of a 128-row ring slot (one
-K/V slot per warpgroup at D = 128), masks each half as before and runs one
-online-softmax rescale per 128 keys. A mask-free 128-key loop is 1.14x the
-64-key one (`gpu_mgpu_key128_h200.md`). The first paired kernel (seventh
-session) was wrong on layouts where a step's second half gathers the run
-tail its first half left, and 20-30% slower
-(`experiments/results/gpu_vs_paired_steps_h200.md`). In the eighth session
-its reworked producer (a gathered half's chunks read only where copied,
-the chunks an earlier half left passed on in registers, new ones stored
-after the step's copies) passed every GPU check, and one N = 128 QK wgmma
-per step, the producer a step ahead (`Config.plan_ahead`) and 72 producer
-registers made the window launch 1.04x the 64-key one at 128K (49.9
-against 52.0 ms, 445 TFLOP/s; `gpu_vs_paired_steps_h200_s8.md`, which also
-splits the rest: the producer, with one slot per ring, costs ~5 ms more
-than a trivial one). The whole kernel with paired steps has not been timed
-yet, so 64 keys per step stays the default.
+Paired steps (`step_keys=128`; the default at D = 128 up to T = 128K,
+`auto_step_keys`): each Mosaic GPU step takes two of the stream's 64-row
+tiles into the two halves of a 128-row ring slot (one K/V slot per
+warpgroup at D = 128, one producer warpgroup per ring), masks each half as
+before and runs one online-softmax rescale per 128 keys. A mask-free
+128-key loop is 1.14x the 64-key one (`gpu_mgpu_key128_h200.md`). The first
+paired kernel (seventh session) was wrong where a step's second half
+gathers the run tail its first half left; its reworked producer (eighth
+session: a gathered half's chunks read only where copied, the chunks an
+earlier half left passed on in registers, new ones stored after the step's
+copies) passes every GPU check (`gpu_vs_paired_steps_h200_s8.md`). In the
+ninth session (`gpu_vs_paired_steps_h200_s9.md`, H200) the whole kernel
+with paired steps and two producers took 53.2 ms / 434 TFLOP/s at 128K on
+clustered lines against 56.0 / 413 for 64-key steps (1.05x), 1.03x / 1.05x
+at 512K / 1M there, and 1.03-1.045x at 32K-128K on the builder's sets from
+synthetic q/k; on those sets it lost at 512K / 1M (0.985x / 0.915x),
+where runs of 2.4 windows, mostly misaligned, mask about a third of the
+tiles and the paired masks cost 7.6%: hence the 128K limit.
 
 Restrictions (the Pallas-Triton `vertical_slash_attention` is the general
 path): bf16/fp16, D in {64, 128, 256}, T == S a multiple of 64 and at most
