@@ -397,17 +397,17 @@ def _impls(tail_chunks=(), seed_configs=()):
 LAYOUT_SOURCES = ("clustered", "synthetic")
 
 
-def layout_stats(layout, t: int) -> dict:
-  """Per query block and head: windows, runs of contiguous windows, the
-  share of runs at misaligned starts, gathered tiles (from `tile_steps`)
-  and columns (means over all blocks), on the device."""
+def layout_stats(layout, t: int, interpret: bool = False) -> dict:
+  """Means over all query blocks and heads of: windows, runs of contiguous
+  windows, runs at misaligned starts, gathered tiles (from `tile_steps`;
+  `interpret` runs it in interpret mode) and columns, on the device."""
   cnt, off = layout.block_count, layout.block_offset
   i = lax.broadcasted_iota(jnp.int32, off.shape, 3)
   live = i < cnt[..., None]
   prev = jnp.concatenate([jnp.full_like(off[..., :1], -2 * BLOCK),
                           off[..., :-1]], axis=-1)
   first = live & (off != prev + BLOCK)  # a run starts here
-  steps = tile_steps.tile_steps(cnt, off, t=t)
+  steps = tile_steps.tile_steps(cnt, off, t=t, interpret=interpret)
   mean = lambda x: float(jnp.mean(x.astype(jnp.float32)))
   runs = jnp.sum(first, axis=-1)
   return dict(windows=mean(cnt), runs=mean(runs),

@@ -185,6 +185,14 @@ class Config:
       after ring 0 has released its slot of step i, however far ahead
       ring 1 is). Each producer gets `producer_registers`, the compute
       warpgroups the rest (40 -> 216).
+    profile_space / profile_dir: with profile_space > 0, Mosaic GPU's
+      profiler records the kernel's named regions (`jax.named_scope`:
+      "qk", "mask", "softmax", "wait_v", "pv", ... in the compute
+      warpgroups; "wait_k_free", "copy_k", "plan", ... in the producers)
+      for up to profile_space regions per warpgroup and CTA, in SMEM
+      (16 bytes per region and warpgroup), and writes a Chrome trace into
+      the directory profile_dir after each call (a diagnostic: the clock
+      reads cost time; `experiments/gpu_mgpu_profile.py` sums it up).
   """
 
   compute_wgs: int = 2
@@ -194,6 +202,8 @@ class Config:
   producer_registers: int = 40
   plan_ahead: bool = False
   ring_producers: bool = False
+  profile_space: int = 0
+  profile_dir: str = ""
 
   def __post_init__(self):
     if self.compute_wgs not in (1, 2):
@@ -209,6 +219,12 @@ class Config:
         or regs % 8 or not 24 <= regs <= 96):
       raise ValueError(f"producer_registers={regs!r} must be a multiple of 8"
                        " in [24, 96]")
+    space = self.profile_space
+    if isinstance(space, bool) or not isinstance(space, int) or space < 0:
+      raise ValueError(f"profile_space={space!r} must be an int >= 0")
+    if bool(space) != bool(self.profile_dir):
+      raise ValueError("profile_space and profile_dir go together: both set"
+                       f" or neither (got {space!r}, {self.profile_dir!r})")
 
   @property
   def producers(self) -> int:
@@ -224,11 +240,14 @@ class Config:
 
   def smem_bytes(self, head_dim: int, itemsize: int = 2,
                  seeded: bool = False, key_rows: int = BLOCK) -> int:
-    """SMEM of the q/o tiles, the K/V rings ([key_rows, D] tiles) and the
-    seed's lse (if any; its output tile reuses the q/o tile)."""
+    """SMEM of the q/o tiles, the K/V rings ([key_rows, D] tiles), the
+    seed's lse (if any; its output tile reuses the q/o tile) and the
+    profiler's buffer (if `profile_space`)."""
     ring = 2 * self.max_concurrent_steps * key_rows * head_dim * itemsize
     per_wg = BLOCK * head_dim * itemsize + ring + (BLOCK * 4 if seeded else 0)
-    return self.compute_wgs * per_wg
+    # The profiler's buffer: 2 events of 2 int32 per region, per warpgroup.
+    profile = ((self.compute_wgs + self.producers) * self.profile_space * 16)
+    return self.compute_wgs * per_wg + profile
 
   @classmethod
   def get_default(cls, head_dim: int = 128) -> "Config":
@@ -612,7 +631,8 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
         if isinstance(mask, CondMask):  # scalars read before the wgmma
           x, aux = mask.scalars(i, aux)
         elif isinstance(mask, StreamMask):  # before the slot is released
-          x = stream_words(w, i)
+          with jax.named_scope("words"):
+            x = stream_words(w, i)
 
         def compute_qk(acc_ref):  # one wgmma over the whole slot
           plgpu.wgmma(acc_ref, qo, k_smem.at[w, slot].transpose((1, 0)))
@@ -622,25 +642,30 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
         # [64, KR] scores; a paired stream's two [64, 64] halves, sliced
         # from one N = 128 wgmma (one per half took 58.4 against 54.0 ms
         # at 128K on an H200, `gpu_vs_paired_steps_h200_s8.md`).
-        s_all = pl.run_scoped(compute_qk,
-                              plgpu.ACC((BLOCK, key_rows), jnp.float32))
+        with jax.named_scope("qk"):
+          s_all = pl.run_scoped(compute_qk,
+                                plgpu.ACC((BLOCK, key_rows), jnp.float32))
         s = tuple(s_all[:, j * BLOCK:(j + 1) * BLOCK] for j in range(halves)
                   ) if halves > 1 else (s_all,)
         plgpu.barrier_arrive(k_free.at[w * depth + slot])
-        if isinstance(mask, StreamMask):
-          s = tuple(_apply_stream_mask(s_j, mask, words, r0)
-                    for s_j, words in zip(s, x))
-        elif mask is not None:
-          (s,) = s
-          s = (_apply_mask(s, mask, i, x, r0, lambda: plan.key_start(m, i)),)
-        p, acc, m_new, l_i = _softmax_update(s, m_i, l_i, acc, qk_scale,
-                                             masked=mask is not None)
-        p16 = tuple(p_j.astype(dtype) for p_j in p)
+        with jax.named_scope("mask"):
+          if isinstance(mask, StreamMask):
+            s = tuple(_apply_stream_mask(s_j, mask, words, r0)
+                      for s_j, words in zip(s, x))
+          elif mask is not None:
+            (s,) = s
+            s = (_apply_mask(s, mask, i, x, r0,
+                             lambda: plan.key_start(m, i)),)
+        with jax.named_scope("softmax"):
+          p, acc, m_new, l_i = _softmax_update(s, m_i, l_i, acc, qk_scale,
+                                               masked=mask is not None)
+          p16 = tuple(p_j.astype(dtype) for p_j in p)
         if schedule:
           acc, l_i, m_new, p16 = lax.optimization_barrier(
               (acc, l_i, m_new, p16))
           plgpu.barrier_arrive(sched_bar)
-        plgpu.barrier_wait(v_bars.at[w * depth + slot])
+        with jax.named_scope("wait_v"):
+          plgpu.barrier_wait(v_bars.at[w * depth + slot])
         if schedule:
           plgpu.barrier_wait(sched_bar)
 
@@ -651,8 +676,9 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
           def _():
             plgpu.barrier_wait(k_bars.at[w * depth + lax.rem(nxt, depth)])
 
-        acc = _wgmma_accumulate(acc, p16, slot_tiles(v_smem), wait_next_k,
-                                fused=not interpret)
+        with jax.named_scope("pv_wait_k"):  # P @ V, then the next K
+          acc = _wgmma_accumulate(acc, p16, slot_tiles(v_smem), wait_next_k,
+                                  fused=not interpret)
         plgpu.barrier_arrive(v_free.at[w * depth + slot])
         return acc, m_new, l_i, aux
 
@@ -724,10 +750,14 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
 
         @pl.when(i < count + depth)
         def _():
-          plgpu.barrier_wait(k_free.at[w * depth + slot])
-          copy(k_ref, k_smem, k_bars)
-          plgpu.barrier_wait(v_free.at[w * depth + slot])
-          copy(v_ref, v_smem, v_bars)
+          with jax.named_scope("wait_k_free"):
+            plgpu.barrier_wait(k_free.at[w * depth + slot])
+          with jax.named_scope("copy_k"):
+            copy(k_ref, k_smem, k_bars)
+          with jax.named_scope("wait_v_free"):
+            plgpu.barrier_wait(v_free.at[w * depth + slot])
+          with jax.named_scope("copy_v"):
+            copy(v_ref, v_smem, v_bars)
 
       def plan_stream(w, i, state: StreamState):
         """Step i of ring w for a stream plan: the plan's next `halves`
@@ -740,23 +770,25 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
         `StreamState`)."""
         m, _, count = blocks[w]
         subs, left = [], []
-        for half in range(halves):
-          # Read before the wait (an in-range primary even past the last).
-          p_in = jnp.clip(state.p, 0, jnp.maximum(n_primary[w] - 1, 0))
-          tile, next_plan = plan.stream_next(m, p_in, state.plan)
-          live = i * halves + half < n_tiles[w]
-          gathered, primary, next_state = stream_advance(
-              state, tile, next_plan, n_primary[w], live)
-          empty = (i < count) & ~live
-          # A gathered half takes its pending chunks from SMEM, except those
-          # the earlier halves of this step left (`left`: passed on in
-          # registers; every new chunk is stored after the step's copies,
-          # so no half's SMEM reads race a store of the same step).
-          subs.append(dict(tile=tile, gathered=gathered,
-                           whole=primary | empty, empty=empty,
-                           pending=state.pending, left=tuple(left)))
-          left.append((primary & tile.has_chunk, state.pending, tile.chunk))
-          state = next_state
+        with jax.named_scope("plan"):
+          for half in range(halves):
+            # Read before the wait (an in-range primary even past the last).
+            p_in = jnp.clip(state.p, 0, jnp.maximum(n_primary[w] - 1, 0))
+            tile, next_plan = plan.stream_next(m, p_in, state.plan)
+            live = i * halves + half < n_tiles[w]
+            gathered, primary, next_state = stream_advance(
+                state, tile, next_plan, n_primary[w], live)
+            empty = (i < count) & ~live
+            # A gathered half takes its pending chunks from SMEM, except
+            # those the earlier halves of this step left (`left`: passed on
+            # in registers; every new chunk is stored after the step's
+            # copies, so no half's SMEM reads race a store of the same
+            # step).
+            subs.append(dict(tile=tile, gathered=gathered,
+                             whole=primary | empty, empty=empty,
+                             pending=state.pending, left=tuple(left)))
+            left.append((primary & tile.has_chunk, state.pending, tile.chunk))
+            state = next_state
         return (subs, tuple(left)), state
 
       def load_stream(w, i, planned, wait, which):
@@ -821,10 +853,13 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
           if wait:
             @pl.when(i < count + depth)
             def _():
-              plgpu.barrier_wait(free.at[bar])
-              load(src, dst, bars, with_words)
+              with jax.named_scope(f"wait_{part}_free"):
+                plgpu.barrier_wait(free.at[bar])
+              with jax.named_scope(f"copy_{part}"):
+                load(src, dst, bars, with_words)
           else:
-            load(src, dst, bars, with_words)
+            with jax.named_scope(f"copy_{part}"):
+              load(src, dst, bars, with_words)
         if "v" not in which:  # the V copies still read the pending chunks
           return
         for wrote, index, chunk in left:
@@ -928,7 +963,10 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
       **_grid(config.fastest_axis, n, n_pairs, g, b),
       num_threads=wgs + config.producers,
       thread_name="wg",
-      compiler_params=plgpu.CompilerParams(approx_math=True),
+      compiler_params=plgpu.CompilerParams(
+          approx_math=True, profile_space=config.profile_space,
+          profile_dir=config.profile_dir,
+          profile_bounds_check=config.profile_space > 0),
       interpret=interpret,
       kernel_name=(f"{name}_d{d}_w{wgs}_s{depth}"
                    f"{f'_k{key_rows}' if key_rows != BLOCK else ''}"
