@@ -410,14 +410,10 @@ def test_bad_inputs_raise():
   assert Config(compute_wgs=1, ring_producers=True).producers == 1
 
 
-@pytest.mark.parametrize("d,n_vert,config,step_keys", [
-    (128, 80, None, 64), (64, 80, None, 64), (256, 80, None, 64),
-    (128, 0, W2S2, 64), (128, 80, None, 128), (64, 80, None, 128),
-    (256, 0, None, 128), (128, 0, W2S1P, 128)])
-def test_lowers_for_h200(d, n_vert, config, step_keys):
-  """One Mosaic GPU call (wgmma, TMA; windows and run tails), one Triton
-  call for the steps count and one for the columns, if any."""
-  b, t, n, kv, n_slash = 1, 1024, 4, 2, 9
+def _lowered_for_h200(d, n_slash, n_vert, **kwargs) -> str:
+  """The kernel (`**kwargs`: config, step_keys) lowered for an abstract
+  H200 at B=1, T=1024, N=4, K=2, as text."""
+  b, t, n, kv = 1, 1024, 4, 2
   tb = t // 64
   q = jax.ShapeDtypeStruct((b, t, n, d), jnp.bfloat16)
   k = jax.ShapeDtypeStruct((b, t, kv, d), jnp.bfloat16)
@@ -425,12 +421,21 @@ def test_lowers_for_h200(d, n_vert, config, step_keys):
 
   def fn(q, k, v, c, o, cc, ci):
     return vertical_slash_attention_mgpu(
-        q, k, v, VerticalSlashLayout(c, o, cc, ci), config=config,
-        step_keys=step_keys)
+        q, k, v, VerticalSlashLayout(c, o, cc, ci), **kwargs)
 
   args = (q, k, k, i32(b, n, tb), i32(b, n, tb, n_slash), i32(b, n, tb),
           i32(b, n, tb, n_vert))
-  text = ktu.lower_for_gpu(fn, args).as_text()
+  return ktu.lower_for_gpu(fn, args).as_text()
+
+
+@pytest.mark.parametrize("d,n_vert,config,step_keys", [
+    (128, 80, None, 64), (64, 80, None, 64), (256, 80, None, 64),
+    (128, 0, W2S2, 64), (128, 80, None, 128), (64, 80, None, 128),
+    (256, 0, None, 128), (128, 0, W2S1P, 128)])
+def test_lowers_for_h200(d, n_vert, config, step_keys):
+  """One Mosaic GPU call (wgmma, TMA; windows and run tails), one Triton
+  call for the steps count and one for the columns, if any."""
+  text = _lowered_for_h200(d, 9, n_vert, config=config, step_keys=step_keys)
   assert text.count("stablehlo.custom_call @mosaic_gpu") == 1
   assert text.count("__gpu$xla.gpu.triton") == 1 + (n_vert > 0)
   assert "minf_vertical_slash_tile_steps" in text
@@ -566,19 +571,7 @@ def test_default_step_keys_follow_auto_without_a_config(config, want_paired):
   """Without a config the kernel takes `auto_step_keys` (paired at D = 128
   and this T: 128-row key tiles in the lowered Mosaic GPU kernel); a given
   config keeps 64 keys per step."""
-  b, t, n, kv, d = 1, 1024, 4, 2, 128
-  tb = t // 64
-  q = jax.ShapeDtypeStruct((b, t, n, d), jnp.bfloat16)
-  k = jax.ShapeDtypeStruct((b, t, kv, d), jnp.bfloat16)
-  i32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.int32)
-
-  def fn(q, k, v, c, o, cc, ci):
-    return vertical_slash_attention_mgpu(
-        q, k, v, VerticalSlashLayout(c, o, cc, ci), config=config)
-
-  args = (q, k, k, i32(b, n, tb), i32(b, n, tb, 5), i32(b, n, tb),
-          i32(b, n, tb, 0))
-  text = ktu.lower_for_gpu(fn, args).as_text()
+  text = _lowered_for_h200(128, 5, 0, config=config)
   assert ("minf_vertical_slash_mgpu_d128_w2_s1_k128" in text) == want_paired
   assert ("minf_vertical_slash_mgpu_d128_w2_s2_stream" in text) == (
       not want_paired)
