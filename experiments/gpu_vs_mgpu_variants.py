@@ -39,7 +39,8 @@ slash) with different tile plans:
   `stream_free_windows`: paired / 64-key steps with no mask on the window
   tiles (their masks' cost, not the key set); `stream_windows_tails_2prod`,
   `k128_free_s1_2prod`: 64-key steps and the mask-free 128-key loop with
-  one producer per ring;
+  one producer per ring; `stream_windows_tails(_k128)_split_masks`: a
+  column-only mask for masked tiles left of the diagonal (not timed yet);
 plus the whole kernel (`mgpu_full`: the column seed launch + the Mosaic GPU
 launch with the run tails; `mgpu_full_seed_tails`: the previous kernel,
 `_fwd(..., tails="seed")`, the run tails in the Triton seed launch), the seed
@@ -277,6 +278,32 @@ class _StreamPlanFreeWindows(vs_mgpu._StreamPlan):
     return header * 0
 
 
+class _StreamPlanSplitMasks(vs_mgpu._StreamPlan):
+  """The stream with two window-mask kinds (a candidate for cheaper
+  masks): kind 1 keeps the columns >= lo only, for a masked tile wholly
+  left of the diagonal (a misaligned run's first tile, or a start clamped
+  at the sequence end); kind 2 is the usual lo-and-causal mask, for the
+  tiles the diagonal crosses."""
+
+  def stream_next(self, m, p, state):
+    step, nxt = super().stream_next(m, p, state)
+    start = lax.shift_left(lax.shift_right_logical(step.header, 8), 3)
+    masked = (step.header & 3) != 0
+    causal = start + BLOCK - 1 > m * BLOCK
+    kind = jnp.where(masked, jnp.where(causal, 2, 1), 0)
+    return step._replace(header=step.header - (step.header & 3) + kind), nxt
+
+  @staticmethod
+  def _lo_keep(header, rows, cols):
+    """Tile-local columns >= lo - start (rows unused: no causal cut)."""
+    del rows
+    return cols >= (lax.shift_right_logical(header, 2) & 63)
+
+  def segments(self, m):
+    return (core.Segment(self.count(m), core.StreamMask(
+        self._kind, (self._lo_keep, self._window_keep), self._tail_keep)),)
+
+
 class _StreamPlanRereadCount(vs_mgpu._StreamPlan):
   """The stream as it was until the ninth session: every tile re-reads the
   block's window count from GMEM instead of carrying it."""
@@ -287,20 +314,21 @@ class _StreamPlanRereadCount(vs_mgpu._StreamPlan):
 
 
 def _stream_windows_fn(step_keys=BLOCK, plan_cls=vs_mgpu._StreamPlan,
-                       config=None):
+                       config=None, interpret=None):
   """The current Mosaic GPU launch alone (no seed): windows + run tails,
   with the kernel that counts the tiles, at `step_keys` keys per step (the
-  default config for them if `config` is None)."""
+  default config for them if `config` is None); `interpret`: None (GPU) or
+  `plgpu.InterpretGPUParams` (tests)."""
   def fn(q, k, v, lay):
     dims = _dims(q, k)
     steps = tile_steps.tile_steps(lay.block_count, lay.block_offset,
-                                  t=dims.t)
+                                  t=dims.t, interpret=interpret is not None)
     return core.tile_list_attention(
         q, k, v, (steps, lay.block_count, lay.block_offset),
         plan_fn=lambda refs, bb, h: plan_cls.of(refs, bb, h, dims.t),
         config=config or vs_mgpu.default_config(dims.d, step_keys),
-        dims=dims, interpret=None, name="vs_variant_stream", stream=True,
-        key_rows=step_keys)
+        dims=dims, interpret=interpret, name="vs_variant_stream",
+        stream=True, key_rows=step_keys)
   return fn
 
 
@@ -361,6 +389,10 @@ def _impls(tail_chunks=(), seed_configs=()):
            _stream_windows_fn(paired, _StreamPlanFreeWindows), "windows"),
           ("stream_free_windows",
            _stream_windows_fn(BLOCK, _StreamPlanFreeWindows), "windows"),
+          ("stream_windows_tails_k128_split_masks",
+           _stream_windows_fn(paired, _StreamPlanSplitMasks), "windows"),
+          ("stream_windows_tails_split_masks",
+           _stream_windows_fn(BLOCK, _StreamPlanSplitMasks), "windows"),
           ("stream_windows_tails_s1", _stream_windows_fn(config=W2S1),
            "windows"),
           ("tile_steps_pass", steps, None),
