@@ -191,17 +191,15 @@ def _mosaic_gpu_kernel_fn(pattern, interpret, impl="mosaic_gpu"):
   """The Mosaic GPU (Hopper) kernel of a pattern: its default config, with
   the CTA order of `impl` (`MGPU_ORDERS`), or Vertical-Slash at the keys
   per step of `impl` (`MGPU_STEP_KEYS`)."""
-  if impl in MGPU_STEP_KEYS:
-    if pattern != "vertical_slash":
-      raise ValueError(f"{impl} is a Vertical-Slash kernel, not {pattern}")
+  if impl in MGPU_STEP_KEYS and pattern != "vertical_slash":
+    raise ValueError(f"{impl} is a Vertical-Slash kernel, not {pattern}")
+  if pattern == "vertical_slash" and impl in ("mosaic_gpu", *MGPU_STEP_KEYS):
+    # The default config at those keys per step (None, for "mosaic_gpu":
+    # the library default, `auto_step_keys`).
     from pallas_kernels.vertical_slash import mosaic_gpu as vs_mod
+    step_keys = MGPU_STEP_KEYS.get(impl)
     return lambda q, k, v, lay: vs_mod.vertical_slash_attention_mgpu(
-        q, k, v, lay, step_keys=MGPU_STEP_KEYS[impl], interpret=interpret)
-  if pattern == "vertical_slash" and impl == "mosaic_gpu":
-    # The library default: its config and keys per step (`auto_step_keys`).
-    from pallas_kernels.vertical_slash import mosaic_gpu as vs_mod
-    return lambda q, k, v, lay: vs_mod.vertical_slash_attention_mgpu(
-        q, k, v, lay, interpret=interpret)
+        q, k, v, lay, step_keys=step_keys, interpret=interpret)
   if pattern == "vertical_slash":
     from pallas_kernels.vertical_slash import mosaic_gpu as mod
     fn = mod.vertical_slash_attention_mgpu

@@ -44,13 +44,11 @@ import traceback
 import warnings
 
 import jax
-import jax.numpy as jnp
 
 from experiments import bench_common as bc
 from experiments import gpu_vs_mgpu_variants as variants
-from experiments.gpu_mgpu_kernels import Cfg as KernelsCfg
-from experiments.gpu_mgpu_kernels import _vs_builder
 from pallas_kernels.mosaic_gpu_core import BLOCK
+from pallas_kernels.vertical_slash import mosaic_gpu as vs_mgpu
 
 warnings.filterwarnings("ignore", message="The Pallas Triton backend")
 
@@ -58,7 +56,7 @@ warnings.filterwarnings("ignore", message="The Pallas Triton backend")
 KERNELS = {
     "vs_k128": (2 * BLOCK, None, variants.PAIRED),
     "vs_k128_one_producer": (2 * BLOCK, None, variants.PAIRED_ONE_PRODUCER),
-    "vs_k64": (BLOCK, None, variants.vs_mgpu.default_config(128)),
+    "vs_k64": (BLOCK, None, vs_mgpu.default_config(128)),
     "free_k128": (2 * BLOCK, variants._Plan128Free, variants.W2S1),
 }
 
@@ -75,6 +73,9 @@ class Cfg:
   layout_source: str = "clustered"  # or "synthetic" (gpu_vs_mgpu_variants)
   profile_space: int = 512  # regions per warpgroup and CTA
   seed: int = 0
+
+  def __post_init__(self):
+    variants.check_layout_source(self.layout_source)
 
 
 def summarize_trace(events: list[dict], compute_wgs: int,
@@ -133,18 +134,6 @@ def summarize_trace(events: list[dict], compute_wgs: int,
   return out
 
 
-def _layout(cfg, t):
-  if cfg.layout_source == "synthetic":
-    return variants._synthetic_layout(cfg, t)
-  q, k, v = bc.gaussian_qkv(jax.random.key(cfg.seed + t), 1, t,
-                            cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
-                            jnp.bfloat16)
-  layout, source = _vs_builder(KernelsCfg(vs_budget=cfg.vs_budget),
-                               jax.random.key(cfg.seed + t + 1),
-                               cfg.num_heads, t)
-  return q, k, v, layout, source
-
-
 def profile_kernel(cfg, name, q, k, v, layout):
   """Runs kernel `name` once with the profiler; returns (trace path,
   summary)."""
@@ -173,12 +162,9 @@ def profile_kernel(cfg, name, q, k, v, layout):
 
 def main(argv):
   cfg, _ = bc.parse_cli(Cfg, argv, None)
-  if cfg.layout_source not in variants.LAYOUT_SOURCES:
-    raise ValueError(f"layout_source={cfg.layout_source!r} must be one of"
-                     f" {variants.LAYOUT_SOURCES}")
   meta = dict(bc.environment(), config=bc.as_dict(cfg))
   print(json.dumps(meta, default=str), flush=True)
-  q, k, v, layout, source = _layout(cfg, cfg.seq_len)
+  q, k, v, layout, source = variants.build_inputs(cfg, cfg.seq_len)
   stats = variants.layout_stats(layout, cfg.seq_len)
   print(json.dumps(dict(layout=source, **stats)), flush=True)
   rows = []

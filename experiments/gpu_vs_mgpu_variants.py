@@ -33,8 +33,7 @@ slash) with different tile plans:
   `_one_producer`: the eighth session's default (one producer for both
   rings, 72 registers); `_ring_by_ring`: that producer ring by ring with
   40 (no `Config.plan_ahead`); `_no_plan_ahead`: two producers without
-  it; `_reread_count`: one producer, the window count re-read from GMEM
-  on every tile (as until the ninth session); `_pingpong`; `_r24`, `_r56`:
+  it; `_pingpong`; `_r24`, `_r56`:
   other producer registers; `stream_k128_free_windows` /
   `stream_free_windows`: paired / 64-key steps with no mask on the window
   tiles (their masks' cost, not the key set); `stream_windows_tails_2prod`,
@@ -121,6 +120,9 @@ class Cfg:
   # alone (`seed_columns_only@BC-W-S`) and in the whole kernel
   # (`mgpu_full@BC-W-S`); they run even if `kernels` leaves them out.
   seed_configs: tuple[str, ...] = ()
+
+  def __post_init__(self):
+    check_layout_source(self.layout_source)
 
 
 class _Plan80(vs_mgpu._Plan):
@@ -304,15 +306,6 @@ class _StreamPlanSplitMasks(vs_mgpu._StreamPlan):
         self._kind, (self._lo_keep, self._window_keep), self._tail_keep)),)
 
 
-class _StreamPlanRereadCount(vs_mgpu._StreamPlan):
-  """The stream as it was until the ninth session: every tile re-reads the
-  block's window count from GMEM instead of carrying it."""
-
-  def stream_next(self, m, p, state):
-    o, prev, _ = state
-    return super().stream_next(m, p, (o, prev, self.primary_count(m)))
-
-
 def _stream_windows_fn(step_keys=BLOCK, plan_cls=vs_mgpu._StreamPlan,
                        config=None, interpret=None):
   """The current Mosaic GPU launch alone (no seed): windows + run tails,
@@ -371,8 +364,6 @@ def _impls(tail_chunks=(), seed_configs=()):
           ("stream_windows_tails", _stream_windows, "windows"),
           ("stream_windows_tails_k128", _stream_windows_fn(paired),
            "windows"),
-          ("stream_windows_tails_k128_reread_count",
-           _stream_windows_fn(paired, _StreamPlanRereadCount), "windows"),
           ("stream_windows_tails_k128_one_producer",
            _stream_windows_fn(paired, config=PAIRED_ONE_PRODUCER), "windows"),
           ("stream_windows_tails_k128_no_plan_ahead",
@@ -429,6 +420,12 @@ def _impls(tail_chunks=(), seed_configs=()):
 LAYOUT_SOURCES = ("clustered", "synthetic")
 
 
+def check_layout_source(source: str):
+  if source not in LAYOUT_SOURCES:
+    raise ValueError(f"layout_source={source!r} must be one of"
+                     f" {LAYOUT_SOURCES}")
+
+
 def layout_stats(layout, t: int, interpret: bool = False) -> dict:
   """Means over all query blocks and heads of: windows, runs of contiguous
   windows, runs at misaligned starts, gathered tiles (from `tile_steps`;
@@ -445,6 +442,22 @@ def layout_stats(layout, t: int, interpret: bool = False) -> dict:
   return dict(windows=mean(cnt), runs=mean(runs),
               misaligned_runs=mean(jnp.sum(first & (off % 8 != 0), axis=-1)),
               gathered=mean(steps - cnt), columns=mean(layout.column_count))
+
+
+def build_inputs(cfg, t):
+  """(q, k, v, layout, source) at length t for `cfg.layout_source` (cfg
+  also gives seed, num_heads, num_kv_heads, head_dim, vs_budget):
+  "clustered" is gaussian q/k/v with the index builder's layout of
+  clustered lines, "synthetic" `_synthetic_layout`."""
+  if cfg.layout_source == "synthetic":
+    return _synthetic_layout(cfg, t)
+  q, k, v = bc.gaussian_qkv(jax.random.key(cfg.seed + t), 1, t,
+                            cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+                            jnp.bfloat16)
+  layout, source = _vs_builder(KernelsCfg(vs_budget=cfg.vs_budget),
+                               jax.random.key(cfg.seed + t + 1),
+                               cfg.num_heads, t)
+  return q, k, v, layout, source
 
 
 def _synthetic_layout(cfg, t):
@@ -510,19 +523,9 @@ def main(argv):
   rows = []
   if cfg.check:
     check(rows, cfg.check_tails)
-  kcfg = KernelsCfg(vs_budget=cfg.vs_budget)
-  n, kv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-  if cfg.layout_source not in LAYOUT_SOURCES:
-    raise ValueError(f"layout_source={cfg.layout_source!r} must be one of"
-                     f" {LAYOUT_SOURCES}")
+  d = cfg.head_dim
   for t in cfg.lens:
-    if cfg.layout_source == "synthetic":
-      q, k, v, layout, source = _synthetic_layout(cfg, t)
-    else:
-      q, k, v = bc.gaussian_qkv(jax.random.key(cfg.seed + t), 1, t, n, kv,
-                                d, jnp.bfloat16)
-      layout, source = _vs_builder(kcfg, jax.random.key(cfg.seed + t + 1),
-                                   n, t)
+    q, k, v, layout, source = build_inputs(cfg, t)
     row = dict(kernel="layout", T=t, source=source,
                **layout_stats(layout, t))
     rows.append(row)

@@ -189,9 +189,9 @@ class Config:
       profiler records the kernel's named regions (`jax.named_scope`:
       "words", "qk", "mask", "softmax", "wait_v", "pv_wait_k" in the
       compute warpgroups; "wait_k_free", "copy_k", "plan", "wait_v_free",
-      "copy_v" in the producers)
-      for up to profile_space regions per warpgroup and CTA, in SMEM
-      (16 bytes per region and warpgroup), and writes a Chrome trace into
+      "copy_v" in the producers) for up to profile_space regions per
+      warpgroup and CTA, in SMEM (16 bytes per region and warpgroup),
+      and writes a Chrome trace into
       the directory profile_dir after each call (a diagnostic: the clock
       reads cost time; `experiments/gpu_mgpu_profile.py` sums it up).
   """

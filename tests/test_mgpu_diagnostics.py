@@ -125,3 +125,9 @@ def test_layout_stats_match_a_count_by_hand():
     np.testing.assert_allclose(got[name], value, rtol=1e-6,
                                err_msg=f"{name} (seed={seed})")
   assert got["runs"] > 0 and got["misaligned_runs"] > 0, seed
+
+
+def test_layout_source_is_checked():
+  for cfg_cls in (variants.Cfg, prof.Cfg):
+    with pytest.raises(ValueError, match="layout_source"):
+      cfg_cls(layout_source="random")
