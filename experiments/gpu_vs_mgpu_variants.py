@@ -280,6 +280,21 @@ class _StreamPlanFreeWindows(vs_mgpu._StreamPlan):
     return header * 0
 
 
+class _StreamPlanEagerMasks(vs_mgpu._StreamPlan):
+  """The stream as the ninth session ran it: every word read before the
+  QK wgmma and one mask switch per 64-row half, with no `lax.cond` that
+  skips the switches of a paired step needing no mask."""
+
+  LAZY_CHUNKS = False
+  SKIP_UNMASKED = False
+
+
+class _StreamPlanLazyChunks(vs_mgpu._StreamPlan):
+  """The chunk words read lazily, but one switch per half always."""
+
+  SKIP_UNMASKED = False
+
+
 class _StreamPlanSplitMasks(vs_mgpu._StreamPlan):
   """The stream with two window-mask kinds (a candidate for cheaper
   masks): kind 1 keeps the columns >= lo only, for a masked tile wholly
@@ -303,7 +318,8 @@ class _StreamPlanSplitMasks(vs_mgpu._StreamPlan):
 
   def segments(self, m):
     return (core.Segment(self.count(m), core.StreamMask(
-        self._kind, (self._lo_keep, self._window_keep), self._tail_keep)),)
+        self._kind, (self._lo_keep, self._window_keep), self._tail_keep,
+        lazy_chunks=self.LAZY_CHUNKS, skip_unmasked=self.SKIP_UNMASKED)),)
 
 
 def _stream_windows_fn(step_keys=BLOCK, plan_cls=vs_mgpu._StreamPlan,
@@ -384,6 +400,12 @@ def _impls(tail_chunks=(), seed_configs=()):
            _stream_windows_fn(paired, _StreamPlanSplitMasks), "windows"),
           ("stream_windows_tails_split_masks",
            _stream_windows_fn(BLOCK, _StreamPlanSplitMasks), "windows"),
+          ("stream_windows_tails_k128_eager_masks",
+           _stream_windows_fn(paired, _StreamPlanEagerMasks), "windows"),
+          ("stream_windows_tails_k128_lazy_chunks",
+           _stream_windows_fn(paired, _StreamPlanLazyChunks), "windows"),
+          ("stream_windows_tails_eager_masks",
+           _stream_windows_fn(BLOCK, _StreamPlanEagerMasks), "windows"),
           ("stream_windows_tails_s1", _stream_windows_fn(config=W2S1),
            "windows"),
           ("tile_steps_pass", steps, None),

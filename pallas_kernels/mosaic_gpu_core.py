@@ -355,15 +355,22 @@ def _masked_scores(s, mask: MaskFn, i, r0, key_start):
   return jnp.where(mask(i, rows, cols), s, -jnp.inf)
 
 
-def _apply_stream_mask(s, mask: StreamMask, words, r0):
-  """s [64, 64] masked as a `StreamMask` says for the 64-row tile whose
-  SMEM words (header * 2 + gathered, then GATHER chunk words; EMPTY_HALF
-  for the padding half of a paired stream's last step, all masked) are
-  `words`."""
-  header = lax.shift_right_arithmetic(words[0], 1)
-  gathered = (words[0] & 1) != 0
+def _stream_kind(mask: StreamMask, first):
+  """The switch index of a 64-row half whose first SMEM word (header * 2 +
+  gathered, or EMPTY_HALF) is `first`: 0 mask-free, k = mask.masks[k - 1],
+  then the gathered mask, then all masked."""
+  header = lax.shift_right_arithmetic(first, 1)
+  gathered = (first & 1) != 0
   kind = jnp.where(gathered, len(mask.masks) + 1, mask.kind(header))
-  kind = jnp.where(words[0] == EMPTY_HALF, len(mask.masks) + 2, kind)
+  return jnp.where(first == EMPTY_HALF, len(mask.masks) + 2, kind)
+
+
+def _apply_stream_mask(s, mask: StreamMask, first, chunks, r0):
+  """s [64, 64] masked as a `StreamMask` says for the 64-row tile whose
+  first SMEM word is `first` (`_stream_kind`); chunks: its GATHER chunk
+  words, or a function that reads them (called only on the gathered
+  branch)."""
+  header = lax.shift_right_arithmetic(first, 1)
 
   def masked(keep_fn):
     def branch(s):
@@ -371,11 +378,30 @@ def _apply_stream_mask(s, mask: StreamMask, words, r0):
       return jnp.where(keep_fn(rows, _wgmma_iota(s.shape, 1)), s, -jnp.inf)
     return branch
 
+  def gathered(s):
+    words = chunks() if callable(chunks) else chunks
+    return masked(functools.partial(mask.gathered, words))(s)
+
   branches = ([lambda s: s]
               + [masked(functools.partial(fn, header)) for fn in mask.masks]
-              + [masked(functools.partial(mask.gathered, words[1:])),
-                 lambda s: s - jnp.inf])  # all masked; s's layout kept
-  return lax.switch(kind, branches, s)
+              + [gathered, lambda s: s - jnp.inf])  # all masked; s's layout
+  return lax.switch(_stream_kind(mask, first), branches, s)
+
+
+def _apply_stream_masks(s, mask: StreamMask, words, r0):
+  """A stream step's score tiles s (one [64, 64] per half) masked per
+  half; words: per half, (first word, chunk words or their reader). With
+  `mask.skip_unmasked` and two halves, one `lax.cond` skips both switches
+  when neither half needs a mask."""
+  def switches(s):
+    return tuple(_apply_stream_mask(s_j, mask, first, chunks, r0)
+                 for s_j, (first, chunks) in zip(s, words, strict=True))
+
+  if not mask.skip_unmasked or len(s) == 1:
+    return switches(s)
+  need = functools.reduce(jnp.logical_or, [
+      _stream_kind(mask, first) != 0 for first, _ in words])
+  return lax.cond(need, switches, lambda s: s, s)
 
 
 def _apply_mask(s, mask, i, x, r0, key_start):
@@ -569,29 +595,33 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
       plgpu.barrier_wait(seed_bars[1].at[w])
       return _merge_seed(acc, m_i, l_i, qo, seed_smem.at[w])
 
-    def stream_words(w, i):
-      """The words the producer wrote for ring w's step i, one tuple per
-      64-row half: (header * 2 + gathered, GATHER chunk words); on a
-      gathered half, waits for its chunks 1..7 of K and V.
+    def stream_words(w, i, lazy: bool):
+      """The words the producer wrote for ring w's step i, one pair per
+      64-row half: (header * 2 + gathered, its GATHER chunk words, or with
+      `lazy` a function that reads them); on a gathered half, waits for
+      its chunks 1..7 of K and V.
 
       The words sit in a ring of 2 * depth entries: the producer rewrites
       step i's only for step i + 2 * depth, after step i + depth has
-      released its K slot. So reads that the compiler sinks past step i's
-      own release (e.g. the chunk words, used only after the QK wgmma) still
-      see step i's words."""
+      released its K slot. So reads that run or are sunk past step i's
+      own release (the lazy chunk words, read in the mask branch after
+      the QK wgmma) still see step i's words."""
       slot = lax.rem(i, depth)
       entry = lax.rem(i, 2 * depth)
       out = []
       for half in range(halves):
-        words = tuple(stream_smem[0][w, entry, half, j]
-                      for j in range(1 + GATHER))
+        word = functools.partial(
+            lambda half, j: stream_smem[0][w, entry, half, j], half)
+        first = word(0)
 
-        @pl.when((words[0] & 1) != 0)
+        @pl.when((first & 1) != 0)
         def _():
           plgpu.barrier_wait(gather_bars.at[(w * depth + slot) * halves
                                             + half])
 
-        out.append(words)
+        read = functools.partial(
+            lambda word: tuple(word(1 + j) for j in range(GATHER)), word)
+        out.append((first, read if lazy else read()))
       return tuple(out)
 
     @pl.when(wg < wgs)
@@ -633,7 +663,7 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
           x, aux = mask.scalars(i, aux)
         elif isinstance(mask, StreamMask):  # before the slot is released
           with jax.named_scope("words"):
-            x = stream_words(w, i)
+            x = stream_words(w, i, lazy=mask.lazy_chunks)
 
         def compute_qk(acc_ref):  # one wgmma over the whole slot
           plgpu.wgmma(acc_ref, qo, k_smem.at[w, slot].transpose((1, 0)))
@@ -651,8 +681,7 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
         plgpu.barrier_arrive(k_free.at[w * depth + slot])
         with jax.named_scope("mask"):
           if isinstance(mask, StreamMask):
-            s = tuple(_apply_stream_mask(s_j, mask, words, r0)
-                      for s_j, words in zip(s, x))
+            s = _apply_stream_masks(s, mask, x, r0)
           elif mask is not None:
             (s,) = s
             s = (_apply_mask(s, mask, i, x, r0,

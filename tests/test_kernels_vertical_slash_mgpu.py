@@ -609,3 +609,26 @@ def test_split_mask_stream_matches_reference(kind, step_keys):
   want = ktu.reference(q, k, v, vertical_slash_mask(layout, t, t))
   ktu.assert_close(out, want, jnp.bfloat16, seed,
                    f"split masks, {kind}, {step_keys} keys per step")
+
+
+@pytest.mark.parametrize("plan_cls,kind,step_keys", [
+    (variants._StreamPlanEagerMasks, "runs", 128),
+    (variants._StreamPlanEagerMasks, "many_tails", 128),
+    (variants._StreamPlanEagerMasks, "many_tails", 64),
+    (variants._StreamPlanLazyChunks, "many_tails", 128)])
+def test_other_stream_mask_paths_match_reference(plan_cls, kind, step_keys):
+  """The harness's other `StreamMask` paths keep the layout's key set too:
+  `_StreamPlanEagerMasks` (lazy_chunks and skip_unmasked off: every word
+  read up front, one switch per half, the ninth session's kernel) and
+  `_StreamPlanLazyChunks` (no `lax.cond` around the switches)."""
+  rng, seed = ktu.fresh_rng()
+  t = 448 if kind == "runs" else MANY_TAILS_T
+  q, k, v = ktu.random_qkv(rng, 1, t, 2, 1, 64, jnp.bfloat16)
+  layout = _run_layout(t) if kind == "runs" else _many_tails_layout()
+  fn = variants._stream_windows_fn(
+      step_keys, plan_cls, config=vs_mgpu.default_config(64, step_keys),
+      interpret=plgpu.InterpretGPUParams())
+  out = fn(q, k, v, layout)
+  want = ktu.reference(q, k, v, vertical_slash_mask(layout, t, t))
+  ktu.assert_close(out, want, jnp.bfloat16, seed,
+                   f"{plan_cls.__name__}, {kind}, {step_keys} keys per step")

@@ -436,9 +436,14 @@ class _StreamPlan:
     length = word & 7
     return (lane < length) & (word - length + lane <= rows)
 
+  # `core.StreamMask`'s lazy_chunks / skip_unmasked.
+  LAZY_CHUNKS = True
+  SKIP_UNMASKED = True
+
   def segments(self, m):
     return (core.Segment(self.count(m), core.StreamMask(
-        self._kind, (self._window_keep,), self._tail_keep)),)
+        self._kind, (self._window_keep,), self._tail_keep,
+        lazy_chunks=self.LAZY_CHUNKS, skip_unmasked=self.SKIP_UNMASKED)),)
 
 
 def _check_step_keys(step_keys: int):
