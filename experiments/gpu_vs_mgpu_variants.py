@@ -39,7 +39,12 @@ slash) with different tile plans:
   tiles (their masks' cost, not the key set); `stream_windows_tails_2prod`,
   `k128_free_s1_2prod`: 64-key steps and the mask-free 128-key loop with
   one producer per ring; `stream_windows_tails(_k128)_split_masks`: a
-  column-only mask for masked tiles left of the diagonal (not timed yet);
+  column-only mask for masked tiles left of the diagonal;
+  `stream_windows_tails(_k128)_eager_masks`: every SMEM word read before
+  the QK wgmma (the ninth session's kernel; the default reads a gathered
+  tile's chunk words in its mask branch); `_k128_skip_unmasked`: one
+  `lax.cond` skips a paired step's mask switches when neither half needs
+  one;
 plus the whole kernel (`mgpu_full`: the column seed launch + the Mosaic GPU
 launch with the run tails; `mgpu_full_seed_tails`: the previous kernel,
 `_fwd(..., tails="seed")`, the run tails in the Triton seed launch), the seed
@@ -282,17 +287,18 @@ class _StreamPlanFreeWindows(vs_mgpu._StreamPlan):
 
 class _StreamPlanEagerMasks(vs_mgpu._StreamPlan):
   """The stream as the ninth session ran it: every word read before the
-  QK wgmma and one mask switch per 64-row half, with no `lax.cond` that
-  skips the switches of a paired step needing no mask."""
+  QK wgmma (`StreamMask.lazy_chunks` off) and one mask switch per 64-row
+  half."""
 
   LAZY_CHUNKS = False
   SKIP_UNMASKED = False
 
 
-class _StreamPlanLazyChunks(vs_mgpu._StreamPlan):
-  """The chunk words read lazily, but one switch per half always."""
+class _StreamPlanSkipUnmasked(vs_mgpu._StreamPlan):
+  """The default plus one `lax.cond` that skips a paired step's switches
+  when neither half needs a mask."""
 
-  SKIP_UNMASKED = False
+  SKIP_UNMASKED = True
 
 
 class _StreamPlanSplitMasks(vs_mgpu._StreamPlan):
@@ -402,8 +408,8 @@ def _impls(tail_chunks=(), seed_configs=()):
            _stream_windows_fn(BLOCK, _StreamPlanSplitMasks), "windows"),
           ("stream_windows_tails_k128_eager_masks",
            _stream_windows_fn(paired, _StreamPlanEagerMasks), "windows"),
-          ("stream_windows_tails_k128_lazy_chunks",
-           _stream_windows_fn(paired, _StreamPlanLazyChunks), "windows"),
+          ("stream_windows_tails_k128_skip_unmasked",
+           _stream_windows_fn(paired, _StreamPlanSkipUnmasked), "windows"),
           ("stream_windows_tails_eager_masks",
            _stream_windows_fn(BLOCK, _StreamPlanEagerMasks), "windows"),
           ("stream_windows_tails_s1", _stream_windows_fn(config=W2S1),

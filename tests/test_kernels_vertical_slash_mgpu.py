@@ -615,12 +615,14 @@ def test_split_mask_stream_matches_reference(kind, step_keys):
     (variants._StreamPlanEagerMasks, "runs", 128),
     (variants._StreamPlanEagerMasks, "many_tails", 128),
     (variants._StreamPlanEagerMasks, "many_tails", 64),
-    (variants._StreamPlanLazyChunks, "many_tails", 128)])
+    (variants._StreamPlanSkipUnmasked, "runs", 128),
+    (variants._StreamPlanSkipUnmasked, "many_tails", 128)])
 def test_other_stream_mask_paths_match_reference(plan_cls, kind, step_keys):
   """The harness's other `StreamMask` paths keep the layout's key set too:
   `_StreamPlanEagerMasks` (lazy_chunks and skip_unmasked off: every word
   read up front, one switch per half, the ninth session's kernel) and
-  `_StreamPlanLazyChunks` (no `lax.cond` around the switches)."""
+  `_StreamPlanSkipUnmasked` (one `lax.cond` skips a paired step's
+  switches when neither half needs a mask)."""
   rng, seed = ktu.fresh_rng()
   t = 448 if kind == "runs" else MANY_TAILS_T
   q, k, v = ktu.random_qkv(rng, 1, t, 2, 1, 64, jnp.bfloat16)
