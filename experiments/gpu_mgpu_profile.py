@@ -22,7 +22,12 @@ producers) and reports for each region:
 
 The clock reads cost time, so the shares are a diagnostic, not a timing.
 The default size is small (the trace is written by a Python loop over
-every event): N = 8, K = 2, T = 16K.
+every event): N = 8, K = 2, T = 16K. Even so each trace takes 120-190 MB
+(H200, tenth session), so delete the profile_* folders before fetching
+out_dir from a device machine. A warpgroup records at most profile_space
+regions: the longest query blocks' lists are cut short, and a single
+producer of both rings (`vs_k64`, `vs_k128_one_producer`) records both
+rings' regions and stops sooner.
 
 The kernels are the Vertical-Slash window launch without the column seed
 (`gpu_vs_mgpu_variants`' rows) on the same layout:
