@@ -609,19 +609,20 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
       slot = lax.rem(i, depth)
       entry = lax.rem(i, 2 * depth)
       out = []
+      def half_words(half):
+        """(first word, a function that reads the chunk words)."""
+        word = lambda j: stream_smem[0][w, entry, half, j]
+        return word(0), lambda: tuple(word(1 + j) for j in range(GATHER))
+
       for half in range(halves):
-        word = functools.partial(
-            lambda half, j: stream_smem[0][w, entry, half, j], half)
-        first = word(0)
+        first, read_chunks = half_words(half)
 
         @pl.when((first & 1) != 0)
         def _():
           plgpu.barrier_wait(gather_bars.at[(w * depth + slot) * halves
                                             + half])
 
-        read = functools.partial(
-            lambda word: tuple(word(1 + j) for j in range(GATHER)), word)
-        out.append((first, read if lazy else read()))
+        out.append((first, read_chunks if lazy else read_chunks()))
       return tuple(out)
 
     @pl.when(wg < wgs)
