@@ -38,13 +38,9 @@ slash) with different tile plans:
   `stream_free_windows`: paired / 64-key steps with no mask on the window
   tiles (their masks' cost, not the key set); `stream_windows_tails_2prod`,
   `k128_free_s1_2prod`: 64-key steps and the mask-free 128-key loop with
-  one producer per ring; `stream_windows_tails(_k128)_split_masks`: a
-  column-only mask for masked tiles left of the diagonal;
-  `stream_windows_tails(_k128)_eager_masks`: every SMEM word read before
-  the QK wgmma (the ninth session's kernel; the default reads a gathered
-  tile's chunk words in its mask branch); `_k128_skip_unmasked`: one
-  `lax.cond` skips a paired step's mask switches when neither half needs
-  one;
+  one producer per ring (the tenth session's rows `_split_masks`,
+  `_eager_masks` and `_k128_skip_unmasked`, all slower than the current
+  stream, are in commit d70028e);
 plus the whole kernel (`mgpu_full`: the column seed launch + the Mosaic GPU
 launch with the run tails; `mgpu_full_seed_tails`: the previous kernel,
 `_fwd(..., tails="seed")`, the run tails in the Triton seed launch), the seed
@@ -285,49 +281,6 @@ class _StreamPlanFreeWindows(vs_mgpu._StreamPlan):
     return header * 0
 
 
-class _StreamPlanEagerMasks(vs_mgpu._StreamPlan):
-  """The stream as the ninth session ran it: every word read before the
-  QK wgmma (`StreamMask.lazy_chunks` off) and one mask switch per 64-row
-  half."""
-
-  LAZY_CHUNKS = False
-  SKIP_UNMASKED = False
-
-
-class _StreamPlanSkipUnmasked(vs_mgpu._StreamPlan):
-  """The default plus one `lax.cond` that skips a paired step's switches
-  when neither half needs a mask."""
-
-  SKIP_UNMASKED = True
-
-
-class _StreamPlanSplitMasks(vs_mgpu._StreamPlan):
-  """The stream with two window-mask kinds (a candidate for cheaper
-  masks): kind 1 keeps the columns >= lo only, for a masked tile wholly
-  left of the diagonal (a misaligned run's first tile, or a start clamped
-  at the sequence end); kind 2 is the usual lo-and-causal mask, for the
-  tiles the diagonal crosses."""
-
-  def stream_next(self, m, p, state):
-    step, nxt = super().stream_next(m, p, state)
-    start = lax.shift_left(lax.shift_right_logical(step.header, 8), 3)
-    masked = (step.header & 3) != 0
-    causal = start + BLOCK - 1 > m * BLOCK
-    kind = jnp.where(masked, jnp.where(causal, 2, 1), 0)
-    return step._replace(header=step.header - (step.header & 3) + kind), nxt
-
-  @staticmethod
-  def _lo_keep(header, rows, cols):
-    """Tile-local columns >= lo - start (rows unused: no causal cut)."""
-    del rows
-    return cols >= (lax.shift_right_logical(header, 2) & 63)
-
-  def segments(self, m):
-    return (core.Segment(self.count(m), core.StreamMask(
-        self._kind, (self._lo_keep, self._window_keep), self._tail_keep,
-        lazy_chunks=self.LAZY_CHUNKS, skip_unmasked=self.SKIP_UNMASKED)),)
-
-
 def _stream_windows_fn(step_keys=BLOCK, plan_cls=vs_mgpu._StreamPlan,
                        config=None, interpret=None):
   """The current Mosaic GPU launch alone (no seed): windows + run tails,
@@ -402,16 +355,6 @@ def _impls(tail_chunks=(), seed_configs=()):
            _stream_windows_fn(paired, _StreamPlanFreeWindows), "windows"),
           ("stream_free_windows",
            _stream_windows_fn(BLOCK, _StreamPlanFreeWindows), "windows"),
-          ("stream_windows_tails_k128_split_masks",
-           _stream_windows_fn(paired, _StreamPlanSplitMasks), "windows"),
-          ("stream_windows_tails_split_masks",
-           _stream_windows_fn(BLOCK, _StreamPlanSplitMasks), "windows"),
-          ("stream_windows_tails_k128_eager_masks",
-           _stream_windows_fn(paired, _StreamPlanEagerMasks), "windows"),
-          ("stream_windows_tails_k128_skip_unmasked",
-           _stream_windows_fn(paired, _StreamPlanSkipUnmasked), "windows"),
-          ("stream_windows_tails_eager_masks",
-           _stream_windows_fn(BLOCK, _StreamPlanEagerMasks), "windows"),
           ("stream_windows_tails_s1", _stream_windows_fn(config=W2S1),
            "windows"),
           ("tile_steps_pass", steps, None),

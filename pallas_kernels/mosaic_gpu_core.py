@@ -355,22 +355,17 @@ def _masked_scores(s, mask: MaskFn, i, r0, key_start):
   return jnp.where(mask(i, rows, cols), s, -jnp.inf)
 
 
-def _stream_kind(mask: StreamMask, first):
-  """The switch index of a 64-row half whose first SMEM word (header * 2 +
-  gathered, or EMPTY_HALF) is `first`: 0 mask-free, k = mask.masks[k - 1],
-  then the gathered mask, then all masked."""
+def _apply_stream_mask(s, mask: StreamMask, first, read_chunks, r0):
+  """s [64, 64] masked as a `StreamMask` says for the 64-row tile whose
+  first SMEM word is `first` (header * 2 + gathered; EMPTY_HALF for the
+  padding half of a paired stream's last step, all masked);
+  `read_chunks()` reads its GATHER chunk words, only on the gathered
+  branch (0.4-1.0% faster than reading them before the QK wgmma at 128K
+  on an H200, `experiments/results/gpu_vs_stream_masks_h200_s10.md`)."""
   header = lax.shift_right_arithmetic(first, 1)
   gathered = (first & 1) != 0
   kind = jnp.where(gathered, len(mask.masks) + 1, mask.kind(header))
-  return jnp.where(first == EMPTY_HALF, len(mask.masks) + 2, kind)
-
-
-def _apply_stream_mask(s, mask: StreamMask, first, chunks, r0):
-  """s [64, 64] masked as a `StreamMask` says for the 64-row tile whose
-  first SMEM word is `first` (`_stream_kind`); chunks: its GATHER chunk
-  words, or a function that reads them (called only on the gathered
-  branch)."""
-  header = lax.shift_right_arithmetic(first, 1)
+  kind = jnp.where(first == EMPTY_HALF, len(mask.masks) + 2, kind)
 
   def masked(keep_fn):
     def branch(s):
@@ -378,30 +373,14 @@ def _apply_stream_mask(s, mask: StreamMask, first, chunks, r0):
       return jnp.where(keep_fn(rows, _wgmma_iota(s.shape, 1)), s, -jnp.inf)
     return branch
 
-  def gathered(s):
-    words = chunks() if callable(chunks) else chunks
-    return masked(functools.partial(mask.gathered, words))(s)
+  def gathered_branch(s):
+    return masked(functools.partial(mask.gathered, read_chunks()))(s)
 
   branches = ([lambda s: s]
               + [masked(functools.partial(fn, header)) for fn in mask.masks]
-              + [gathered, lambda s: s - jnp.inf])  # all masked; s's layout
-  return lax.switch(_stream_kind(mask, first), branches, s)
-
-
-def _apply_stream_masks(s, mask: StreamMask, words, r0):
-  """A stream step's score tiles s (one [64, 64] per half) masked per
-  half; words: per half, (first word, chunk words or their reader). With
-  `mask.skip_unmasked` and two halves, one `lax.cond` skips both switches
-  when neither half needs a mask."""
-  def switches(s):
-    return tuple(_apply_stream_mask(s_j, mask, first, chunks, r0)
-                 for s_j, (first, chunks) in zip(s, words, strict=True))
-
-  if not mask.skip_unmasked or len(s) == 1:
-    return switches(s)
-  need = functools.reduce(jnp.logical_or, [
-      _stream_kind(mask, first) != 0 for first, _ in words])
-  return lax.cond(need, switches, lambda s: s, s)
+              + [gathered_branch,
+                 lambda s: s - jnp.inf])  # all masked; s's layout kept
+  return lax.switch(kind, branches, s)
 
 
 def _apply_mask(s, mask, i, x, r0, key_start):
@@ -595,35 +574,31 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
       plgpu.barrier_wait(seed_bars[1].at[w])
       return _merge_seed(acc, m_i, l_i, qo, seed_smem.at[w])
 
-    def stream_words(w, i, lazy: bool):
+    def stream_words(w, i):
       """The words the producer wrote for ring w's step i, one pair per
-      64-row half: (header * 2 + gathered, its GATHER chunk words, or with
-      `lazy` a function that reads them); on a gathered half, waits for
-      its chunks 1..7 of K and V.
+      64-row half: (header * 2 + gathered, a function that reads its
+      GATHER chunk words); on a gathered half, waits for its chunks 1..7
+      of K and V.
 
       The words sit in a ring of 2 * depth entries: the producer rewrites
       step i's only for step i + 2 * depth, after step i + depth has
-      released its K slot. So reads that run or are sunk past step i's
-      own release (the lazy chunk words, read in the mask branch after
-      the QK wgmma) still see step i's words."""
+      released its K slot. So the chunk words, read in the mask branch
+      after step i's QK wgmma and release, still see step i's words."""
       slot = lax.rem(i, depth)
       entry = lax.rem(i, 2 * depth)
-      out = []
-      def half_words(half):
-        """(first word, a function that reads the chunk words)."""
-        word = lambda j: stream_smem[0][w, entry, half, j]
-        return word(0), lambda: tuple(word(1 + j) for j in range(GATHER))
 
-      for half in range(halves):
-        first, read_chunks = half_words(half)
+      def half_words(half):
+        word = lambda j: stream_smem[0][w, entry, half, j]
+        first = word(0)
 
         @pl.when((first & 1) != 0)
         def _():
           plgpu.barrier_wait(gather_bars.at[(w * depth + slot) * halves
                                             + half])
 
-        out.append((first, read_chunks if lazy else read_chunks()))
-      return tuple(out)
+        return first, lambda: tuple(word(1 + j) for j in range(GATHER))
+
+      return tuple(half_words(half) for half in range(halves))
 
     @pl.when(wg < wgs)
     def _compute():
@@ -664,7 +639,7 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
           x, aux = mask.scalars(i, aux)
         elif isinstance(mask, StreamMask):  # before the slot is released
           with jax.named_scope("words"):
-            x = stream_words(w, i, lazy=mask.lazy_chunks)
+            x = stream_words(w, i)
 
         def compute_qk(acc_ref):  # one wgmma over the whole slot
           plgpu.wgmma(acc_ref, qo, k_smem.at[w, slot].transpose((1, 0)))
@@ -682,7 +657,8 @@ def tile_list_attention(q, k, v, index_args: tuple, *, plan_fn: PlanFn,
         plgpu.barrier_arrive(k_free.at[w * depth + slot])
         with jax.named_scope("mask"):
           if isinstance(mask, StreamMask):
-            s = _apply_stream_masks(s, mask, x, r0)
+            s = tuple(_apply_stream_mask(s_j, mask, first, read, r0)
+                      for s_j, (first, read) in zip(s, x, strict=True))
           elif mask is not None:
             (s,) = s
             s = (_apply_mask(s, mask, i, x, r0,

@@ -55,13 +55,6 @@ class StreamMask(NamedTuple):
   kind: Callable  # header -> int32 [] in [0, len(masks)]
   masks: tuple  # of (header, rows, cols) -> bool [64, 64]
   gathered: Callable  # (chunks: tuple of GATHER int32 [], rows, cols) -> bool
-  # Static. lazy_chunks: the consumer reads a gathered half's chunk words
-  # only in its mask branch (False: every word read before the QK wgmma).
-  # skip_unmasked: a paired step whose two halves are both mask-free (kind
-  # 0, not gathered, not padding) skips both switches (one `lax.cond` on
-  # the two header words; False: one switch per half, always).
-  lazy_chunks: bool = False
-  skip_unmasked: bool = False
 
 
 class StreamPlan(Protocol):

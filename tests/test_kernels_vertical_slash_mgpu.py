@@ -32,7 +32,6 @@ import pytest
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 import kernel_test_utils as ktu
-from experiments import gpu_vs_mgpu_variants as variants
 from experiments.gpu_vs_mgpu_variants import _Plan128Free
 from pallas_kernels import mosaic_gpu_core as core
 from pallas_kernels.layouts import VerticalSlashLayout
@@ -576,61 +575,3 @@ def test_default_step_keys_follow_auto_without_a_config(config, want_paired):
   assert ("minf_vertical_slash_mgpu_d128_w2_s1_k128" in text) == want_paired
   assert ("minf_vertical_slash_mgpu_d128_w2_s2_stream" in text) == (
       not want_paired)
-
-
-@pytest.mark.parametrize("kind,step_keys", [("runs", 64), ("runs", 128),
-                                            ("many_tails", 128)])
-def test_split_mask_stream_matches_reference(kind, step_keys):
-  """The harness's `_StreamPlanSplitMasks` (a column-only mask for masked
-  tiles left of the diagonal, kind 1; lo and causal on the diagonal, kind
-  2) keeps the layout's key set: misaligned runs, runs crossing the
-  diagonal, starts clamped at the sequence end, and the run tails."""
-  rng, seed = ktu.fresh_rng()
-  t = 448 if kind == "runs" else MANY_TAILS_T
-  q, k, v = ktu.random_qkv(rng, 1, t, 2, 1, 64, jnp.bfloat16)
-  layout = _run_layout(t) if kind == "runs" else _many_tails_layout()
-  if kind == "runs":  # both mask kinds occur in this layout
-    steps = tile_steps.tile_steps_reference(layout.block_count,
-                                            layout.block_offset, t)
-    refs = (steps, layout.block_count, layout.block_offset)
-    kinds = set()
-    for h, m in np.ndindex(layout.block_count.shape[1:]):
-      plan = variants._StreamPlanSplitMasks.of(refs, 0, h, t)
-      state = plan.stream_init(m)
-      for p in range(int(layout.block_count[0, h, m])):
-        tile, state = plan.stream_next(m, p, state)
-        kinds.add(int(plan._kind(tile.header)))
-    assert kinds == {0, 1, 2}, kinds
-  fn = variants._stream_windows_fn(
-      step_keys, variants._StreamPlanSplitMasks,
-      config=vs_mgpu.default_config(64, step_keys),
-      interpret=plgpu.InterpretGPUParams())
-  out = fn(q, k, v, layout)
-  want = ktu.reference(q, k, v, vertical_slash_mask(layout, t, t))
-  ktu.assert_close(out, want, jnp.bfloat16, seed,
-                   f"split masks, {kind}, {step_keys} keys per step")
-
-
-@pytest.mark.parametrize("plan_cls,kind,step_keys", [
-    (variants._StreamPlanEagerMasks, "runs", 128),
-    (variants._StreamPlanEagerMasks, "many_tails", 128),
-    (variants._StreamPlanEagerMasks, "many_tails", 64),
-    (variants._StreamPlanSkipUnmasked, "runs", 128),
-    (variants._StreamPlanSkipUnmasked, "many_tails", 128)])
-def test_other_stream_mask_paths_match_reference(plan_cls, kind, step_keys):
-  """The harness's other `StreamMask` paths keep the layout's key set too:
-  `_StreamPlanEagerMasks` (lazy_chunks and skip_unmasked off: every word
-  read up front, one switch per half, the ninth session's kernel) and
-  `_StreamPlanSkipUnmasked` (one `lax.cond` skips a paired step's
-  switches when neither half needs a mask)."""
-  rng, seed = ktu.fresh_rng()
-  t = 448 if kind == "runs" else MANY_TAILS_T
-  q, k, v = ktu.random_qkv(rng, 1, t, 2, 1, 64, jnp.bfloat16)
-  layout = _run_layout(t) if kind == "runs" else _many_tails_layout()
-  fn = variants._stream_windows_fn(
-      step_keys, plan_cls, config=vs_mgpu.default_config(64, step_keys),
-      interpret=plgpu.InterpretGPUParams())
-  out = fn(q, k, v, layout)
-  want = ktu.reference(q, k, v, vertical_slash_mask(layout, t, t))
-  ktu.assert_close(out, want, jnp.bfloat16, seed,
-                   f"{plan_cls.__name__}, {kind}, {step_keys} keys per step")

@@ -436,20 +436,9 @@ class _StreamPlan:
     length = word & 7
     return (lane < length) & (word - length + lane <= rows)
 
-  # `core.StreamMask`'s lazy_chunks / skip_unmasked. H200, paired window
-  # launch, same runs (`experiments/results/gpu_vs_stream_masks_h200_s10.md`):
-  # lazy chunk words gained 0.4% for paired steps and 0.7-1.0% for 64-key
-  # steps at 128K; the `lax.cond` that skips mask-free paired steps cost
-  # 0.9-1.2% at 128K-512K and gained 4.3% only at 1M on the builder's
-  # synthetic sets (a third of the tiles masked), where the default runs
-  # 64-key steps anyway.
-  LAZY_CHUNKS = True
-  SKIP_UNMASKED = False
-
   def segments(self, m):
     return (core.Segment(self.count(m), core.StreamMask(
-        self._kind, (self._window_keep,), self._tail_keep,
-        lazy_chunks=self.LAZY_CHUNKS, skip_unmasked=self.SKIP_UNMASKED)),)
+        self._kind, (self._window_keep,), self._tail_keep)),)
 
 
 def _check_step_keys(step_keys: int):
