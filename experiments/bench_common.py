@@ -15,14 +15,13 @@ import statistics
 import subprocess
 import sys
 import time
-import typing
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import yaml
 
+from experiments import config
 from pallas_kernels.layouts import (
     AShapeLayout,
     BlockSparseLayout,
@@ -31,75 +30,9 @@ from pallas_kernels.layouts import (
 )
 from pallas_kernels.reference import masked_attention_reference
 
-# --------------------------------------------------------------- config IO
-
-
-def _coerce(value, hint, key):
-  """Checks/coerces a YAML value against a dataclass field type."""
-  origin = typing.get_origin(hint)
-  if origin is tuple:
-    if not isinstance(value, (list, tuple)):
-      value = [value]
-    args = typing.get_args(hint)
-    inner = args[0] if args else str
-    return tuple(_coerce(v, inner, key) for v in value)
-  if hint is bool:
-    if not isinstance(value, bool):
-      raise TypeError(f"config key {key!r} must be a bool, got {value!r}")
-    return value
-  if hint is int:
-    if isinstance(value, bool) or not isinstance(value, int):
-      raise TypeError(f"config key {key!r} must be an int, got {value!r}")
-    return value
-  if hint is float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-      raise TypeError(f"config key {key!r} must be a number, got {value!r}")
-    return float(value)
-  if hint is str:
-    return str(value)
-  return value
-
-
-def load_config(cls, path: str | None, overrides: list[str]):
-  """Builds a frozen config dataclass from YAML plus `key=value` overrides.
-
-  Values of overrides are parsed as YAML (`seq_lens=[4096,8192]`). Unknown
-  keys are an error.
-
-  Raises:
-    ValueError: on unknown keys or malformed overrides.
-    TypeError: on values of the wrong type.
-  """
-  raw = {}
-  if path:
-    raw = yaml.safe_load(Path(path).read_text()) or {}
-  for item in overrides:
-    if "=" not in item:
-      raise ValueError(f"override {item!r} is not key=value")
-    key, value = item.split("=", 1)
-    raw[key.strip()] = yaml.safe_load(value)
-  hints = typing.get_type_hints(cls)
-  unknown = set(raw) - set(hints)
-  if unknown:
-    raise ValueError(
-        f"unknown config keys {sorted(unknown)}; known: {sorted(hints)}"
-    )
-  return cls(**{k: _coerce(v, hints[k], k) for k, v in raw.items()})
-
-
-def parse_cli(cls, argv: list[str], default_config: str | None):
-  """`[--config PATH] key=value ...` -> config dataclass instance."""
-  path = default_config
-  rest = []
-  it = iter(argv)
-  for arg in it:
-    if arg == "--config":
-      path = next(it)
-    elif arg.startswith("--config="):
-      path = arg.split("=", 1)[1]
-    else:
-      rest.append(arg)
-  return load_config(cls, path, rest), path
+# Config IO lives in experiments.config; re-exported for the scripts.
+load_config = config.load_config
+parse_cli = config.parse_cli
 
 
 # ------------------------------------------------------------ environment

@@ -3,7 +3,7 @@
   PYTHONPATH=. python3 -m experiments.bench_kernels \
       [--config configs/experiments/bench_kernels.yaml] [key=value ...]
 
-For every (KV heads, T): structured synthetic q/k/v (minference_jax.synthetic;
+For every (KV heads, T): structured synthetic q/k/v (experiments.synthetic;
 Gaussian if absent), dense cuDNN causal attention and our flash kernel, then
 each sparse pattern at MInference's defaults: index build time (the real
 builders in minference_jax.index; the clustered generator of bench_common if
@@ -113,7 +113,7 @@ def _inputs(cfg, t, kv, key):
                num_kv_heads=kv, head_dim=cfg.head_dim)
   if cfg.inputs == "synthetic":
     try:
-      from minference_jax import synthetic
+      from experiments import synthetic
       s = synthetic.synthetic_qkv(int(key), dtype=dtype, **shape)
       return jax.block_until_ready((s.q, s.k, s.v)), "synthetic"
     except Exception as e:  # noqa: BLE001 - fall back, flagged in the row
@@ -196,18 +196,18 @@ def _mosaic_gpu_kernel_fn(pattern, interpret, impl="mosaic_gpu"):
   if pattern == "vertical_slash" and impl in ("mosaic_gpu", *MGPU_STEP_KEYS):
     # The default config at those keys per step (None, for "mosaic_gpu":
     # the library default, `auto_step_keys`).
-    from pallas_kernels.vertical_slash import mosaic_gpu as vs_mod
+    from pallas_kernels.vertical_slash import pallas_mosaic_gpu as vs_mod
     step_keys = MGPU_STEP_KEYS.get(impl)
     return lambda q, k, v, lay: vs_mod.vertical_slash_attention_mgpu(
         q, k, v, lay, step_keys=step_keys, interpret=interpret)
   if pattern == "vertical_slash":
-    from pallas_kernels.vertical_slash import mosaic_gpu as mod
+    from pallas_kernels.vertical_slash import pallas_mosaic_gpu as mod
     fn = mod.vertical_slash_attention_mgpu
   elif pattern == "block_sparse":
-    from pallas_kernels.block_sparse import mosaic_gpu as mod
+    from pallas_kernels.block_sparse import pallas_mosaic_gpu as mod
     fn = mod.block_sparse_attention_mgpu
   else:
-    from pallas_kernels.a_shape import mosaic_gpu as mod
+    from pallas_kernels.a_shape import pallas_mosaic_gpu as mod
     fn = mod.a_shape_attention_mgpu
 
   def run(q, k, v, lay):

@@ -204,7 +204,7 @@ def _kernel_fn(impl: str):
   if impl == "triton":
     from pallas_kernels.block_sparse import block_sparse_attention
     return block_sparse_attention
-  from pallas_kernels.block_sparse.mosaic_gpu import (
+  from pallas_kernels.block_sparse.pallas_mosaic_gpu import (
       block_sparse_attention_mgpu)
   return block_sparse_attention_mgpu
 
@@ -226,7 +226,7 @@ def bench_length(args, model_slice: ModelSlice | None, t: int
     log(f"T={t}: model index sets in {time.perf_counter() - begin:.1f} s")
   rows = []
   base = dict(T=t, N=args.num_heads, K=args.kv_heads, D=args.head_dim)
-  from minference_jax import synthetic
+  from experiments import synthetic
   s = synthetic.synthetic_qkv(args.seed, batch=1, seq_len=t,
                               num_heads=args.num_heads,
                               num_kv_heads=args.kv_heads,

@@ -8,41 +8,20 @@ from pathlib import Path
 from rich.console import Console
 
 
-def _load_model(model_path: str | None, dtype_name: str):
-  """(config, params, tokenizer) from a GGUF file or an HF safetensors dir."""
-  import jax.numpy as jnp
-
-  from models import ModelConfig, load_safetensors, params_from_state_dict
-  from models.assets import smollm2_gguf_path
-  from models.gguf_io import load_gguf
-  from models.tokenizer import Tokenizer
-
-  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype_name]
-  path = Path(model_path) if model_path else smollm2_gguf_path()
-  if not path.exists():
-    raise SystemExit(f"error: model path {path} does not exist")
-  if path.suffix == ".gguf":
-    hf_config, state = load_gguf(path)
-    config = ModelConfig.from_hf_config(hf_config)
-    params = params_from_state_dict(config, state, dtype=dtype)
-    return config, params, Tokenizer.from_gguf(path)
-  config, params = load_safetensors(path)
-  directory = path if path.is_dir() else path.parent
-  tokenizer_file = directory / "tokenizer.json"
-  if not tokenizer_file.exists():
-    raise SystemExit(f"error: no tokenizer.json next to {path}")
-  return config, params, Tokenizer.from_file(tokenizer_file)
-
-
 def _generate(args) -> None:
   import numpy as np
 
   from minference_jax.attention import make_attention
   from minference_jax.pattern_config import PatternConfig
   from models import CausalLM, generate_greedy
+  from models.loading import load_model
 
   console = Console()
-  config, params, tok = _load_model(args.model, args.dtype)
+  try:
+    loaded = load_model(args.model, args.dtype)
+  except FileNotFoundError as e:
+    raise SystemExit(f"error: {e.filename}: {e.strerror}") from None
+  config, params, tok = loaded.config, loaded.params, loaded.tokenizer
   prompt = args.prompt if args.prompt is not None else Path(
       args.prompt_file).read_text()
   if args.chat:

@@ -36,7 +36,7 @@ import numpy as np
 from experiments import bench_common as bc
 from pallas_kernels.block_sparse import Config as TritonConfig
 from pallas_kernels.block_sparse import block_sparse_attention
-from pallas_kernels.block_sparse.mosaic_gpu import (
+from pallas_kernels.block_sparse.pallas_mosaic_gpu import (
     Config,
     block_sparse_attention_mgpu,
 )

@@ -62,7 +62,7 @@ def _inputs(key, t, n, kv, d, dtype):
   """Synthetic structured q/k/v if available (realistic layouts), else
   Gaussian. Returns (q, k, v, source)."""
   try:
-    from minference_jax import synthetic
+    from experiments import synthetic
     s = synthetic.synthetic_qkv(
         int(jax.random.randint(key, (), 0, 2**30)), batch=1, seq_len=t,
         num_heads=n, num_kv_heads=kv, head_dim=d, dtype=dtype)

@@ -43,12 +43,12 @@ import numpy as np
 
 from experiments import bench_common as bc
 from pallas_kernels import a_shape, vertical_slash
-from pallas_kernels.a_shape.mosaic_gpu import a_shape_attention_mgpu
+from pallas_kernels.a_shape.pallas_mosaic_gpu import a_shape_attention_mgpu
 from pallas_kernels.layouts import AShapeLayout, VerticalSlashLayout
 from pallas_kernels import mosaic_gpu_core as core
 from pallas_kernels.mosaic_gpu_core import Config
-from pallas_kernels.vertical_slash import mosaic_gpu as vs_mgpu
-from pallas_kernels.vertical_slash.mosaic_gpu import (
+from pallas_kernels.vertical_slash import pallas_mosaic_gpu as vs_mgpu
+from pallas_kernels.vertical_slash.pallas_mosaic_gpu import (
     vertical_slash_attention_mgpu,
 )
 

@@ -53,7 +53,7 @@ import jax
 from experiments import bench_common as bc
 from experiments import gpu_vs_mgpu_variants as variants
 from pallas_kernels.mosaic_gpu_core import BLOCK
-from pallas_kernels.vertical_slash import mosaic_gpu as vs_mgpu
+from pallas_kernels.vertical_slash import pallas_mosaic_gpu as vs_mgpu
 
 warnings.filterwarnings("ignore", message="The Pallas Triton backend")
 

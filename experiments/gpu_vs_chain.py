@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import bench_common as bc
-from minference_jax import index, synthetic
+from experiments import synthetic
+from minference_jax import index
 from minference_jax import index_vs
 from pallas_kernels.vertical_slash import vertical_slash_attention
 

@@ -36,7 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import bench_common as bc
-from minference_jax import index, index_vs, synthetic
+from experiments import synthetic
+from minference_jax import index, index_vs
 from pallas_kernels.vs_chain_layout import Config as ChainConfig
 from pallas_kernels.vs_chain_layout import vs_chain_layout
 from pallas_kernels.vs_chain_layout import pallas_triton as vs_chain_pallas

@@ -53,7 +53,7 @@ ring, and `seed_configs=[BC-W-S,...]` adds the column launch alone and the whole
 kernel under other Triton knobs (block_c, warps, stages). Effective
 TFLOP/s count 64 x 64 pairs per window (and 64 per column for the whole
 kernels), as `gpu_mgpu_kernels` does. `layout_source=synthetic` times
-the builder's layout from `minference_jax.synthetic` q/k (bench_kernels'
+the builder's layout from `experiments.synthetic` q/k (bench_kernels'
 "index builder" rows) instead of clustered lines; a `layout` row per T
 gives the mean windows, runs, misaligned runs, gathered tiles and columns
 per query block.
@@ -90,7 +90,7 @@ from experiments.gpu_mgpu_kernels import _dims, _vs_builder
 from pallas_kernels import mosaic_gpu_core as core
 from pallas_kernels import vertical_slash
 from pallas_kernels.mosaic_gpu_core import BLOCK, Config
-from pallas_kernels.vertical_slash import mosaic_gpu as vs_mgpu
+from pallas_kernels.vertical_slash import pallas_mosaic_gpu as vs_mgpu
 from pallas_kernels.vertical_slash import tile_steps
 from pallas_kernels.vertical_slash.base import Config as TritonConfig
 
@@ -191,7 +191,7 @@ def _windows_fn(plan_cls, key_rows=BLOCK, config=None):
 
 
 def _with_tail_chunk(fn, cw):
-  """fn traced with vertical_slash.mosaic_gpu.TAIL_CHUNK = cw."""
+  """fn traced with vertical_slash.pallas_mosaic_gpu.TAIL_CHUNK = cw."""
   def traced(*args):
     old, vs_mgpu.TAIL_CHUNK = vs_mgpu.TAIL_CHUNK, cw
     try:
@@ -434,7 +434,8 @@ def build_inputs(cfg, t):
 def _synthetic_layout(cfg, t):
   """(q, k, v, layout, source): structured synthetic q/k/v and the index
   builder's layout from its estimate on them, as bench_kernels builds it."""
-  from minference_jax import index, synthetic  # noqa: PLC0415
+  from experiments import synthetic
+  from minference_jax import index  # noqa: PLC0415
   s = synthetic.synthetic_qkv(cfg.seed + t, batch=1, seq_len=t,
                               num_heads=cfg.num_heads,
                               num_kv_heads=cfg.num_kv_heads,

@@ -33,7 +33,7 @@ from experiments.gpu_mgpu_kernels import _dims
 from pallas_kernels import mosaic_gpu_core as core
 from pallas_kernels.layouts import VerticalSlashLayout
 from pallas_kernels.reference import vertical_slash_mask
-from pallas_kernels.vertical_slash import mosaic_gpu as vs_mgpu
+from pallas_kernels.vertical_slash import pallas_mosaic_gpu as vs_mgpu
 
 
 def _report(name, out, want):

@@ -2,7 +2,7 @@
 
 Run: python -m experiments.synthetic_demo [--seq-len 16384] [--out outputs]
 
-Builds realistic synthetic queries/keys (`minference_jax.synthetic`), runs
+Builds realistic synthetic queries/keys (`experiments.synthetic`), runs
 dense attention and A-shape, Vertical-Slash and Block-Sparse (online index
 building from `minference_jax.index`, attention from
 `minference_jax.sparse_xla`), prints one table per pattern (per head: density,
@@ -41,7 +41,7 @@ from minference_jax.sparse_xla import (
     dense_logsumexp_xla,
     vertical_slash_attention_xla,
 )
-from minference_jax.synthetic import SyntheticSpec, synthetic_qkv
+from experiments.synthetic import SyntheticSpec, synthetic_qkv
 
 REFERENCE_LEN = 131072  # the prompt length MInference's budgets are sized for
 

@@ -354,7 +354,7 @@ class MInferenceAttention:
     if self.kernels == "mosaic_gpu":
       return True
     if kind is PatternKind.VERTICAL_SLASH:
-      from pallas_kernels.vertical_slash.mosaic_gpu import MAX_T
+      from pallas_kernels.vertical_slash.pallas_mosaic_gpu import MAX_T
 
       if q.shape[1] > MAX_T:  # its tile headers' packing
         return False
@@ -460,7 +460,7 @@ class MInferenceAttention:
       with jax.named_scope("minf_a_shape"):
         layout = a_shape_layout(n_init, n_local)
         if pallas and self.use_mosaic_gpu(q, group.kind):
-          from pallas_kernels.a_shape.mosaic_gpu import (
+          from pallas_kernels.a_shape.pallas_mosaic_gpu import (
               a_shape_attention_mgpu,
           )
 
@@ -499,7 +499,7 @@ class MInferenceAttention:
           layout = vertical_slash_layout(indices, t)
       with jax.named_scope("minf_vertical_slash"):
         if pallas and not chain and self.use_mosaic_gpu(q, group.kind):
-          from pallas_kernels.vertical_slash.mosaic_gpu import (
+          from pallas_kernels.vertical_slash.pallas_mosaic_gpu import (
               vertical_slash_attention_mgpu,
           )
 
@@ -524,7 +524,7 @@ class MInferenceAttention:
         )
       with jax.named_scope("minf_block_sparse"):
         if pallas and self.use_mosaic_gpu(q, group.kind):
-          from pallas_kernels.block_sparse.mosaic_gpu import (
+          from pallas_kernels.block_sparse.pallas_mosaic_gpu import (
               block_sparse_attention_mgpu,
           )
 

@@ -16,6 +16,8 @@ API (details in docs/models.md):
     # cache.length), rope_seq_len.
   result = generate_greedy(model, prompt, max_new_tokens=32)
   save_params(dir, config, params); config, params = restore_params(dir)
+  loaded = load_model("model.gguf" or "hf_dir", dtype="bfloat16")
+    # .config, .params, .tokenizer; None loads the bundled SmolLM2
 
 Params are a plain pytree of arrays (models/weights.py documents the
 layout); the forward pass is a pure function (`forward`, `forward_jit`).
@@ -34,6 +36,8 @@ from models.llama import CausalLM as CausalLM
 from models.llama import KVCache as KVCache
 from models.llama import forward as forward
 from models.llama import forward_jit as forward_jit
+from models.loading import LoadedModel as LoadedModel
+from models.loading import load_model as load_model
 from models.memory import MemoryEstimate as MemoryEstimate
 from models.memory import estimate_prefill_memory as estimate_prefill_memory
 from models.memory import memory_table as memory_table

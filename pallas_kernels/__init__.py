@@ -6,7 +6,7 @@ This package knows only arrays and index layouts; it imports nothing from
 estimate's scores and `vs_chain_layout` for its O(T) layout), each with a
 frozen `Config` and a Pallas-Triton kernel (A100 and newer, any shape).
 The three sparse ops also have a Mosaic GPU kernel for Hopper
-(`<op>/mosaic_gpu.py`, wgmma + TMA, warp-specialised, on the shared
+(`<op>/pallas_mosaic_gpu.py`, wgmma + TMA, warp-specialised, on the shared
 `mosaic_gpu_core.tile_list_attention`; bf16/fp16, D in {64, 128, 256},
 T % 64 == 0). Every public function takes `interpret=True`
 for CPU.

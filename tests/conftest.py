@@ -20,9 +20,7 @@ from hypothesis import settings  # noqa: E402
 settings.register_profile("ci", max_examples=5, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-# The project's shared folder sits beside the checkout (it is not part of the
-# repository); tests that read published data from it skip when it is absent.
-SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
+from paths import SHARED_DIR  # noqa: E402
 
 
 @pytest.fixture(scope="session")

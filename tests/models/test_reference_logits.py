@@ -16,8 +16,9 @@ from models.config import ModelConfig
 from models.llama import CausalLM
 from models.safetensors_io import load_safetensors
 from models.weights import params_from_state_dict
+from paths import FIXTURES_DIR
 
-TINY = Path(__file__).resolve().parent / "fixtures" / "tiny_models"
+TINY = FIXTURES_DIR / "tiny_models"
 ATOL, RTOL = 1e-4, 1e-5
 # checkpoint -> expected-logits file (chatglm = glm's weights renamed/fused)
 CASES = {

@@ -10,8 +10,9 @@ import pytest
 import safetensors.numpy
 
 from models import assets, gguf_io
+from paths import FIXTURES_DIR
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "smollm2"
+FIXTURES = FIXTURES_DIR / "smollm2"
 Q8 = gguf.GGMLQuantizationType.Q8_0
 
 

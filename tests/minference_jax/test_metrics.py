@@ -8,7 +8,7 @@ import pytest
 from minference_jax import metrics, sparse_xla
 from pallas_kernels import reference as ref_lib
 from pallas_kernels.layouts import AShapeLayout, BlockSparseLayout
-from test_sparse_xla import (
+from random_layouts import (
     fresh_rng,
     random_a_shape_layout,
     random_bs_layout,

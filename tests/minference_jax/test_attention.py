@@ -444,7 +444,7 @@ def test_auto_kernels_on_hopper_pick_mosaic_gpu_within_its_limits(
     monkeypatch):
   """On a Hopper GPU (faked), "auto" runs every sparse kind on Mosaic GPU,
   except Vertical-Slash beyond its kernel's longest sequence."""
-  from pallas_kernels.vertical_slash.mosaic_gpu import MAX_T
+  from pallas_kernels.vertical_slash.pallas_mosaic_gpu import MAX_T
 
   monkeypatch.setattr(attention_lib, "_mosaic_gpu_supported", lambda q: True)
   cfg = PatternConfig(layers=(_MIXED,))

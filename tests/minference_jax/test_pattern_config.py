@@ -24,8 +24,9 @@ from minference_jax.patterns import (
     PatternKind,
     VerticalSlash,
 )
+from paths import SHARED_DIR
 
-_SHARED = Path(__file__).resolve().parents[2] / "shared"
+_SHARED = SHARED_DIR
 _CONFIG_DIR = _SHARED / "data" / "minference_configs"
 _CONFIG_FILES = (
     sorted(_CONFIG_DIR.glob("*.json")) if _CONFIG_DIR.is_dir() else []

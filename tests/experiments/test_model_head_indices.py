@@ -27,8 +27,9 @@ from models.weights import (
     params_to_state_dict,
     random_params,
 )
+from paths import REPO_DIR
 
-_SCRIPT = (Path(__file__).resolve().parents[1] / "scripts"
+_SCRIPT = (REPO_DIR / "scripts"
            / "export_model_slice.py")
 _spec = importlib.util.spec_from_file_location("export_model_slice", _SCRIPT)
 export = importlib.util.module_from_spec(_spec)

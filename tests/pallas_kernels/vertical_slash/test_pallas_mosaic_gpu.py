@@ -36,9 +36,9 @@ from experiments.gpu_vs_mgpu_variants import _Plan128Free
 from pallas_kernels import mosaic_gpu_core as core
 from pallas_kernels.layouts import VerticalSlashLayout
 from pallas_kernels.reference import vertical_slash_mask
-from pallas_kernels.vertical_slash import mosaic_gpu as vs_mgpu
+from pallas_kernels.vertical_slash import pallas_mosaic_gpu as vs_mgpu
 from pallas_kernels.vertical_slash import tile_steps
-from pallas_kernels.vertical_slash.mosaic_gpu import (
+from pallas_kernels.vertical_slash.pallas_mosaic_gpu import (
     Config,
     vertical_slash_attention_mgpu,
 )

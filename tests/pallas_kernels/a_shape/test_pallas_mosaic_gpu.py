@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import kernel_test_utils as ktu
-from pallas_kernels.a_shape.mosaic_gpu import Config, a_shape_attention_mgpu
+from pallas_kernels.a_shape.pallas_mosaic_gpu import Config, a_shape_attention_mgpu
 from pallas_kernels.layouts import AShapeLayout
 from pallas_kernels.reference import a_shape_mask
 

@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 
 from models import assets
 from models.tokenizer import Tokenizer, render_chat_template
+from paths import FIXTURES_DIR
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "smollm2"
+FIXTURES = FIXTURES_DIR / "smollm2"
 HAS_JINJA = importlib.util.find_spec("jinja2") is not None
 
 

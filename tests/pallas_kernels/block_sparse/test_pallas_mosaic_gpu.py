@@ -18,7 +18,7 @@ import pytest
 
 import kernel_test_utils as ktu
 from pallas_kernels import mosaic_gpu_core as core
-from pallas_kernels.block_sparse.mosaic_gpu import (
+from pallas_kernels.block_sparse.pallas_mosaic_gpu import (
     Config,
     block_sparse_attention_mgpu,
 )

@@ -4,9 +4,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from minference_jax import metrics, synthetic
+from experiments import synthetic
+from minference_jax import metrics
 from minference_jax.sparse_xla import compact_layout
-from minference_jax.synthetic import (
+from experiments.synthetic import (
     SyntheticSpec,
     gaussian_qkv,
     synthetic_qkv,

@@ -21,8 +21,9 @@ from models.generate import generate_greedy
 from models.llama import CausalLM
 from models.tokenizer import Tokenizer
 from models.weights import params_from_state_dict
+from paths import FIXTURES_DIR
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "smollm2"
+FIXTURES = FIXTURES_DIR / "smollm2"
 ATOL = 1e-3
 
 

@@ -13,8 +13,9 @@ from models.memory import (
     memory_table,
     vs_estimate_workspace,
 )
+from paths import FIXTURES_DIR
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "tiny_models"
+FIXTURES = FIXTURES_DIR / "tiny_models"
 ARCHS = ("llama", "qwen2", "phi3", "glm", "chatglm")
 
 

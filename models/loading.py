@@ -1,0 +1,71 @@
+"""One entry point that loads a model for the commands: a GGUF file or a
+Hugging Face safetensors checkpoint, with its tokenizer."""
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+
+from models.assets import smollm2_gguf_path
+from models.config import ModelConfig
+from models.gguf_io import load_gguf
+from models.safetensors_io import load_safetensors
+from models.tokenizer import Tokenizer
+from models.weights import Params, params_from_state_dict
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LoadedModel:
+  """A model's geometry, parameters and tokenizer, and where they came from.
+
+  Attributes:
+    config: the geometry.
+    params: the params pytree (models/weights.py).
+    tokenizer: the model's tokenizer (chat template included where the
+      checkpoint has one).
+    path: the GGUF file or checkpoint directory that was read.
+  """
+
+  config: ModelConfig
+  params: Params
+  tokenizer: Tokenizer
+  path: Path
+
+
+def load_model(path: str | Path | None = None,
+               dtype: str | Any = "float32") -> LoadedModel:
+  """Loads a GGUF file or an HF safetensors checkpoint (file or directory).
+
+  Args:
+    path: a `.gguf` file, a safetensors file or a checkpoint directory
+      (with `config.json` and `tokenizer.json`); None for the bundled
+      SmolLM2-135M-Instruct GGUF.
+    dtype: "float32" or "bfloat16" (or the jnp dtype): the parameter dtype.
+
+  Raises:
+    FileNotFoundError: if the path or the tokenizer next to it is missing.
+    ValueError: on an unknown dtype.
+  """
+  if isinstance(dtype, str):
+    if dtype not in DTYPES:
+      raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    dtype = DTYPES[dtype]
+  path = Path(path) if path else smollm2_gguf_path()
+  if not path.exists():
+    raise FileNotFoundError(2, "model path does not exist", str(path))
+  if path.suffix == ".gguf":
+    hf_config, state = load_gguf(path)
+    config = ModelConfig.from_hf_config(hf_config)
+    params = params_from_state_dict(config, state, dtype=dtype)
+    return LoadedModel(config, params, Tokenizer.from_gguf(path), path)
+  config, params = load_safetensors(path, dtype=dtype)
+  directory = path if path.is_dir() else path.parent
+  tokenizer_file = directory / "tokenizer.json"
+  if not tokenizer_file.exists():
+    raise FileNotFoundError(2, "no tokenizer.json next to the checkpoint",
+                            str(tokenizer_file))
+  return LoadedModel(config, params, Tokenizer.from_file(tokenizer_file),
+                     directory)
