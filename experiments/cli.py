@@ -1,99 +1,42 @@
-"""The `minference-jax` console command: demo, synthetic demo, generate."""
+"""The `minference-jax` console command: one subcommand per entry point.
 
-import argparse
+Each subcommand is a module of `experiments` with a `main(argv)`; the
+arguments after the subcommand's name are passed to it unchanged.
+"""
+
+import importlib
 import sys
-import time
-from pathlib import Path
 
-from rich.console import Console
+# name -> (module, one-line help)
+COMMANDS = {
+    "demo": ("experiments.demo",
+             "SmolLM2 needle-in-a-haystack, dense vs sparse (CPU)"),
+    "synthetic-demo": ("experiments.synthetic_demo",
+                       "every pattern on synthetic Q/K/V"),
+    "generate": ("experiments.generate",
+                 "greedy generation for any prompt and model"),
+}
 
 
-def _generate(args) -> None:
-  import numpy as np
-
-  from minference_jax.attention import make_attention
-  from minference_jax.pattern_config import PatternConfig
-  from models import CausalLM, generate_greedy
-  from models.loading import load_model
-
-  console = Console()
-  try:
-    loaded = load_model(args.model, args.dtype)
-  except FileNotFoundError as e:
-    raise SystemExit(f"error: {e.filename}: {e.strerror}") from None
-  config, params, tok = loaded.config, loaded.params, loaded.tokenizer
-  prompt = args.prompt if args.prompt is not None else Path(
-      args.prompt_file).read_text()
-  if args.chat:
-    ids = tok.apply_chat_template([{"role": "user", "content": prompt}],
-                                  add_generation_prompt=True, tokenize=True)
-  else:
-    ids = tok.encode(prompt)
-  patterns = None
-  if args.patterns:
-    patterns = (PatternConfig.load_minference_json(args.patterns)
-                if args.minference_format else
-                PatternConfig.load_json(args.patterns))
-  attn = make_attention(patterns, backend=args.backend)
-  model = CausalLM(config, params, attention=attn)
-  console.print(f"prompt: {len(ids)} tokens; attention: {args.backend}"
-                f"{' with ' + args.patterns if args.patterns else ''}")
-  from tqdm import tqdm
-
-  bar = tqdm(total=args.max_new_tokens, desc="decode", disable=None)
-
-  def progress(phase, done, total):
-    if phase == "decode":
-      bar.n = done
-      bar.refresh()
-
-  start = time.perf_counter()
-  result = generate_greedy(model, np.asarray([ids], np.int32),
-                           max_new_tokens=args.max_new_tokens,
-                           prefill_chunk=args.prefill_chunk, progress=progress)
-  bar.close()
-  text = tok.decode(result.tokens[0, : result.lengths[0]].tolist(),
-                    skip_special_tokens=True)
-  console.print(f"[bold]{text.strip()}[/]")
-  console.print(f"({time.perf_counter() - start:.1f} s incl. compile)")
+def _usage() -> str:
+  width = max(map(len, COMMANDS))
+  lines = [f"  {name:<{width}}  {text}" for name, (_, text) in
+           COMMANDS.items()]
+  return ("usage: minference-jax COMMAND [ARGS...]\n\ncommands:\n"
+          + "\n".join(lines))
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(prog="minference-jax")
-  sub = parser.add_subparsers(dest="command", required=True)
-  sub.add_parser("demo", help="SmolLM2 needle-in-a-haystack, dense vs sparse",
-                 add_help=False)
-  sub.add_parser("synthetic-demo", help="every pattern on synthetic Q/K/V",
-                 add_help=False)
-  gen = sub.add_parser("generate", help="greedy generation for any prompt")
-  gen.add_argument("--model", help=".gguf file or HF safetensors dir "
-                   "(default: the bundled SmolLM2-135M-Instruct)")
-  src = gen.add_mutually_exclusive_group(required=True)
-  src.add_argument("--prompt")
-  src.add_argument("--prompt-file")
-  gen.add_argument("--chat", action="store_true",
-                   help="wrap the prompt in the model's chat template")
-  gen.add_argument("--patterns", help="pattern config JSON (ours, or "
-                   "MInference's with --minference-format)")
-  gen.add_argument("--minference-format", action="store_true")
-  gen.add_argument("--backend", default="auto",
-                   choices=("auto", "xla", "pallas", "dense"))
-  gen.add_argument("--max-new-tokens", type=int, default=32)
-  gen.add_argument("--prefill-chunk", type=int, default=None)
-  gen.add_argument("--dtype", default="float32",
-                   choices=("float32", "bfloat16"))
   argv = sys.argv[1:] if argv is None else list(argv)
-  args, rest = parser.parse_known_args(argv)
-  if args.command == "demo":
-    from experiments import demo
-    demo.main(rest)
-  elif args.command == "synthetic-demo":
-    from experiments import synthetic_demo
-    synthetic_demo.main(rest)
-  else:
-    if rest:
-      parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    _generate(args)
+  if not argv or argv[0] in ("-h", "--help"):
+    print(_usage())
+    raise SystemExit(0 if argv else 2)
+  name, rest = argv[0], argv[1:]
+  if name not in COMMANDS:
+    print(f"error: unknown command {name!r}\n{_usage()}", file=sys.stderr)
+    raise SystemExit(2)
+  module = importlib.import_module(COMMANDS[name][0])
+  module.main(rest)
 
 
 if __name__ == "__main__":

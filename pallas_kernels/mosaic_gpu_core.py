@@ -276,6 +276,32 @@ def takes(q) -> bool:
           and q.shape[1] % BLOCK == 0 and q.shape[1] > 0)
 
 
+def hopper_gpu() -> bool:
+  """Whether the default device is a Hopper GPU (sm_90: wgmma, TMA)."""
+  if jax.default_backend() != "gpu":
+    return False
+  cc = getattr(jax.devices()[0], "compute_capability", "")
+  return str(cc).split(".")[0] == "9"
+
+
+def unsupported_reason(q, *, interpret: bool = False,
+                       max_t: int | None = None) -> str | None:
+  """Why the Mosaic GPU kernels cannot run on q here; None when they can.
+
+  They need a Hopper GPU (unless `interpret`), bfloat16/float16, D in
+  SUPPORTED_HEAD_DIMS and T a positive multiple of 64 (at most `max_t`).
+  """
+  if not interpret and not hopper_gpu():
+    return "needs a Hopper GPU (sm_90)"
+  if not takes(q):
+    return (f"takes bfloat16/float16, D in {SUPPORTED_HEAD_DIMS} and T a"
+            f" positive multiple of {BLOCK}; got {q.dtype}, D={q.shape[-1]},"
+            f" T={q.shape[1]}")
+  if max_t is not None and q.shape[1] > max_t:
+    return f"takes T <= {max_t}, got T={q.shape[1]}"
+  return None
+
+
 def check_inputs(q, k, v, op: str, config: Config, *,
                  seeded: bool = False, key_rows: int = BLOCK,
                  copy_rows: int | None = None) -> Dims:

@@ -118,6 +118,12 @@ def _fwd(q, k, v, n_init, n_local, *, config: Config, interpret):
       dims=dims, interpret=interpret, name="minf_a_shape_mgpu")
 
 
+def unsupported_reason(q, *, interpret: bool = False) -> str | None:
+  """Why `a_shape_attention_mgpu` cannot run on q here (None when it can):
+  the implementation's "not supported here" test for op dispatch."""
+  return core.unsupported_reason(q, interpret=interpret)
+
+
 @jaxtyped(typechecker=beartype)
 def a_shape_attention_mgpu(
     q: Float[Array, "B T N D"],

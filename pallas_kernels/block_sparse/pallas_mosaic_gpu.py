@@ -85,6 +85,12 @@ def _fwd(q, k, v, block_count, block_index, *, block_size: int,
       dims=dims, interpret=interpret, name="minf_block_sparse_mgpu")
 
 
+def unsupported_reason(q, *, interpret: bool = False) -> str | None:
+  """Why `block_sparse_attention_mgpu` cannot run on q here (None when it can):
+  the implementation's "not supported here" test for op dispatch."""
+  return core.unsupported_reason(q, interpret=interpret)
+
+
 @jaxtyped(typechecker=beartype)
 def block_sparse_attention_mgpu(
     q: Float[Array, "B T N D"],

@@ -530,6 +530,12 @@ def _fwd(q, k, v, block_count, block_offset, column_count, column_index, *,
       stream=True, key_rows=key_rows, **common_args)
 
 
+def unsupported_reason(q, *, interpret: bool = False) -> str | None:
+  """Why `vertical_slash_attention_mgpu` cannot run on q here (None if it can):
+  the implementation's "not supported here" test for op dispatch."""
+  return core.unsupported_reason(q, interpret=interpret, max_t=MAX_T)
+
+
 @jaxtyped(typechecker=beartype)
 def vertical_slash_attention_mgpu(
     q: Float[Array, "B T N D"],
