@@ -1,10 +1,11 @@
 """Mosaic GPU (Hopper) A-shape attention: sink keys plus a causal local window.
 
-A tile plan for `pallas_kernels.mosaic_gpu_core.tile_list_attention`
-(FlashAttention-3-style: warp-specialised, TMA copies into SMEM rings, wgmma;
-see there). Row r reads key j <= r iff j < n_init (sink) or r - j < n_local
-(window), each key once (MInference's A-shape; StreamingLLM), with per-head
-sizes read from GMEM. Query block m (rows [r0, r0 + 64)) walks, in order:
+A tile plan for the warp-specialised pipeline of `pallas_kernels._mosaic_gpu`
+(FlashAttention-3, Shah et al. 2024: TMA copies into SMEM rings, wgmma). Row
+r reads key j <= r iff j < n_init (sink) or r - j < n_local (window), each key
+once: MInference's A-shape (Jiang et al. 2024), StreamingLLM's attention sinks
+plus a sliding window (Xiao et al. 2024), with per-head sizes read from GMEM.
+Query block m (rows [r0, r0 + 64)) walks, in order:
 
 1. sink tiles [0, 64), [64, 128), ... over [0, min(n_init, r0 + 64 -
    n_local)), keeping only keys outside the row's window (the window tiles
@@ -33,11 +34,14 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from jaxtyping import Array, Float, jaxtyped
 
 from pallas_kernels import common
-from pallas_kernels import mosaic_gpu_core as core
+from pallas_kernels._mosaic_gpu import config as mgpu
+from pallas_kernels._mosaic_gpu.config import BLOCK, Config, Profile
+from pallas_kernels._mosaic_gpu.pipeline import tile_list_attention
+from pallas_kernels._mosaic_gpu.plans import Segment
 from pallas_kernels.layouts import AShapeLayout
-from pallas_kernels.mosaic_gpu_core import BLOCK, Config
 
-__all__ = ["Config", "a_shape_attention_mgpu"]
+__all__ = ["Config", "Profile", "a_shape_attention_mgpu",
+           "unsupported_reason"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,11 +95,11 @@ class _Plan:
     has_window = n_window > 0
     lead_end = n_sink + jnp.where(has_window, m_lo - lo, 0)
     free_end = n_sink + jnp.where(has_window, m - lo, 0)
-    return (core.Segment(n_sink_free, None),
-            core.Segment(n_sink, self._sink_mask),
-            core.Segment(lead_end, self._window_mask),
-            core.Segment(free_end, None),
-            core.Segment(n_sink + n_window, self._window_mask))
+    return (Segment(n_sink_free, None),
+            Segment(n_sink, self._sink_mask),
+            Segment(lead_end, self._window_mask),
+            Segment(free_end, None),
+            Segment(n_sink + n_window, self._window_mask))
 
 
 def _plan_fn(refs, bb, h):
@@ -104,24 +108,27 @@ def _plan_fn(refs, bb, h):
   return _Plan(n_init_ref[h], n_local_ref[h])
 
 
-@functools.partial(jax.jit, static_argnames=("config", "interpret"))
-def _fwd(q, k, v, n_init, n_local, *, config: Config, interpret):
+@functools.partial(jax.jit,
+                   static_argnames=("config", "interpret", "profile"))
+def _fwd(q, k, v, n_init, n_local, *, config: Config, interpret,
+         profile: Profile | None):
   op = "a_shape_attention_mgpu"
-  dims = core.check_inputs(q, k, v, op, config)
+  dims = mgpu.check_inputs(q, k, v, op, config, profile=profile)
   for name, arr in (("n_init", n_init), ("n_local", n_local)):
     common.check_index_array(f"AShapeLayout.{name}", arr, (dims.n,), 1)
   # Negative sizes behave as 0 (as in the reference mask).
   n_init = jnp.maximum(n_init, 0)
   n_local = jnp.maximum(n_local, 0)
-  return core.tile_list_attention(
+  return tile_list_attention(
       q, k, v, (n_init, n_local), plan_fn=_plan_fn, config=config,
-      dims=dims, interpret=interpret, name="minf_a_shape_mgpu")
+      dims=dims, interpret=interpret, name="minf_a_shape_mgpu",
+      profile=profile)
 
 
 def unsupported_reason(q, *, interpret: bool = False) -> str | None:
   """Why `a_shape_attention_mgpu` cannot run on q here (None when it can):
   the implementation's "not supported here" test for op dispatch."""
-  return core.unsupported_reason(q, interpret=interpret)
+  return mgpu.unsupported_reason(q, interpret=interpret)
 
 
 @jaxtyped(typechecker=beartype)
@@ -133,6 +140,7 @@ def a_shape_attention_mgpu(
     *,
     config: Config | None = None,
     interpret: bool | plgpu.InterpretGPUParams = False,
+    profile: Profile | None = None,
 ) -> Float[Array, "B T N D"]:
   """A-shape attention on Hopper via Mosaic GPU (wgmma + TMA).
 
@@ -150,6 +158,8 @@ def a_shape_attention_mgpu(
     interpret: False (compile for the GPU), or True /
       `plgpu.InterpretGPUParams(...)` to run Mosaic GPU interpret mode on
       CPU (tests).
+    profile: None, or Mosaic GPU's profiler over the kernel's named regions
+      (a diagnostic; GPU only).
 
   Returns:
     [B, T, N, D] attention output in q's dtype.
@@ -165,4 +175,4 @@ def a_shape_attention_mgpu(
   if interpret is True:
     interpret = plgpu.InterpretGPUParams()
   return _fwd(q, k, v, layout.n_init, layout.n_local, config=config,
-              interpret=interpret or None)
+              interpret=interpret or None, profile=profile)

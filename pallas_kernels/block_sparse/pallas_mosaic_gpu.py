@@ -1,9 +1,10 @@
 """Mosaic GPU (Hopper) Block-Sparse attention over a BlockSparseLayout.
 
-A tile plan for `pallas_kernels.mosaic_gpu_core.tile_list_attention`
-(FlashAttention-3-style: warp-specialised, TMA copies into SMEM rings, wgmma;
-see there): query block m walks the key blocks
-`block_index[b, n, m, :block_count[b, n, m]]`, read as scalars from GMEM.
+A tile plan for the warp-specialised pipeline of `pallas_kernels._mosaic_gpu`
+(FlashAttention-3, Shah et al. 2024: TMA copies into SMEM rings, wgmma):
+query block m walks the key blocks `block_index[b, n, m, :block_count[b, n,
+m]]` of MInference's block-sparse pattern (Jiang et al. 2024), read as scalars
+from GMEM.
 
 Only the diagonal block (id == m, necessarily the last entry of a row) needs
 the causal mask; every other selected block is entirely left of the row block
@@ -25,11 +26,14 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from jaxtyping import Array, Float, jaxtyped
 
 from pallas_kernels import common
-from pallas_kernels import mosaic_gpu_core as core
+from pallas_kernels._mosaic_gpu import config as mgpu
+from pallas_kernels._mosaic_gpu.config import BLOCK, Config, Profile
+from pallas_kernels._mosaic_gpu.pipeline import tile_list_attention
+from pallas_kernels._mosaic_gpu.plans import Segment, causal_mask
 from pallas_kernels.layouts import BlockSparseLayout
-from pallas_kernels.mosaic_gpu_core import BLOCK, Config
 
-__all__ = ["BLOCK", "Config", "block_sparse_attention_mgpu"]
+__all__ = ["BLOCK", "Config", "Profile", "block_sparse_attention_mgpu",
+           "unsupported_reason"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,18 +57,18 @@ class _Plan:
     count = self.count(m)
     last = self.idx_ref[self.bb, self.h, m, jnp.maximum(count - 1, 0)]
     has_diag = (count > 0) & (last == m)
-    return (core.Segment(count - has_diag.astype(jnp.int32), None),
-            core.Segment(count, core.causal_mask))
+    return (Segment(count - has_diag.astype(jnp.int32), None),
+            Segment(count, causal_mask))
 
 
-def _check(q, k, v, block_count, block_index, block_size, config):
+def _check(q, k, v, block_count, block_index, block_size, config, profile):
   """Validates the inputs; returns the static dims."""
   op = "block_sparse_attention_mgpu"
   if block_size != BLOCK:
     common.check_qkv(q, k, v, op)
     raise ValueError(f"{op}: BlockSparseLayout.block_size={block_size} must"
                      f" be {BLOCK}")
-  dims = core.check_inputs(q, k, v, op, config)
+  dims = mgpu.check_inputs(q, k, v, op, config, profile=profile)
   for name, arr, ndim in (("block_count", block_count, 3),
                           ("block_index", block_index, 4)):
     common.check_index_array(f"BlockSparseLayout.{name}", arr,
@@ -72,23 +76,25 @@ def _check(q, k, v, block_count, block_index, block_size, config):
   return dims
 
 
-@functools.partial(jax.jit,
-                   static_argnames=("block_size", "config", "interpret"))
+@functools.partial(jax.jit, static_argnames=("block_size", "config",
+                                             "interpret", "profile"))
 def _fwd(q, k, v, block_count, block_index, *, block_size: int,
-         config: Config, interpret):
-  dims = _check(q, k, v, block_count, block_index, block_size, config)
+         config: Config, interpret, profile: Profile | None):
+  dims = _check(q, k, v, block_count, block_index, block_size, config,
+                profile)
   if not block_index.shape[-1]:  # never read
     block_index = jnp.zeros((dims.b, dims.n, dims.tb, 1), jnp.int32)
-  return core.tile_list_attention(
+  return tile_list_attention(
       q, k, v, (block_count, block_index),
       plan_fn=lambda refs, bb, h: _Plan(*refs, bb, h), config=config,
-      dims=dims, interpret=interpret, name="minf_block_sparse_mgpu")
+      dims=dims, interpret=interpret, name="minf_block_sparse_mgpu",
+      profile=profile)
 
 
 def unsupported_reason(q, *, interpret: bool = False) -> str | None:
   """Why `block_sparse_attention_mgpu` cannot run on q here (None when it can):
   the implementation's "not supported here" test for op dispatch."""
-  return core.unsupported_reason(q, interpret=interpret)
+  return mgpu.unsupported_reason(q, interpret=interpret)
 
 
 @jaxtyped(typechecker=beartype)
@@ -100,6 +106,7 @@ def block_sparse_attention_mgpu(
     *,
     config: Config | None = None,
     interpret: bool | plgpu.InterpretGPUParams = False,
+    profile: Profile | None = None,
 ) -> Float[Array, "B T N D"]:
   """Block-Sparse attention on Hopper via Mosaic GPU (wgmma + TMA).
 
@@ -111,13 +118,15 @@ def block_sparse_attention_mgpu(
 
   Args:
     q: [B, T, N, D] queries (bfloat16 or float16).
-    k: [B S K D] keys, S == T a multiple of 64, N % K == 0.
+    k: [B, S, K, D] keys, S == T a multiple of 64, N % K == 0.
     v: [B, S, K, D] values.
     layout: the selected 64-wide key blocks per 64-row query block.
     config: launch knobs; `Config.get_default(D)` if None.
     interpret: False (compile for the GPU), or True /
       `plgpu.InterpretGPUParams(...)` to run Mosaic GPU interpret mode on
       CPU (tests).
+    profile: None, or Mosaic GPU's profiler over the kernel's named regions
+      (a diagnostic; GPU only).
 
   Returns:
     [B, T, N, D] attention output in q's dtype.
@@ -134,4 +143,4 @@ def block_sparse_attention_mgpu(
     interpret = plgpu.InterpretGPUParams()
   return _fwd(q, k, v, layout.block_count, layout.block_index,
               block_size=layout.block_size, config=config,
-              interpret=interpret or None)
+              interpret=interpret or None, profile=profile)

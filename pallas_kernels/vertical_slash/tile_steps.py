@@ -1,7 +1,7 @@
 """Steps per query block of the Mosaic GPU Vertical-Slash stream plan.
 
-Query block m of the stream plan (`mosaic_gpu._StreamPlan`) walks its
-`block_count` windows, one 64-row tile each, plus one gathered tile per
+Query block m of the stream plan (`pallas_mosaic_gpu._WindowStream`) walks
+its `block_count` windows, one 64-row tile each, plus one gathered tile per
 GATHER run tails (rounded up): a window leaves a run tail when it ends a run
 of contiguous windows (the next window does not start at o + 64) and its
 64-row tile at floor8(o) misses keys ((o + 64) % 8 != 0 inside [0, T)). The
@@ -10,8 +10,8 @@ Mosaic launch needs that count per block before it starts.
 `tile_steps_reference` is one XLA pass over the whole `block_offset`
 [B, N, Tb, NS]; NS is the slash budget (6096 at MInference's default), far
 more than the ~100 windows a row holds, so at 1M tokens that pass reads 12.8
-GB and took 3.5 ms on an H200 (and a minute to compile). `tile_steps` is a
-Pallas-Triton kernel that reads only each row's first `block_count` entries.
+GB. `tile_steps` is a Pallas-Triton kernel that reads only each row's first
+`block_count` entries.
 """
 
 import functools
@@ -23,7 +23,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
 
 from pallas_kernels import common
-from pallas_kernels.mosaic_gpu_stream import GATHER
+from pallas_kernels._mosaic_gpu.stream import GATHER
 
 BLOCK = 64  # rows of a query block, keys of a window
 ROWS = 16  # query blocks per program

@@ -1,12 +1,14 @@
-"""Mosaic GPU A-shape kernel: GPU interpret mode on CPU, and lowering.
+"""Mosaic GPU A-shape kernel: interpret mode and lowering on CPU, and on a
+Hopper GPU.
 
-As for the Block-Sparse MGPU kernel (see `test_kernels_block_sparse_mgpu`):
-Mosaic GPU interpret mode (`plgpu.InterpretGPUParams`) simulates the
-warpgroups, SMEM, TMA copies and barriers; the output is checked against the
-dense f32 reference on exactly the A-shape key set (sinks outside the window
-plus the causal window, per-head sizes). In interpret mode the P @ V product
-is a plain f32-accumulated dot (`mosaic_gpu_core._wgmma_accumulate`). The
-lowering test cross-lowers the real kernel for an abstract H200.
+As for the Block-Sparse Mosaic GPU kernel: Mosaic GPU interpret mode
+(`plgpu.InterpretGPUParams`) simulates the warpgroups, SMEM, TMA copies and
+barriers; the output is checked against the dense f32 reference on exactly
+the A-shape key set (sinks outside the window plus the causal window,
+per-head sizes). In interpret mode the P @ V product is a plain
+f32-accumulated dot (`_mosaic_gpu.softmax.wgmma_accumulate`). The lowering
+test cross-lowers the real kernel for an abstract H200; the `gpu` tests run
+it on a Hopper GPU at 4K-16K tokens.
 """
 
 import jax
@@ -14,13 +16,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import gpu_checks
 import kernel_test_utils as ktu
-from pallas_kernels.a_shape.pallas_mosaic_gpu import Config, a_shape_attention_mgpu
+from pallas_kernels.a_shape.pallas_mosaic_gpu import (
+    Config,
+    a_shape_attention_mgpu,
+)
 from pallas_kernels.layouts import AShapeLayout
 from pallas_kernels.reference import a_shape_mask
 
 W2S2 = Config(compute_wgs=2, max_concurrent_steps=2,
               use_schedule_barrier=False)
+W2S2P = Config(compute_wgs=2, max_concurrent_steps=2,
+               use_schedule_barrier=True)  # the ping-pong schedule
 W1S3 = Config(compute_wgs=1, max_concurrent_steps=3)
 
 
@@ -39,7 +47,7 @@ def _small_sizes_layout(rng, n, t, inactive=()):
 CASES = [
     # b, t, n, kv, d, dtype, small sizes, config
     (1, 192, 4, 2, 64, jnp.bfloat16, True, W2S2),  # odd number of blocks
-    (1, 256, 4, 1, 128, jnp.float16, True, None),  # ping-pong
+    (1, 256, 4, 1, 128, jnp.float16, True, None),  # default, G = 4
     (1, 192, 4, 4, 64, jnp.bfloat16, False, None),  # sizes up to T + 8
     (2, 128, 2, 2, 64, jnp.float16, True, W1S3),
     (1, 128, 2, 1, 256, jnp.bfloat16, True, None),  # 1 warpgroup at D = 256
@@ -132,3 +140,33 @@ def test_lowers_for_h200(d, config):
   assert text.count("stablehlo.custom_call @mosaic_gpu") == 1
   for op in ("wgmma", "cp.async.bulk", "mbarrier"):
     assert op in text, f"no {op} in the lowered module"
+
+
+# GPU checks at 4K-16K tokens: MInference's 128 sink + 3968 local keys and
+# random per-head sizes (head 0 empty), D = 128 with two configs, D = 64 and
+# 256 with their defaults.
+GPU_CASES = [
+    (t, n, kv, 128, dtype, sizes, config)
+    for t in (4096, 16384)
+    for n, kv, dtype, sizes in ((8, 2, jnp.float16, "minference"),
+                                (8, 2, jnp.bfloat16, "random"))
+    for config in (None, W2S2P)
+] + [(4096, 8, 2, 64, jnp.bfloat16, "random", None),
+     (4096, 4, 1, 256, jnp.float16, "random", None)]
+
+
+@gpu_checks.hopper_test
+@pytest.mark.parametrize("t,n,kv,d,dtype,sizes,config", GPU_CASES)
+def test_matches_reference_on_gpu(t, n, kv, d, dtype, sizes, config):
+  rng, seed = ktu.fresh_rng()
+  q, k, v = ktu.random_qkv(rng, 1, t, n, kv, d, dtype)
+  if sizes == "minference":
+    layout = AShapeLayout(jnp.full((n,), 128, jnp.int32),
+                          jnp.full((n,), 3968, jnp.int32))
+  else:
+    layout = ktu.random_a_shape_layout(rng, n, t, inactive=(0,))
+  out = a_shape_attention_mgpu(q, k, v, layout, config=config)
+  gpu_checks.assert_matches_reference(
+      out, q, k, v, a_shape_mask(layout, t, t), seed=seed,
+      what=f"T={t} N={n} K={kv} D={d} {sizes} {config}",
+      inactive_heads=(0,) if sizes == "random" else ())

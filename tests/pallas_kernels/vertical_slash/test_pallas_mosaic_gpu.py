@@ -1,26 +1,23 @@
-"""Mosaic GPU Vertical-Slash kernel: GPU interpret mode on CPU, and lowering.
+"""Mosaic GPU Vertical-Slash kernel: interpret mode and lowering on CPU, and
+on a Hopper GPU.
 
 The windows and their run tails (gathered 64-row tiles of 8-row chunks) run
-in the Mosaic GPU tile-list kernel (interpret mode,
+in the Mosaic GPU tile-list pipeline (interpret mode,
 `plgpu.InterpretGPUParams`: warpgroups, SMEM, TMA copies and barriers are
 simulated), seeded with the (output, log-sum-exp) of the gathered columns
 from the Pallas-Triton column kernel (Pallas interpret mode). The output is
 checked against the dense f32 reference on exactly the layout's key set. In
 interpret mode the P @ V product is a plain f32-accumulated dot
-(`mosaic_gpu_core._wgmma_accumulate`); the per-step choice of mask
-(`core.StreamMask`, a `lax.switch` on the words the producer wrote) runs as
-on the GPU, and `test_stream_covers_the_key_set_once` also walks the
-producer's stream (`core.stream_advance`) and the masks directly. The
-previous path (`_fwd(..., tails="seed")`: run tails in the Triton launch,
-`_Plan`) keeps a kernel test and its coverage test. Cases run one and two compute
-warpgroups (two need `PJRT_NPROC`, set in conftest.py, on small hosts). The
-lowering test cross-lowers both launches for an abstract H200.
-`test_128_row_tiles_with_one_ring_slot` runs the tile-list core itself with
-128-row key tiles and a one-slot K/V ring (the 128-key loop that
-`gpu_vs_mgpu_variants` times as `k128_free_s1`). Cases with
-`step_keys=128` run the paired steps (two of the stream's 64-row tiles per
-128-row slot), with the producer a step ahead (`Config.plan_ahead`) and
-ring by ring.
+(`_mosaic_gpu.softmax.wgmma_accumulate`); the per-step choice of mask (a
+`StreamMask`, a `lax.switch` on the words the producer wrote) runs as on the
+GPU, and `test_stream_covers_the_key_set_once` also walks the producer's
+stream (`stream_advance`) and the masks directly. Cases run one and two
+compute warpgroups (two need `PJRT_NPROC`, set in conftest.py, on small
+hosts), 64-key steps and paired 128-key steps (two of the stream's 64-row
+tiles per 128-row slot), with the producer a step ahead
+(`Config.plan_ahead`) and ring by ring. The lowering test cross-lowers both
+launches for an abstract H200; the `gpu` tests run them on a Hopper GPU at
+4K-16K tokens.
 """
 
 import dataclasses
@@ -29,11 +26,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.experimental.pallas import mosaic_gpu as plgpu
 
+import gpu_checks
 import kernel_test_utils as ktu
-from experiments.gpu_vs_mgpu_variants import _Plan128Free
-from pallas_kernels import mosaic_gpu_core as core
+from pallas_kernels._mosaic_gpu.stream import (
+    GATHER,
+    StreamState,
+    stream_advance,
+)
 from pallas_kernels.layouts import VerticalSlashLayout
 from pallas_kernels.reference import vertical_slash_mask
 from pallas_kernels.vertical_slash import pallas_mosaic_gpu as vs_mgpu
@@ -196,32 +196,25 @@ def _many_tails_layout():
       count, offset, zeros, np.zeros((1, 2, tb, 0), np.int32))))
 
 
-@pytest.mark.parametrize("config,tails,step_keys", [
-    (W1S3, "gathered", 64), (None, "gathered", 64), (W1S2, "seed", 64),
-    (PAIRED, "gathered", 128),
-    (dataclasses.replace(PAIRED, plan_ahead=False), "gathered", 128)])
-def test_misaligned_runs_and_tails(config, tails, step_keys):
+@pytest.mark.parametrize("config,step_keys", [
+    (W1S3, 64), (None, 64), (PAIRED, 128),
+    (dataclasses.replace(PAIRED, plan_ahead=False), 128)])
+def test_misaligned_runs_and_tails(config, step_keys):
   """Runs of contiguous windows at unaligned starts: the first tile of a
   run masked, the others not, the run tails (incl. right of r0) in a
-  gathered tile (or, `tails="seed"`, from the seed launch). With paired
-  steps, block 5 pairs a window that leaves a run tail with the gathered
-  tile of that tail in one step (the producer a step ahead, or ring by
-  ring)."""
+  gathered tile. With paired steps, block 5 pairs a window that leaves a
+  run tail with the gathered tile of that tail in one step (the producer a
+  step ahead, or ring by ring)."""
   rng, seed = ktu.fresh_rng()
   t = 448
   q, k, v = ktu.random_qkv(rng, 1, t, 2, 1, 64, jnp.bfloat16)
   layout = _run_layout(t)
   ktu.check_vs_layout(layout, t)
-  if tails == "gathered":
-    out = vertical_slash_attention_mgpu(q, k, v, layout, config=config,
-                                        step_keys=step_keys, interpret=True)
-  else:
-    out = vs_mgpu._fwd(q, k, v, layout.block_count, layout.block_offset,
-                       layout.column_count, layout.column_index,
-                       block_size=64, config=config,
-                       interpret=plgpu.InterpretGPUParams(), tails=tails)
+  out = vertical_slash_attention_mgpu(q, k, v, layout, config=config,
+                                      step_keys=step_keys, interpret=True)
   want = ktu.reference(q, k, v, vertical_slash_mask(layout, t, t))
-  ktu.assert_close(out, want, jnp.bfloat16, seed, f"misaligned runs {tails}")
+  ktu.assert_close(out, want, jnp.bfloat16, seed,
+                   f"misaligned runs {config} {step_keys}")
 
 
 @pytest.mark.parametrize("config,step_keys", [
@@ -253,60 +246,11 @@ def _assert_counted_once(seen, wrong, layout, t):
   assert not len(bad), f"{len(bad)} pairs counted wrongly, e.g. {bad[:5]}"
 
 
-def _plan_key_sets(layout, t):
-  """[B, N, T, T] int: how often the window tiles (as the plan keeps them)
-  and the run tails count each causal pair; and the tiles that skip the
-  mask while dropping a pair (must be none)."""
-  cnt = np.asarray(layout.block_count)
-  off = jnp.asarray(layout.block_offset)
-  seen = np.zeros(cnt.shape[:2] + (t, t), np.int32)
-  wrong = []
-  for bb, h, m in np.ndindex(cnt.shape):
-    r0, n_win = m * 64, int(cnt[bb, h, m])
-    plan = vs_mgpu._Plan(layout.block_count, off, bb, h, t)
-    (seg,) = plan.segments(m)
-    cond = seg.mask
-    rows = r0 + np.arange(64)[:, None]
-    aux = cond.init
-    for i in range(n_win):
-      x, aux = cond.scalars(i, aux)
-      start = int(plan.key_start(m, i))
-      cols = start + np.arange(64)[None, :]
-      keep = np.asarray(cond.mask(i, x, rows, cols))
-      if not cond.need(i, x) and not keep.all():
-        wrong.append((bb, h, m, i))
-      seen[bb, h, r0:r0 + 64, start:start + 64] += keep
-    o = np.asarray(off[bb, h, m, :n_win])
-    o_next = np.r_[o[1:], -1]
-    has, tail_start, tail_len = map(np.asarray, vs_mgpu._run_tails(
-        jnp.asarray(o), jnp.asarray(o_next), jnp.ones(n_win, bool), t))
-    for s0, ln in zip(tail_start[has], tail_len[has]):
-      assert 0 < ln < 8 and s0 % 8 == 0
-      for c in range(s0, s0 + ln):
-        seen[bb, h, r0:r0 + 64, c] += rows[:, 0] >= c
-  return seen, wrong
-
-
-@pytest.mark.parametrize("kind", ["runs", "random"])
-def test_tiles_and_tails_cover_the_key_set_once(kind):
-  """`tails="seed"`: the plan's tiles (masked as `need` and the mask say)
-  plus the run tails count every causal window pair exactly once and
-  nothing else, and `need` is False only on tiles whose mask keeps every
-  pair."""
-  t = 448
-  if kind == "runs":
-    layout = _run_layout(t)
-  else:
-    rng, _ = ktu.fresh_rng()
-    layout = ktu.random_vs_layout(rng, 1, 3, t, 6, 0)
-  _assert_counted_once(*_plan_key_sets(layout, t), layout, t)
-
-
 def _stream_key_sets(layout, t):
   """[B, N, T, T] int: how often the stream plan's steps (primary tiles as
   their header's mask keeps them, gathered tiles as the tail mask keeps
   their chunks) count each pair, walking the producer's schedule
-  (`core.stream_advance`, two steps past the count); and the mask-free
+  (`stream_advance`, two steps past the count); and the mask-free
   tiles that drop a pair (must be none)."""
   cnt = np.asarray(layout.block_count)
   steps = tile_steps.tile_steps_reference(layout.block_count,
@@ -316,19 +260,19 @@ def _stream_key_sets(layout, t):
   wrong = []
   lane = np.arange(64, dtype=np.int32)
   for bb, h, m in np.ndindex(cnt.shape):
-    plan = vs_mgpu._StreamPlan.of(refs, bb, h, t)
+    plan = vs_mgpu._WindowStream(*refs, bb, h, t)
     (seg,) = plan.segments(m)
     sm = seg.mask
     r0, n_steps, n_win = m * 64, int(plan.count(m)), int(cnt[bb, h, m])
     rows = jnp.asarray(r0 + lane[:, None] + 0 * lane[None, :])
     cols = jnp.asarray(0 * lane[:, None] + lane[None, :])
-    state = core.StreamState(jnp.int32(0), jnp.int32(0), plan.stream_init(m))
+    state = StreamState(jnp.int32(0), jnp.int32(0), plan.stream_init(m))
     pending = []
     for i in range(n_steps + 2):
       p_in = jnp.clip(state.p, 0, max(n_win - 1, 0))
       tile, nxt = plan.stream_next(m, p_in, state.plan)
-      gathered, primary, state = core.stream_advance(state, tile, nxt, n_win,
-                                                     i < n_steps)
+      gathered, primary, state = stream_advance(state, tile, nxt, n_win,
+                                                i < n_steps)
       if primary:
         start = int(tile.start)
         keep = np.asarray(sm.masks[0](tile.header, rows, cols))
@@ -340,8 +284,8 @@ def _stream_key_sets(layout, t):
         if tile.has_chunk:
           pending.append(int(tile.chunk))
       if gathered:
-        assert 0 < len(pending) <= core.GATHER
-        words = pending + [pending[0] // 8 * 8] * (core.GATHER - len(pending))
+        assert 0 < len(pending) <= GATHER
+        words = pending + [pending[0] // 8 * 8] * (GATHER - len(pending))
         keep = np.asarray(sm.gathered(tuple(map(jnp.int32, words)), rows,
                                       cols))
         for j, word in enumerate(words):
@@ -399,15 +343,6 @@ def test_bad_inputs_raise():
     call(q128, k128, v128, layout, config=W2S2, step_keys=128)
   with pytest.raises(ValueError, match="step_keys"):
     call(q, k, v, layout, step_keys=96)
-  with pytest.raises(ValueError, match="producer_registers"):
-    Config(producer_registers=100)
-  with pytest.raises(ValueError, match="producer_registers"):
-    Config(producer_registers=44)
-  # Registers: two producers (one per ring) take their share.
-  assert Config(producer_registers=40).registers() == (232, 40)
-  assert Config(producer_registers=40,
-                ring_producers=True).registers() == (216, 40)
-  assert Config(compute_wgs=1, ring_producers=True).producers == 1
 
 
 def _lowered_for_h200(d, n_slash, n_vert, **kwargs) -> str:
@@ -428,17 +363,26 @@ def _lowered_for_h200(d, n_slash, n_vert, **kwargs) -> str:
   return ktu.lower_for_gpu(fn, args).as_text()
 
 
-@pytest.mark.parametrize("d,n_vert,config,step_keys", [
-    (128, 80, None, 64), (64, 80, None, 64), (256, 80, None, 64),
-    (128, 0, W2S2, 64), (128, 80, None, 128), (64, 80, None, 128),
-    (256, 0, None, 128), (128, 0, W2S1P, 128)])
-def test_lowers_for_h200(d, n_vert, config, step_keys):
+@pytest.mark.parametrize("d,n_vert,config,step_keys,kernel", [
+    (128, 80, None, 64, "d128_w2_s2_seeded_stream"),
+    (64, 80, None, 64, "d64_w2_s3_seeded_stream"),
+    (256, 80, None, 64, "d256_w1_s2_seeded_stream"),
+    (128, 0, W2S2, None, "d128_w2_s2_stream"),  # a config: 64 keys
+    (128, 80, None, None, "d128_w2_s1_k128_seeded_stream"),  # auto: 128
+    (64, 80, None, 128, "d64_w2_s2_k128_seeded_stream"),
+    (256, 0, None, 128, "d256_w1_s1_k128_stream"),
+    (128, 0, W2S1P, 128, "d128_w2_s1_k128_stream")])
+def test_lowers_for_h200(d, n_vert, config, step_keys, kernel):
   """One Mosaic GPU call (wgmma, TMA; windows and run tails), one Triton
-  call for the steps count and one for the columns, if any."""
+  call for the steps count and one for the columns, if any. Without a
+  config and step_keys the kernel takes `auto_step_keys` (paired at D =
+  128 and this T: 128-row key tiles, one slot per warpgroup); a given
+  config keeps 64 keys per step."""
   text = _lowered_for_h200(d, 9, n_vert, config=config, step_keys=step_keys)
   assert text.count("stablehlo.custom_call @mosaic_gpu") == 1
   assert text.count("__gpu$xla.gpu.triton") == 1 + (n_vert > 0)
   assert "minf_vertical_slash_tile_steps" in text
+  assert f"minf_vertical_slash_mgpu_{kernel}" in text
   for op in ("wgmma", "cp.async.bulk", "mbarrier"):
     assert op in text, f"no {op} in the lowered module"
 
@@ -505,58 +449,6 @@ def test_tile_steps_kernel_walks_several_chunks():
   assert got[0, 1, 10] == 2  # the window and one gathered tile
 
 
-def random_128_row_tiles(rng, t: int, n: int):
-  """(count [1, n, Tb], offset [1, n, Tb, 4], keep [1, n, T, T]) of random
-  windows for `gpu_vs_mgpu_variants._Plan128Free` (the 128-row tile at
-  floor8 of every other window), each window in its own 128-row slab so no
-  key is read twice; keep: the keys of those tiles. T a multiple of 128,
-  at least 512."""
-  tb = t // 64
-  count = rng.integers(0, 5, (1, n, tb)).astype(np.int32)
-  offset = np.zeros((1, n, tb, 4), np.int32)
-  keep = np.zeros((1, n, t, t), bool)
-  for h, m in np.ndindex(n, tb):
-    c = count[0, h, m]
-    o = (np.sort(rng.choice(t // 128, c, replace=False)) * 128
-         + rng.integers(0, 64, c))
-    offset[0, h, m, :c] = o
-    for start in np.minimum(o[::2] - o[::2] % 8, t - 128):
-      keep[0, h, m * 64:(m + 1) * 64, start:start + 128] = True
-  return count, offset, keep
-
-
-@pytest.mark.parametrize("config", [
-    Config(compute_wgs=2, max_concurrent_steps=1),
-    Config(compute_wgs=1, max_concurrent_steps=2)])
-def test_128_row_tiles_with_one_ring_slot(config):
-  """128-row key tiles (128-byte swizzle) and a one-slot ring: the tile
-  list kernel attends to exactly its tiles' keys (interpret mode), and
-  lowers for an H200."""
-  rng, seed = ktu.fresh_rng()
-  b, t, n, kv, d = 1, 640, 2, 1, 128
-  tb = t // 64
-  q, k, v = ktu.random_qkv(rng, b, t, n, kv, d, jnp.bfloat16)
-  count, offset, keep = random_128_row_tiles(rng, t, n)
-  dims = core.Dims(b, t, n, n // kv, d, tb)
-
-  def fn(q, k, v, count, offset, interpret):
-    return core.tile_list_attention(
-        q, k, v, (count, offset),
-        plan_fn=lambda refs, bb, h: _Plan128Free(*refs, bb, h, t),
-        config=config, dims=dims, interpret=interpret, name="tiles128",
-        key_rows=128)
-
-  out = fn(q, k, v, jnp.asarray(count), jnp.asarray(offset),
-           plgpu.InterpretGPUParams())
-  ktu.assert_close(out, ktu.reference(q, k, v, jnp.asarray(keep)),
-                   jnp.bfloat16, seed, f"128-row tiles {config}")
-  i32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.int32)
-  text = ktu.lower_for_gpu(
-      lambda *a: fn(*a, None),
-      (q, k, v, i32(b, n, tb), i32(b, n, tb, 4))).as_text()
-  assert "wgmma" in text and "cp.async.bulk" in text
-
-
 def test_auto_step_keys():
   """Paired steps at D = 128 up to PAIRED_MAX_T, 64-key steps otherwise."""
   assert vs_mgpu.auto_step_keys(vs_mgpu.PAIRED_MAX_T, 128) == 128
@@ -566,12 +458,60 @@ def test_auto_step_keys():
     assert vs_mgpu.auto_step_keys(1024, d) == 64
 
 
-@pytest.mark.parametrize("config,want_paired", [(None, True), (W2S2, False)])
-def test_default_step_keys_follow_auto_without_a_config(config, want_paired):
-  """Without a config the kernel takes `auto_step_keys` (paired at D = 128
-  and this T: 128-row key tiles in the lowered Mosaic GPU kernel); a given
-  config keeps 64 keys per step."""
-  text = _lowered_for_h200(128, 5, 0, config=config)
-  assert ("minf_vertical_slash_mgpu_d128_w2_s1_k128" in text) == want_paired
-  assert ("minf_vertical_slash_mgpu_d128_w2_s2_stream" in text) == (
-      not want_paired)
+def _builder_layout(q, k, t: int) -> VerticalSlashLayout:
+  """The index builder's layout at MInference's default budgets (1000
+  vertical / 6096 slash lines) estimated from q/k; head 0 inactive."""
+  from minference_jax import index
+
+  n = q.shape[2]
+  ind = index.vertical_slash_indices(q, k, 1000, 6096,
+                                     active=(False,) + (True,) * (n - 1))
+  return index.vertical_slash_layout(ind, t)
+
+
+# GPU checks at 4K-16K tokens: (T, N, K, D, dtype, layout, config,
+# step_keys); step_keys None: `auto_step_keys` (paired at D = 128).
+GPU_CASES = [
+    (t, 8, 2, 128, jnp.bfloat16, source, None, None)
+    for t in (4096, 16384) for source in ("builder", "random")
+] + [
+    (4096, 8, 2, 128, jnp.float16, "builder", None, 64),
+    (4096, 8, 8, 128, jnp.float16, "random", None, 64),
+    (4096, 8, 2, 128, jnp.bfloat16, "random", W2S1P, 128),  # ping-pong
+    (4096, 8, 2, 128, jnp.bfloat16, "random",
+     dataclasses.replace(W2S2, ring_producers=True), 64),
+    (4096, 8, 2, 64, jnp.bfloat16, "random", None, None),
+    (4096, 8, 2, 64, jnp.float16, "random", None, 128),
+    (4096, 4, 1, 256, jnp.bfloat16, "random", None, None),
+    (4096, 4, 1, 256, jnp.bfloat16, "random", None, 128),
+    (448, 2, 1, 64, jnp.bfloat16, "runs", None, None),
+    (448, 2, 1, 128, jnp.bfloat16, "runs", None, None),
+    (MANY_TAILS_T, 2, 1, 128, jnp.bfloat16, "many_tails", None, 64),
+    (MANY_TAILS_T, 2, 1, 128, jnp.bfloat16, "many_tails", None, 128),
+]
+
+
+@gpu_checks.hopper_test
+@pytest.mark.parametrize("t,n,kv,d,dtype,source,config,step_keys",
+                         GPU_CASES)
+def test_matches_reference_on_gpu(t, n, kv, d, dtype, source, config,
+                                  step_keys):
+  """Both launches compiled, against the f32 reference: the index
+  builder's layouts, random layouts (runs of unaligned windows, columns),
+  and the hand-made run and many-tails layouts."""
+  rng, seed = ktu.fresh_rng()
+  q, k, v = ktu.random_qkv(rng, 1, t, n, kv, d, dtype)
+  inactive = (0,)
+  if source == "builder":
+    layout = _builder_layout(q, k, t)
+  elif source == "random":
+    layout = ktu.random_vs_layout(rng, 1, n, t, 100, 300, inactive=(0,))
+  else:
+    layout = _run_layout(t) if source == "runs" else _many_tails_layout()
+    inactive = ()
+  out = vertical_slash_attention_mgpu(q, k, v, layout, config=config,
+                                      step_keys=step_keys)
+  gpu_checks.assert_matches_reference(
+      out, q, k, v, vertical_slash_mask(layout, t, t), seed=seed,
+      what=f"T={t} N={n} K={kv} D={d} {source} {config} {step_keys}",
+      inactive_heads=inactive)

@@ -1,18 +1,19 @@
-"""Stream plans of the Mosaic GPU tile-list kernel (`mosaic_gpu_core`).
+"""Stream plans: key tiles handed to the producer in order, with gathered tiles.
 
-A stream plan hands `tile_list_attention(..., stream=True)` its key tiles in
-order, one producer step at a time, instead of per-index tile starts:
-- primary tiles: whole 64-row tiles at 8-aligned starts, each with a
-  header word that the producer writes into SMEM beside the ring slot and
-  the consumer's `StreamMask` reads (the producer decides the mask: no
-  per-step GMEM reads in the compute warpgroup);
-- gathered tiles: a primary step may leave one 8-row chunk (an 8-aligned
-  key row plus plan bits < 8) to gather; GATHER = 8 pending chunks become
-  one gathered 64-row tile (eight 8-row TMA copies: the (8, 64) SMEM tiling
-  with the 128-byte swizzle takes 8-row boxes at 8-aligned rows), inserted
-  as the next step; the last chunks are gathered after the last primary
-  tile. Hopper has no TMA gather, so this is how keys outside whole tiles
-  (the Vertical-Slash run tails) reach the tensor cores.
+A stream plan gives `tile_list_attention(..., stream=True)` its key tiles one
+producer step at a time, in order, instead of per-index tile starts:
+- primary tiles: whole 64-row tiles at 8-aligned starts, each with a header
+  word that the producer writes into SMEM beside the ring slot and the
+  consumer's `StreamMask` reads (the producer decides the mask: no per-step
+  GMEM reads in the compute warpgroup);
+- gathered tiles: a primary step may leave one 8-row chunk (an 8-aligned key
+  row plus plan bits < 8) to gather; GATHER = 8 pending chunks become one
+  gathered 64-row tile (eight 8-row TMA copies: the (8, 64) SMEM tiling with
+  the 128-byte swizzle takes 8-row boxes at 8-aligned rows), inserted as the
+  next step; the last chunks are gathered after the last primary tile.
+  Hopper has no TMA gather, so this is how keys outside whole tiles reach
+  the tensor cores: scattered keys permuted into one dense tile, as PIT
+  (Zheng et al. 2023) does for sparse columns.
 `stream_advance` is the producer's schedule, shared with the tests.
 """
 
@@ -23,6 +24,9 @@ import jax.numpy as jnp
 
 GATHER = 8  # 8-row chunks of a gathered key tile (GATHER * 8 = 64 rows)
 CHUNK = 8  # rows of a chunk: one (8, swizzle / 2) SMEM tile row
+# The first SMEM word of a paired stream step's padding half (no sub-step
+# left: an in-range tile, all masked); words of real sub-steps are >= 0.
+EMPTY_HALF = -2
 
 
 class StreamStep(NamedTuple):
@@ -62,7 +66,7 @@ class StreamPlan(Protocol):
 
   `count(m)` counts the primary tiles and the gathered ones (one per GATHER
   chunks, rounded up); `segments(m)` is one `Segment(count(m),
-  StreamMask(...))`. `key_start` is not used.
+  StreamMask(...))`.
   """
 
   def count(self, m: jax.Array) -> jax.Array:
@@ -77,8 +81,8 @@ class StreamPlan(Protocol):
   def stream_next(self, m: jax.Array, p: jax.Array, state):
     """(StreamStep of primary tile p < primary_count(m), next state)."""
 
-  def segments(self, m: jax.Array) -> Sequence["Segment"]:
-    """(Segment(count(m), StreamMask(...)),)."""
+  def segments(self, m: jax.Array) -> Sequence:
+    """(plans.Segment(count(m), StreamMask(...)),)."""
 
 
 class StreamState(NamedTuple):
