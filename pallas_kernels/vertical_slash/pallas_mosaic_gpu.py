@@ -131,16 +131,12 @@ def default_config(head_dim: int = 128, step_keys: int = STEP_KEYS
 # ----------------------------------------- launch 1: the columns (Triton)
 
 
-def _columns_kernel(count_ref, index_ref, wcount_ref, offset_ref, q_ref,
-                    k_ref, v_ref, o_ref, lse_ref, *, t, d, d_pad, block_c,
-                    scale, precision):
+def _columns_kernel(count_ref, index_ref, q_ref, k_ref, v_ref, o_ref,
+                    lse_ref, *, d, d_pad, block_c, scale, precision):
   """One program: the gathered columns of one 64-row query block.
 
-  Refs: count [1], index [NV], q/o [64, D], k/v [S, D], lse [64] f32;
-  wcount [1] and offset [1] are not read.
+  Refs: count [1], index [NV], q/o [64, D], k/v [S, D], lse [64] f32.
   """
-  del wcount_ref, offset_ref
-  r0 = (t // BLOCK - 1 - pl.program_id(0)) * BLOCK  # noqa: F841
   q = common.load_q(q_ref, BLOCK, d, d_pad, scale, None)  # [64, Dp]
   state = common.init_state(BLOCK, d_pad)
   state = phases.column_phase(
@@ -159,11 +155,9 @@ def _columns(q, k, v, column_count, column_index, dims: Dims,
   b, t, n, g, d, tb = dims
   cfg = TritonConfig.get_default(d)
   column_index = phases.at_least(column_index, cfg.block_c)
-  block_count, block_offset = column_count, column_index[..., :1]
   n_vert = column_index.shape[-1]
-  n_slash = block_offset.shape[-1]
   kernel = functools.partial(
-      _columns_kernel, t=t, d=d, d_pad=common.padded_head_dim(d),
+      _columns_kernel, d=d, d_pad=common.padded_head_dim(d),
       block_c=cfg.block_c, scale=d**-0.5,
       precision=common.dot_precision(q.dtype))
 
@@ -182,13 +176,12 @@ def _columns(q, k, v, column_count, column_index, dims: Dims,
       out_shape=(jax.ShapeDtypeStruct(q.shape, q.dtype),
                  jax.ShapeDtypeStruct((b, n, t), jnp.float32)),
       grid=(tb, n, b),
-      in_specs=[count_spec, row_spec(n_vert), count_spec, row_spec(n_slash),
-                q_spec, kv_spec, kv_spec],
+      in_specs=[count_spec, row_spec(n_vert), q_spec, kv_spec, kv_spec],
       out_specs=(q_spec, pl.BlockSpec((None, None, BLOCK), row_map)),
       compiler_params=common.compiler_params(cfg.num_warps, cfg.num_stages),
       interpret=interpret,
       name=f"minf_vertical_slash_seed_bc{cfg.block_c}_d{d}_columns",
-  )(column_count, column_index, block_count, block_offset, q, k, v)
+  )(column_count, column_index, q, k, v)
 
 
 # --------------------- launch 2: windows and run tails (Mosaic GPU stream)
