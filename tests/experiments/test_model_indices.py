@@ -1,10 +1,11 @@
-"""Model slices and the real-head Vertical-Slash index sets (CPU).
+"""Model slices and the real-head index sets of `model-indices` (CPU).
 
 A tiny random llama stands in for SmolLM2: its slice must round-trip
-(weights, config, compact token ids), and the indices that
-`model_head_indices` records must equal `vertical_slash_indices` computed
-from q/k of a plain `models.llama.forward` run of the ORIGINAL (unsliced,
-full-vocabulary) weights on the original token ids.
+(weights, config, compact token ids), and the Vertical-Slash and
+Block-Sparse sets that `model_head_indices` records must equal the
+builders' estimates computed from q/k of a plain `models.llama.forward` run
+of the ORIGINAL (unsliced, full-vocabulary) weights on the original token
+ids.
 """
 
 import dataclasses
@@ -16,7 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import model_head_indices as mhi
+from experiments import index_sets
+from experiments import model_indices as mi
+from experiments import model_slice as ms
 from minference_jax.attention import make_attention
 from minference_jax.index import vertical_slash_indices
 from models import gguf_io
@@ -56,7 +59,7 @@ def tiny():
 
 
 def _encode(state):
-  return {n: mhi.encode_float(a, "bf16" if a.ndim > 1 else "f32")
+  return {n: ms.encode_float(a, "bf16" if a.ndim > 1 else "f32")
           for n, a in state.items()}
 
 
@@ -65,12 +68,12 @@ def slice_path(tiny, tmp_path_factory):
   config, state, ids = tiny
   s = export.build_slice(config, _encode(state), ids, KEEP,
                          {"token_source": "random ids", "source_model": "t"})
-  return mhi.save_slice(tmp_path_factory.mktemp("slice") / "s.npz", s)
+  return ms.save_slice(tmp_path_factory.mktemp("slice") / "s.npz", s)
 
 
 def test_slice_round_trip(tiny, slice_path):
   config, state, ids = tiny
-  back = mhi.load_slice(slice_path)
+  back = ms.load_slice(slice_path)
   c = back.config
   assert (c.num_layers, c.vocab_size) == (KEEP, len(np.unique(ids)))
   assert dataclasses.replace(
@@ -97,7 +100,7 @@ def test_slice_round_trip(tiny, slice_path):
 def test_bf16_encoding_rounds_to_nearest_even():
   x = np.asarray([1.0, 1.00390625, 1.01171875, -3.14159, 1e-40, np.inf],
                  np.float32)
-  got = mhi.encode_float(x).decode()
+  got = ms.encode_float(x).decode()
   want = np.asarray(jnp.asarray(x).astype(jnp.bfloat16).astype(jnp.float32))
   np.testing.assert_array_equal(got, want)
 
@@ -159,30 +162,39 @@ class _Record:
     return self.inner(q, k, v, layer_idx=layer_idx, q_offset=q_offset)
 
 
+N_BS, BS_TOP_K = 7, 3  # Block-Sparse sets of 7 benchmark heads, top 3
+
+
 @pytest.fixture(scope="module")
 def run(slice_path):
-  s = mhi.load_slice(slice_path)
-  return mhi.model_head_indices(
+  s = ms.load_slice(slice_path)
+  return mi.model_head_indices(
       s, T, n_vertical=NV, n_slash=NS, last_q=LAST_Q, backend="xla",
-      dtype=jnp.float32, keep_qk=True, log=None)
+      dtype=jnp.float32, keep_qk=True, bs_heads=N_BS, bs_top_k=BS_TOP_K,
+      log=None)
 
 
-def test_indices_match_plain_forward(tiny, run):
+@pytest.fixture(scope="module")
+def plain_qk(tiny):
+  """{layer: (q, k)} of a plain forward of the unsliced weights."""
   config, state, ids = tiny
-  res, recorder = run
-  # The reference: the unsliced weights (first KEEP layers, full vocab) and
-  # the original ids through models.llama.forward, same attention.
   ref_config = dataclasses.replace(config, num_layers=KEEP)
   ref_state = {n: a for n, a in state.items() if f"layers.{KEEP}." not in n}
   params = params_from_state_dict(ref_config, ref_state, jnp.float32)
   rec = _Record(make_attention(
-      mhi.vs_pattern_config(KEEP, config.num_heads, NV, NS, LAST_Q), "xla"))
+      mi.vs_pattern_config(KEEP, config.num_heads, NV, NS, LAST_Q), "xla"))
   forward(params, jnp.asarray(ids[None, :T]), config=ref_config,
           attention=rec)
+  return rec.qk
+
+
+def test_indices_match_plain_forward(tiny, run, plain_qk):
+  config, _, _ = tiny
+  res, _, recorder = run
   assert res.vertical.shape[:2] == (KEEP, config.num_heads)
   assert res.meta["seq_len"] == T and res.meta["num_layers"] == KEEP
   for layer in range(KEEP):
-    q, k = rec.qk[layer]
+    q, k = plain_qk[layer]
     q_last, k_rec = recorder.qk[layer]
     np.testing.assert_array_equal(q_last, np.asarray(q[:, -LAST_Q:]))
     np.testing.assert_array_equal(k_rec, np.asarray(k))
@@ -198,13 +210,15 @@ def test_indices_match_plain_forward(tiny, run):
 
 def test_load_model_head_indices(tiny, run, tmp_path):
   config, _, _ = tiny
-  res, _ = run
+  res, _, _ = run
   path = res.save(tmp_path / "idx.npz")
   n, b = 7, 2
-  ind = mhi.load_model_head_indices(path, n, batch=b, expect_seq_len=T)
+  ind = index_sets.load_model_head_indices(path, n, batch=b,
+                                           expect_seq_len=T)
   assert ind.vertical.shape == (b, n, NV) and ind.slash.shape == (b, n, NS)
   assert ind.vertical.dtype == jnp.int32
-  picks = mhi.select_heads(KEEP, config.num_heads, config.num_kv_heads, n)
+  picks = index_sets.select_heads(KEEP, config.num_heads,
+                                  config.num_kv_heads, n)
   # Layers >= 1 round-robin; heads 0, G, 1, G + 1 (G = 2) per layer.
   assert picks == [(1, 0), (2, 0), (1, 2), (2, 2), (1, 1), (2, 1), (1, 3)]
   vertical, slash = np.asarray(ind.vertical), np.asarray(ind.slash)
@@ -220,91 +234,71 @@ def test_load_model_head_indices(tiny, run, tmp_path):
       np.testing.assert_array_equal(v[:30], np.arange(30))  # forced sinks
       assert (s >= 100).sum() == NS - 100  # forced offsets 0..99 kept
   with pytest.raises(ValueError, match="T=384"):
-    mhi.load_model_head_indices(path, n, expect_seq_len=T * 2)
+    index_sets.load_model_head_indices(path, n, expect_seq_len=T * 2)
 
 
 def test_select_heads_smollm2_geometry():
-  picks = mhi.select_heads(15, 9, 3, 32)
+  picks = index_sets.select_heads(15, 9, 3, 32)
   assert len(set(picks)) == 32 and all(layer >= 1 for layer, _ in picks)
   assert picks[:2] == [(1, 0), (2, 0)] and picks[14] == (1, 3)
 
 
-def test_main_writes_results(slice_path, tmp_path, capsys):
-  mhi.main(["--slice", str(slice_path), "--seq-len", "128", "256",
-            "--backend", "xla", "--dtype", "float32", "--n-vertical", "40",
-            "--n-slash", "60", "--out", str(tmp_path)])
-  for t in (128, 256):
-    res = mhi.HeadIndices.load(tmp_path / f"model_head_indices_T{t}.npz")
-    assert res.seq_len == t and res.vertical.shape == (KEEP, 4, 40)
-    assert (tmp_path / f"model_head_indices_T{t}_summary.json").is_file()
-  assert '"seq_len": 256' in capsys.readouterr().out
-
-
-def test_bs_model_layout_matches_plain_forward(tiny, slice_path):
-  """The Block-Sparse index sets `bs_model_indices` keeps are the builder's
+def test_block_sparse_sets_match_plain_forward(tiny, run, plain_qk,
+                                               tmp_path):
+  """The Block-Sparse sets recorded in the same run are the builder's
   estimate on the q/k of a plain forward, for the heads `select_heads`
-  picks, in that order."""
-  from experiments import bs_model_indices as bsi
+  picks, in that order; they round-trip through their file and become a
+  [B, N', Tb, KB] benchmark layout."""
   from minference_jax.index import block_sparse_indices
 
-  config, state, ids = tiny
-  n_bench, top_k = 7, 3
-  layout = bsi.model_bs_layout(
-      mhi.load_slice(slice_path), T, n_bench, top_k=top_k, n_vertical=NV,
-      n_slash=NS, last_q=LAST_Q, backend="xla", dtype=jnp.float32)
-  ref_config = dataclasses.replace(config, num_layers=KEEP)
-  ref_state = {n: a for n, a in state.items() if f"layers.{KEEP}." not in n}
-  rec = _Record(make_attention(
-      mhi.vs_pattern_config(KEEP, config.num_heads, NV, NS, LAST_Q), "xla"))
-  forward(params_from_state_dict(ref_config, ref_state, jnp.float32),
-          jnp.asarray(ids[None, :T]), config=ref_config, attention=rec)
-  picks = mhi.select_heads(KEEP, config.num_heads, config.num_kv_heads,
-                           n_bench)
-  assert layout.block_index.shape == (1, n_bench, T // 64, top_k)
+  config, _, _ = tiny
+  _, bs, _ = run
+  picks = index_sets.select_heads(KEEP, config.num_heads,
+                                  config.num_kv_heads, N_BS)
+  assert bs.meta["heads"] == [list(p) for p in picks]
+  assert bs.block_index.shape == (N_BS, T // 64, BS_TOP_K)
   for h, (layer, head) in enumerate(picks):
-    want = block_sparse_indices(*rec.qk[layer], top_k, 64)
-    np.testing.assert_array_equal(np.asarray(layout.block_count[0, h]),
+    want = block_sparse_indices(*plain_qk[layer], BS_TOP_K, 64)
+    np.testing.assert_array_equal(bs.block_count[h],
                                   np.asarray(want.block_count[0, head]))
-    np.testing.assert_array_equal(np.asarray(layout.block_index[0, h]),
+    np.testing.assert_array_equal(bs.block_index[h],
                                   np.asarray(want.block_index[0, head]))
   # Different picked heads select different blocks (not one head copied).
-  idx = np.asarray(layout.block_index[0])
-  assert (idx[0] != idx[1]).any() and (idx[0] != idx[2]).any()
+  assert (bs.block_index[0] != bs.block_index[1]).any()
+  back = index_sets.BlockSparseHeads.load(bs.save(tmp_path / "bs.npz"))
+  np.testing.assert_array_equal(back.block_index, bs.block_index)
+  layout = back.layout(N_BS, batch=2)
+  assert layout.block_index.shape == (2, N_BS, T // 64, BS_TOP_K)
+  assert layout.block_size == 64
+  np.testing.assert_array_equal(np.asarray(layout.block_count[1]),
+                                bs.block_count)
+  with pytest.raises(ValueError, match="holds 7 heads, not 8"):
+    back.layout(8)
+  vs_file = run[0].save(tmp_path / "vs.npz")
+  with pytest.raises(ValueError, match="not a minference-jax/model-bs"):
+    index_sets.BlockSparseHeads.load(vs_file)
 
 
-def test_bs_layout_stats_by_hand():
-  from experiments import bs_model_indices as bsi
-  from pallas_kernels.layouts import BlockSparseLayout
+def test_main_writes_results_and_skips_done_lengths(slice_path, tmp_path,
+                                                    capsys):
+  from experiments.config import load_config
 
-  # T = 256 (4 blocks), KB = 3; rows: [0], [0, 1], [0, 2], [1, 2, 3].
-  index = np.array([[0, 0, 0], [0, 1, 1], [0, 2, 2], [1, 2, 3]])
-  layout = BlockSparseLayout(jnp.asarray([[[1, 2, 2, 3]]], jnp.int32),
-                             jnp.asarray(index[None, None], jnp.int32), 64)
-  stats = bsi.layout_stats(layout, 256)
-  assert stats["density"] == round(8 * 64 * 64 / (256 * 257 / 2), 5)
-  assert stats["near_share"] == 1.0
-  assert stats["sink_share"] == 5 / 8  # blocks 0 and 1 (tokens < 128)
-  assert stats["run_mean"] == 8 / 5  # runs [0] [0,1] [0] [2] [1,2,3]
-  assert stats["pair_union"] is None  # one head: no pairs
-
-
-def test_head_pair_union_against_sets():
-  """`head_pair_union` equals |A u B| / (|A| + |B|) computed with Python
-  sets, on random lists with padding entries that repeat kept ids."""
-  from experiments import bs_model_indices as bsi
-
-  rng = np.random.default_rng()
-  n, tb, kb = 6, 9, 5
-  count = np.zeros((n, tb), np.int64)
-  index = np.zeros((n, tb, kb), np.int64)
-  for h in range(n):
-    for m in range(tb):
-      c = int(rng.integers(0, min(m + 1, kb) + 1))
-      count[h, m] = c
-      index[h, m, :c] = np.sort(rng.choice(m + 1, c, replace=False))
-      index[h, m, c:] = rng.integers(0, m + 1, kb - c)  # padding
-  kept = lambda h, m: set(index[h, m, :count[h, m]].tolist())
-  union = sum(len(kept(h, m) | kept(h + 1, m))
-              for h in range(0, n, 2) for m in range(tb))
-  assert bsi.head_pair_union(count, index) == round(union / count.sum(), 4)
-  assert bsi.head_pair_union(count[:5], index[:5]) is None  # odd N
+  argv = [f"slice={slice_path}", "seq_lens=[128,256]", "backend=xla",
+          "dtype=float32", "n_vertical=40", "n_slash=60", "bs_heads=3",
+          "bs_top_k=2", f"out_dir={tmp_path}"]
+  mi.main(argv)
+  for t in (128, 256):
+    res = index_sets.HeadIndices.load(index_sets.vs_indices_path(tmp_path,
+                                                                 t))
+    assert res.seq_len == t and res.vertical.shape == (KEEP, 4, 40)
+    bs = index_sets.BlockSparseHeads.load(index_sets.bs_indices_path(
+        tmp_path, t))
+    assert bs.seq_len == t and bs.block_index.shape == (3, t // 64, 2)
+    assert (tmp_path / f"model_head_indices_T{t}_summary.json").is_file()
+  assert '"seq_len": 256' in capsys.readouterr().out
+  saved = load_config(mi.ModelIndicesConfig,
+                      tmp_path / "model_indices.config.yaml")
+  assert saved.seq_lens == (128, 256) and saved.bs_heads == 3
+  assert saved.slice == str(slice_path)
+  mi.main(argv)  # a rerun skips the lengths whose files exist
+  assert capsys.readouterr().err.count("exists, skipped") == 2
