@@ -51,6 +51,7 @@ from experiments import bench_common as bc
 from experiments import kernel_impls
 from experiments.config import (
     CONFIGS_DIR,
+    ConfigError,
     command,
     parse_cli,
     repo_relative,
@@ -144,7 +145,8 @@ class BenchConfig:
     for name in ("seq_lens", "kv_heads", "crossover_lens"):
       if any(v < 1 for v in getattr(self, name)):
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-    bad_k = [kv for kv in (*self.kv_heads, self.crossover_kv_heads)
+    crossover_k = (self.crossover_kv_heads,) if self.crossover_lens else ()
+    bad_k = [kv for kv in (*self.kv_heads, *crossover_k)
              if self.num_heads % kv]
     if bad_k:
       raise ValueError(f"kv_heads {bad_k} do not divide num_heads"
@@ -430,8 +432,32 @@ def crossover_from_rows(rows, patterns, kv):
   return found
 
 
+def check_model_files(cfg: BenchConfig) -> None:
+  """The `model-indices` files every `:model` pattern needs exist.
+
+  Raises:
+    ConfigError: naming the first missing file.
+  """
+  paths = dict(vertical_slash=vs_indices_path, block_sparse=bs_indices_path)
+  for spec in cfg.patterns:
+    pattern, _, source = spec.partition(":")
+    if (source or cfg.index_source) != "model" or pattern not in paths:
+      continue
+    for t in (*cfg.crossover_lens, *cfg.seq_lens):
+      path = paths[pattern](cfg.model_indices_dir, t)
+      if not path.is_file():
+        raise ConfigError(
+            f"patterns: {spec} needs {path}; make it with `minference-jax "
+            f"model-indices seq_lens=[{t}] out_dir={cfg.model_indices_dir}`")
+
+
 def run(cfg: BenchConfig, config_file: str | None = None) -> list[dict]:
-  """Runs the benchmark (module docstring); returns its rows."""
+  """Runs the benchmark (module docstring); returns its rows.
+
+  Raises:
+    ConfigError: a `model-indices` file that a pattern needs is missing.
+  """
+  check_model_files(cfg)
   save_resolved(cfg, Path(cfg.out_dir) / f"{cfg.name}.config.yaml")
   meta = bc.environment() | dict(config_file=repo_relative(config_file),
                                  config=dataclasses.asdict(cfg))

@@ -101,7 +101,7 @@ def junit_counts(path: Path) -> dict[str, int]:
   """{"tests", "skipped", "failures", "errors"} summed over a JUnit XML
   report's test suites."""
   root = ElementTree.parse(path).getroot()
-  suites = [root] if root.tag == "testsuite" else root.iter("testsuite")
+  suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
   keys = ("tests", "skipped", "failures", "errors")
   return {k: sum(int(s.get(k, 0)) for s in suites) for k in keys}
 
