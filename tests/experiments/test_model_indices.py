@@ -11,7 +11,6 @@ ids.
 import dataclasses
 import importlib.util
 import types
-from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
