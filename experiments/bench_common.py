@@ -101,7 +101,7 @@ def time_jitted(fn, args, *, warmup: int = 1, min_repeats: int = 3,
     out = block(compiled(*args))
     est = time.perf_counter() - t0
   if est >= budget_s:
-    # One run already exceeds the budget (e.g. dense 1M tokens, ~18 s): the
+    # One run already exceeds the budget (e.g. dense attention at 1M): the
     # first run after compilation is the measurement.
     return dict(compile_s=compile_s, median_ms=est * 1e3, min_ms=est * 1e3,
                 max_ms=est * 1e3, repeats=1, times_ms=[est * 1e3],
