@@ -174,17 +174,19 @@ def test_generate_saves_its_config_and_answer(tiny_model, tmp_path,
   monkeypatch.setattr(generate, "load_model", lambda path, dtype: tiny_model)
   prompt = tmp_path / "prompt.txt"
   prompt.write_text("where is the key?")
-  cli.main(["generate", f"prompt_file={prompt}", "chat=true", "backend=xla",
-            "max_new_tokens=3", "prefill_chunk=8", f"out_dir={tmp_path}"])
+  cli.main(["generate", f"prompt_file={prompt}", "chat=true", "backend=dense",
+            "max_new_tokens=3", f"out_dir={tmp_path}"])
   saved = load_config(generate.GenerateConfig,
                       tmp_path / "generate.config.yaml")
   assert saved.prompt_file == str(prompt) and saved.max_new_tokens == 3
-  assert saved.prefill_chunk == 8 and saved.backend == "xla"
+  assert saved.prefill_chunk is None and saved.backend == "dense"
   record = json.loads((tmp_path / "generate.json").read_text())
   tok = _Tokenizer()
   ids = tok.apply_chat_template([{"content": prompt.read_text()}], True, True)
-  want = generate_greedy(CausalLM(tiny_model.config, tiny_model.params),
-                         np.asarray([ids], np.int32), max_new_tokens=3)
+  model = CausalLM(tiny_model.config, tiny_model.params,
+                   make_attention(None, backend="dense"))
+  want = generate_greedy(model, np.asarray([ids], np.int32),
+                         max_new_tokens=3)
   text = tok.decode(want.tokens[0, : want.lengths[0]].tolist(), True).strip()
   assert record["answer"] == text and record["prompt_tokens"] == len(ids)
   assert text in capsys.readouterr().out
