@@ -301,3 +301,36 @@ def test_main_writes_results_and_skips_done_lengths(slice_path, tmp_path,
   assert saved.slice == str(slice_path)
   mi.main(argv)  # a rerun skips the lengths whose files exist
   assert capsys.readouterr().err.count("exists, skipped") == 1
+
+
+def test_bench_kernels_reads_the_recorded_sets(run, tmp_path):
+  """bench-kernels' `:model` patterns time the kernels on exactly the sets
+  `model-indices` wrote (and time the builder's estimate as index time)."""
+  from experiments import bench_kernels
+  from minference_jax.index import vertical_slash_layout
+
+  res, bs, _ = run
+  res.save(index_sets.vs_indices_path(tmp_path, T))
+  bs.save(index_sets.bs_indices_path(tmp_path, T))
+  cfg = bench_kernels.BenchConfig(
+      seq_lens=(T,), kv_heads=(1,), num_heads=N_BS, head_dim=16,
+      dtype="float32", vs_budget=(NV, NS), bs_top_k=BS_TOP_K,
+      patterns=("vertical_slash:model", "block_sparse:model"),
+      model_indices_dir=str(tmp_path), min_repeats=1, max_repeats=1,
+      budget_s=0.01, interpret=True, inputs="gaussian")
+  bench_kernels.check_model_files(cfg)
+  (q, k, _), _ = bench_kernels.make_inputs(cfg, T, 1, 0)
+  layout, timing, source = bench_kernels.build_layout(
+      cfg, "block_sparse:model", q, k, T)
+  assert source.startswith("model heads") and timing["median_ms"] > 0
+  np.testing.assert_array_equal(np.asarray(layout.block_index[0]),
+                                bs.block_index)
+  layout, timing, _ = bench_kernels.build_layout(
+      cfg, "vertical_slash:model", q, k, T)
+  want = vertical_slash_layout(index_sets.load_model_head_indices(
+      index_sets.vs_indices_path(tmp_path, T), N_BS), T)
+  np.testing.assert_array_equal(np.asarray(layout.block_offset),
+                                np.asarray(want.block_offset))
+  np.testing.assert_array_equal(np.asarray(layout.column_index),
+                                np.asarray(want.column_index))
+  assert timing["median_ms"] > 0
