@@ -1,11 +1,11 @@
-"""Shared pieces of the kernel benchmark and GPU check scripts.
+"""Shared pieces of the kernel benchmark and the GPU checks.
 
-Config files (YAML -> frozen dataclass, `key=value` CLI overrides), timing,
-environment facts, computed-area / FLOP counting, row-sampled reference
-checks and a fallback generator of clustered sparse layouts.
+Timing (ahead-of-time compile apart from the timed runs), environment facts
+for result files, computed-area / FLOP counting, row-sampled reference
+checks, generators of clustered sparse layouts (realistic layouts without
+an estimate) and the JSON + markdown result writer.
 """
 
-import dataclasses
 import json
 import math
 import os
@@ -25,13 +25,11 @@ from experiments import config
 from pallas_kernels.layouts import (
     AShapeLayout,
     BlockSparseLayout,
-    VerticalSlashChainLayout,
     VerticalSlashLayout,
 )
 from pallas_kernels.reference import masked_attention_reference
 
-# Config IO lives in experiments.config; re-exported for the scripts.
-load_config = config.load_config
+# experiments/gpu_check_kernels.py reads its options through this name.
 parse_cli = config.parse_cli
 
 
@@ -103,7 +101,7 @@ def time_jitted(fn, args, *, warmup: int = 1, min_repeats: int = 3,
     out = block(compiled(*args))
     est = time.perf_counter() - t0
   if est >= budget_s:
-    # One run already exceeds the budget (e.g. dense 1M tokens, ~18 s): the
+    # One run already exceeds the budget (e.g. dense attention at 1M): the
     # first run after compilation is the measurement.
     return dict(compile_s=compile_s, median_ms=est * 1e3, min_ms=est * 1e3,
                 max_ms=est * 1e3, repeats=1, times_ms=[est * 1e3],
@@ -132,7 +130,7 @@ def time_with(cfg, fn, args, keep_output: bool = False) -> dict:
                      keep_output=keep_output)
 
 
-# ------------------------------------------------------ inputs, errors
+# ---------------------------------------------------------------- inputs
 
 
 def gaussian_qkv(key, b: int, t: int, n: int, kv: int, d: int, dtype):
@@ -141,14 +139,6 @@ def gaussian_qkv(key, b: int, t: int, n: int, kv: int, d: int, dtype):
   return (jax.random.normal(kq, (b, t, n, d), dtype),
           jax.random.normal(kk, (b, t, kv, d), dtype),
           jax.random.normal(kv_, (b, t, kv, d), dtype))
-
-
-def relative_l2(got, want) -> float:
-  """||got - want|| / ||want|| in f32 (two kernels' outputs)."""
-  got = got.astype(jnp.float32)
-  want = want.astype(jnp.float32)
-  return float(jnp.linalg.norm(got - want)
-               / jnp.maximum(jnp.linalg.norm(want), 1e-30))
 
 
 # ------------------------------------------------------- area and FLOPs
@@ -172,19 +162,6 @@ def vs_tile_pairs(layout: VerticalSlashLayout) -> float:
   return windows * bs * bs + columns * bs
 
 
-def vs_chain_tile_pairs(chain: VerticalSlashChainLayout,
-                       windows: VerticalSlashLayout, t: int) -> float:
-  """q-k pairs the chain VS kernel computes: the windows (counted from the
-  expanded layout of the same indices, `windows`) plus bs per vertical left
-  of each row block (the chain kernel gathers every one of them and masks
-  those that a window already holds)."""
-  bs = chain.block_size
-  tb = -(-t // bs)
-  n_windows = float(jnp.sum(windows.block_count, dtype=jnp.float32))
-  left = chain.vertical_prefix[:, :, : tb * bs : bs]  # [B, N, Tb]
-  return n_windows * bs * bs + float(jnp.sum(left, dtype=jnp.float32)) * bs
-
-
 def bs_tile_pairs(layout: BlockSparseLayout) -> float:
   bs = layout.block_size
   return float(jnp.sum(layout.block_count, dtype=jnp.float32)) * bs * bs
@@ -204,18 +181,6 @@ def a_shape_tile_pairs(layout: AShapeLayout, t: int, b: int, block_q: int,
     lo = np.maximum(r0 + 1 - n_local, 0) // block_k
     hi = np.where(n_local > 0, -(-r_end // block_k), lo)
     total += float(np.sum(sink_tiles + hi - lo)) * block_q * block_k
-  return total * b
-
-
-def a_shape_exact_pairs(layout: AShapeLayout, t: int, b: int) -> float:
-  """Exact pairs of the A-shape mask (sink outside the window + window)."""
-  rows = np.arange(t, dtype=np.int64)
-  total = 0.0
-  for n_init, n_local in zip(np.asarray(layout.n_init),
-                             np.asarray(layout.n_local)):
-    window = np.minimum(rows + 1, int(n_local))
-    sink = np.clip(np.minimum(int(n_init), rows + 1 - int(n_local)), 0, None)
-    total += float(np.sum(window + sink))
   return total * b
 
 
@@ -413,46 +378,6 @@ def clustered_vs_layout(
   )
 
 
-def clustered_vs_indices(
-    key, b: int, n: int, t: int, n_vertical: int, n_slash: int, *,
-    local_scale: float = 1500.0, n_far: int = 4, far_spread: int = 256,
-):
-  """Clustered Vertical-Slash lines without an estimate (indices form).
-
-  The same distributions as `clustered_vs_layout`: slash offsets 0..99
-  always, the rest mostly within a few thousand of the diagonal
-  (exponential, scale `local_scale`), 10% in `n_far` far clusters
-  (log-uniform centres, +-far_spread); verticals 0..29 plus random columns.
-  Duplicates are dropped (counts per head say how many are left).
-
-  Returns:
-    minference_jax.index.VerticalSlashIndices [B, N, NV] / [B, N, NS].
-  """
-  from minference_jax.index import VerticalSlashIndices
-
-  n_slash = min(n_slash, t)
-  n_vertical = min(n_vertical, t)
-  offs, vert = _clustered_lines(key, b, n, t, n_vertical, n_slash,
-                                local_scale, n_far, far_spread)
-
-  def distinct(x, descending):  # [B, N, X] -> sorted distinct, count
-    x = jnp.sort(x, axis=-1)
-    dup = jnp.concatenate([jnp.zeros(x.shape[:-1] + (1,), bool),
-                           x[..., 1:] == x[..., :-1]], -1)
-    count = jnp.sum(~dup, axis=-1, dtype=jnp.int32)
-    if descending:
-      return -jnp.sort(-jnp.where(dup, -1, x), axis=-1), count
-    return jnp.sort(jnp.where(dup, t, x), axis=-1), count
-
-  slash, s_count = distinct(offs, True)
-  vertical, v_count = distinct(vert, False)
-  return VerticalSlashIndices(
-      vertical=jnp.minimum(vertical, t - 1).astype(jnp.int32),
-      vertical_count=v_count,
-      slash=jnp.maximum(slash, 0).astype(jnp.int32), slash_count=s_count,
-  )
-
-
 def clustered_bs_layout(key, b: int, n: int, t: int, top_k: int,
                         bs: int = 64, n_local: int = 40) -> BlockSparseLayout:
   """Block 0, the `n_local` blocks up to the diagonal, the rest stratified
@@ -506,7 +431,3 @@ def write_results(out_dir: str, name: str, meta: dict, rows: list[dict],
   md_path = out / f"{name}.md"
   md_path.write_text("\n".join(md) + "\n")
   return json_path, md_path
-
-
-def as_dict(cfg) -> dict:
-  return dataclasses.asdict(cfg)

@@ -1,17 +1,36 @@
-"""Kernel benchmark: sparse Pallas kernels vs cuDNN dense, on realistic indices.
+"""`minference-jax bench-kernels`: the sparse attention kernels against
+cuDNN dense attention, on realistic index sets (GPU).
 
-  PYTHONPATH=. python3 -m experiments.bench_kernels \
-      [--config configs/experiments/bench_kernels.yaml] [key=value ...]
+  minference-jax bench-kernels [--config configs/experiments/bench_kernels.yaml]
+      [seq_lens=[131072]] [kernel_impls=[triton,mosaic_gpu]] [key=value ...]
 
-For every (KV heads, T): structured synthetic q/k/v (experiments.synthetic;
-Gaussian if absent), dense cuDNN causal attention and our flash kernel, then
-each sparse pattern at MInference's defaults: index build time (the real
-builders in minference_jax.index; the clustered generator of bench_common if
-absent or failing, flagged in the row), kernel time, density (computed tile
-area / causal area), effective TFLOP/s on the computed area (4 * D FLOPs per
-computed q-k pair) and ratios to cuDNN measured in the same run. Then the
-dense-fallback crossover: the smallest T at which index + kernel beats cuDNN.
-Writes JSON + a markdown table (GPU, jax version, git sha, command line).
+For every (KV heads K, sequence length T): structured synthetic q/k/v
+(`experiments.synthetic`; Gaussian if that fails, flagged in the rows),
+cuDNN's dense causal attention and our dense flash kernel, then each
+pattern at MInference's default budgets with each kernel implementation
+(`experiments.kernel_impls`: the ops' public entry points). A pattern's
+index sets come from `index_source`, or from the source a pattern names
+(`vertical_slash:clustered`):
+- builder: the online estimate and layout builders of
+  `minference_jax.index` on the synthetic q/k (their time is the index
+  time);
+- clustered: the clustered-line generators of `experiments.bench_common`
+  (their time is the generator's, not an estimate's);
+- model: index sets recorded from a real model's heads by `minference-jax
+  model-indices` (read from `model_indices_dir`); the index time is the
+  builder's estimate on the synthetic q/k (its cost does not depend on the
+  values) plus, for Vertical-Slash, the layout built from the recorded
+  sets;
+- auto: builder, and clustered where the builder fails (flagged).
+Per row: density (computed tile area / causal area), index and kernel
+times (compile apart, median of repeats), effective TFLOP/s on the
+computed area (4 D FLOPs per computed q-k pair) and speed-ups over cuDNN
+measured in the same run; then per pattern and implementation the
+dense-fallback crossover (the smallest T from which index + kernel beats
+cuDNN at every larger measured T). Writes `<name>.json` (environment,
+command, resolved config, rows; rewritten after every size, so a time-out
+keeps what ran), `<name>.md` (a table) and `<name>.config.yaml` under
+`out_dir`.
 """
 
 import dataclasses
@@ -21,52 +40,91 @@ import sys
 import time
 import traceback
 import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 
 from experiments import bench_common as bc
-from pallas_kernels import a_shape, block_sparse, flash, vertical_slash
+from experiments import kernel_impls
+from experiments.config import (
+    CONFIGS_DIR,
+    ConfigError,
+    command,
+    parse_cli,
+    repo_relative,
+    save_resolved,
+)
+from experiments.index_sets import (
+    BlockSparseHeads,
+    bs_indices_path,
+    load_model_head_indices,
+    vs_indices_path,
+)
+from experiments.synthetic import synthetic_qkv
+from minference_jax import index
 from pallas_kernels.layouts import AShapeLayout
 
 warnings.filterwarnings("ignore", message="The Pallas Triton backend")
 
-DEFAULT_CONFIG = "configs/experiments/bench_kernels.yaml"
+DEFAULT_CONFIG = CONFIGS_DIR / "experiments" / "bench_kernels.yaml"
+PATTERNS = ("vertical_slash", "block_sparse", "a_shape")
+SOURCES = ("builder", "clustered", "model")
 
 
 @dataclasses.dataclass(frozen=True)
 class BenchConfig:
-  """Benchmark settings (YAML keys; `key=value` on the command line)."""
+  """Benchmark settings (YAML keys; `key=value` on the command line).
+
+  Attributes:
+    seq_lens, kv_heads: the sizes (every K for every T).
+    num_heads, head_dim, batch, dtype: N, D, B and the input dtype.
+    patterns: "vertical_slash", "block_sparse", "a_shape", optionally with
+      an index source suffix (":builder", ":clustered", ":model").
+    vs_budget: Vertical-Slash (n_vertical, n_slash).
+    bs_top_k: Block-Sparse key blocks per query block.
+    a_shape_sizes: A-shape (n_init, n_local).
+    index_source: the index source of a pattern without a suffix.
+    model_indices_dir: the files of `minference-jax model-indices`.
+    inputs: "synthetic" (structured) or "gaussian" q/k/v.
+    dense: time cuDNN's dense attention (up to dense_max_len).
+    flash_max_len: time our dense flash kernel up to this T.
+    vs_configs, bs_configs, flash_configs, a_shape_configs: Pallas-Triton
+      launch knobs to sweep (`kernel_impls.TRITON_KNOBS` order); the first
+      is the headline row; empty: the default config.
+    kernel_impls: implementations timed side by side
+      (`kernel_impls.IMPLEMENTATIONS`).
+    crossover_lens, crossover_kv_heads: extra (small) sizes timed first,
+      with one K, for the dense-fallback crossover.
+    warmup, min_repeats, max_repeats, budget_s: timing (a run longer than
+      budget_s is timed once).
+    seed: inputs and clustered layouts.
+    out_dir, name: where the results go (`<name>.json`, `.md`).
+    interpret: the kernels' interpret mode (CPU dry runs at tiny sizes).
+  """
 
   seq_lens: tuple[int, ...] = (32768, 131072, 524288, 1048576)
   kv_heads: tuple[int, ...] = (8, 32)
   num_heads: int = 32
   head_dim: int = 128
   batch: int = 1
-  dtype: str = "bfloat16"
-  patterns: tuple[str, ...] = ("vertical_slash", "block_sparse", "a_shape")
-  vs_budget: tuple[int, ...] = (1000, 6096)
+  dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+  patterns: tuple[str, ...] = PATTERNS
+  vs_budget: tuple[int, int] = (1000, 6096)
   bs_top_k: int = 100
-  a_shape_sizes: tuple[int, ...] = (128, 3968)
-  index_source: str = "auto"  # auto | builder | clustered
-  inputs: str = "synthetic"  # synthetic | gaussian
+  a_shape_sizes: tuple[int, int] = (128, 3968)
+  index_source: Literal["auto", "builder", "clustered", "model"] = "auto"
+  model_indices_dir: str = "outputs/model_indices"
+  inputs: Literal["synthetic", "gaussian"] = "synthetic"
   dense: bool = True
   dense_max_len: int = 1 << 20
   flash_max_len: int = 131072
-  # Kernel config variants: the first of each list is the headline row.
-  # vs: [num_warps, num_stages, block_c]; bs: [num_warps, num_stages];
-  # flash / a_shape: [block_q, block_k, num_warps, num_stages]. [] = default.
   vs_configs: tuple[tuple[int, ...], ...] = ()
   bs_configs: tuple[tuple[int, ...], ...] = ()
   flash_configs: tuple[tuple[int, ...], ...] = ()
   a_shape_configs: tuple[tuple[int, ...], ...] = ()
-  # Kernel implementations timed side by side: "triton" (Pallas-Triton,
-  # any GPU), "mosaic_gpu" (Hopper: wgmma + TMA; default configs),
-  # "mosaic_gpu_qb" / "mosaic_gpu_gqa" (the same with another CTA order,
-  # `MGPU_ORDERS`; for Vertical-Slash "mosaic_gpu" is the library default,
-  # whose keys per step follow `auto_step_keys`), and "mosaic_gpu_k64" /
-  # "mosaic_gpu_k128" (Vertical-Slash only: 64 / 128 keys per step, each
-  # with its default config).
   kernel_impls: tuple[str, ...] = ("triton",)
   crossover_lens: tuple[int, ...] = ()
   crossover_kv_heads: int = 8
@@ -75,168 +133,163 @@ class BenchConfig:
   max_repeats: int = 10
   budget_s: float = 8.0
   seed: int = 0
-  out_dir: str = "experiments/results"
+  out_dir: str = "outputs"
   name: str = "bench_kernels"
-  interpret: bool = False  # CPU dry run of this script (tiny sizes only)
+  interpret: bool = False
+
+  def __post_init__(self):
+    for name in ("num_heads", "head_dim", "batch", "bs_top_k", "warmup",
+                 "min_repeats", "crossover_kv_heads"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+    for name in ("seq_lens", "kv_heads", "crossover_lens"):
+      if any(v < 1 for v in getattr(self, name)):
+        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+    crossover_k = (self.crossover_kv_heads,) if self.crossover_lens else ()
+    bad_k = [kv for kv in (*self.kv_heads, *crossover_k)
+             if self.num_heads % kv]
+    if bad_k:
+      raise ValueError(f"kv_heads {bad_k} do not divide num_heads"
+                       f" ({self.num_heads})")
+    for spec in self.patterns:
+      pattern, _, source = spec.partition(":")
+      if pattern not in PATTERNS or (source and source not in SOURCES):
+        raise ValueError(f"patterns: unknown {spec!r}; use one of"
+                         f" {list(PATTERNS)}, optionally with"
+                         f" :{'/:'.join(SOURCES)}")
+      if pattern == "a_shape" and source:
+        raise ValueError(f"patterns: {spec!r}: A-shape takes no index source")
+    unknown = sorted(set(self.kernel_impls) - set(kernel_impls.IMPLEMENTATIONS))
+    if unknown:
+      raise ValueError(f"kernel_impls: unknown {unknown}; choose from"
+                       f" {list(kernel_impls.IMPLEMENTATIONS)}")
+    if self.max_repeats < self.min_repeats:
+      raise ValueError(f"max_repeats ({self.max_repeats}) < min_repeats"
+                       f" ({self.min_repeats})")
+
+  def triton_configs(self) -> dict[str, list]:
+    """op -> the Pallas-Triton configs to time ([None]: the default)."""
+    lists = dict(vertical_slash=self.vs_configs, block_sparse=self.bs_configs,
+                 a_shape=self.a_shape_configs, flash=self.flash_configs)
+    return {op: [kernel_impls.triton_config(op, v) for v in values] or [None]
+            for op, values in lists.items()}
 
 
-def _tuple_configs(raw, mod, build):
-  if not raw:
-    return [mod.Config.get_default(128)]
-  return [build(*c) for c in raw]
-
-
-def _configs(cfg):
-  return dict(
-      vs=_tuple_configs(cfg.vs_configs, vertical_slash, lambda w, s, c=64:
-                        vertical_slash.Config(num_warps=w, num_stages=s,
-                                              block_c=c)),
-      bs=_tuple_configs(cfg.bs_configs, block_sparse, lambda w, s:
-                        block_sparse.Config(num_warps=w, num_stages=s)),
-      flash=_tuple_configs(cfg.flash_configs, flash, lambda bq, bk, w, s:
-                           flash.Config(block_q=bq, block_k=bk, num_warps=w,
-                                        num_stages=s)),
-      a_shape=_tuple_configs(cfg.a_shape_configs, a_shape, lambda bq, bk, w,
-                             s: a_shape.Config(block_q=bq, block_k=bk,
-                                               num_warps=w, num_stages=s)),
-  )
-
-
-def _describe(c) -> str:
-  return ",".join(f"{f.name}={getattr(c, f.name)}"
-                  for f in dataclasses.fields(c))
-
-
-def _inputs(cfg, t, kv, key):
+# ----------------------------------------------------------------- inputs
+def make_inputs(cfg: BenchConfig, t: int, kv: int, seed: int):
+  """((q [B, T, N, D], k, v [B, T, K, D]), "synthetic" or "gaussian")."""
   dtype = jnp.dtype(cfg.dtype)
-  shape = dict(batch=cfg.batch, seq_len=t, num_heads=cfg.num_heads,
-               num_kv_heads=kv, head_dim=cfg.head_dim)
   if cfg.inputs == "synthetic":
     try:
-      from experiments import synthetic
-      s = synthetic.synthetic_qkv(int(key), dtype=dtype, **shape)
+      s = synthetic_qkv(seed, batch=cfg.batch, seq_len=t,
+                        num_heads=cfg.num_heads, num_kv_heads=kv,
+                        head_dim=cfg.head_dim, dtype=dtype)
       return jax.block_until_ready((s.q, s.k, s.v)), "synthetic"
     except Exception as e:  # noqa: BLE001 - fall back, flagged in the row
       print(f"synthetic inputs failed ({type(e).__name__}: {e}); gaussian",
             flush=True)
-  qkv = bc.gaussian_qkv(jax.random.key(key), cfg.batch, t, cfg.num_heads,
+  qkv = bc.gaussian_qkv(jax.random.key(seed), cfg.batch, t, cfg.num_heads,
                         kv, cfg.head_dim, dtype)
   return jax.block_until_ready(qkv), "gaussian"
 
 
-def _index_fns(cfg, t):
-  """pattern -> (builder fn(q, k) -> layout, source), real or clustered."""
-  n, b = cfg.num_heads, cfg.batch
+def _estimate_fn(cfg: BenchConfig, pattern: str, t: int):
+  """fn(q, k) -> layout: the builder's estimate and layout."""
   nv, ns = cfg.vs_budget
-  fns = {}
-  if cfg.index_source in ("auto", "builder"):
-    try:
-      from minference_jax import index
-      scores = "xla" if cfg.interpret else "pallas"  # as backend="pallas"
-      fns["vertical_slash"] = (lambda q, k: index.vertical_slash_layout(
-          index.vertical_slash_indices(q, k, nv, ns, scores=scores), t),
-                               "index builder")
-      fns["block_sparse"] = (lambda q, k: index.block_sparse_indices(
-          q, k, cfg.bs_top_k), "index builder")
-    except ImportError:
-      if cfg.index_source == "builder":
-        raise
+  if pattern == "vertical_slash":
+    scores = "xla" if cfg.interpret else "pallas"  # as backend="pallas"
+    return lambda q, k: index.vertical_slash_layout(
+        index.vertical_slash_indices(q, k, nv, ns, scores=scores), t)
+  return lambda q, k: index.block_sparse_indices(q, k, cfg.bs_top_k)
+
+
+def _clustered_fn(cfg: BenchConfig, pattern: str, t: int):
   key = jax.random.key(cfg.seed + t)
-  fns.setdefault("vertical_slash", (lambda q, k: bc.clustered_vs_layout(
-      key, b, n, t, nv, ns), "clustered (synthetic layout)"))
-  fns.setdefault("block_sparse", (lambda q, k: bc.clustered_bs_layout(
-      key, b, n, t, cfg.bs_top_k), "clustered (synthetic layout)"))
-  return fns
+  b, n = cfg.batch, cfg.num_heads
+  if pattern == "vertical_slash":
+    return lambda q, k: bc.clustered_vs_layout(key, b, n, t, *cfg.vs_budget)
+  return lambda q, k: bc.clustered_bs_layout(key, b, n, t, cfg.bs_top_k)
 
 
-def _cudnn(q, k, v):
-  return jax.nn.dot_product_attention(q, k, v, is_causal=True,
-                                      implementation="cudnn")
+def _model_layout(cfg: BenchConfig, pattern: str, q, k, t: int):
+  """(layout, index timing) from `model-indices` files: the estimate on
+  q/k timed, plus the VS layout from the recorded sets."""
+  nv, ns = cfg.vs_budget
+  timing = bc.time_with(cfg, _estimate_fn(cfg, pattern, t)
+                        if pattern == "block_sparse" else
+                        lambda q, k: index.vertical_slash_indices(
+                            q, k, nv, ns,
+                            scores="xla" if cfg.interpret else "pallas"),
+                        (q, k))
+  if pattern == "block_sparse":
+    heads = BlockSparseHeads.load(bs_indices_path(cfg.model_indices_dir, t))
+    if heads.seq_len != t:
+      raise ValueError(f"{bs_indices_path(cfg.model_indices_dir, t)} holds"
+                       f" T={heads.seq_len}, not {t}")
+    return heads.layout(cfg.num_heads, cfg.batch), timing
+  recorded = load_model_head_indices(
+      vs_indices_path(cfg.model_indices_dir, t), cfg.num_heads, cfg.batch,
+      expect_seq_len=t)
+  lay = bc.time_with(cfg, lambda ind: index.vertical_slash_layout(ind, t),
+                     (recorded,), keep_output=True)
+  layout = lay.pop("output")
+  timing = dict(median_ms=timing["median_ms"] + lay["median_ms"],
+                compile_s=timing["compile_s"] + lay["compile_s"])
+  return layout, timing
 
 
-def _build_layout(cfg, pattern, fns, q, k, t):
-  """(layout, index timing or None, source); clustered on builder failure."""
+def build_layout(cfg: BenchConfig, spec: str, q, k, t: int):
+  """(layout, index timing or None, source label) of a pattern spec."""
+  pattern, _, source = spec.partition(":")
+  source = source or cfg.index_source
   if pattern == "a_shape":
     n_init, n_local = cfg.a_shape_sizes
     n = cfg.num_heads
     return AShapeLayout(jnp.full((n,), n_init, jnp.int32),
                         jnp.full((n,), n_local, jnp.int32)), None, "static"
-  fn, source = fns[pattern]
+  if source == "model":
+    layout, timing = _model_layout(cfg, pattern, q, k, t)
+    return layout, timing, "model heads (model-indices)"
+  if source == "clustered":
+    timing = bc.time_with(cfg, _clustered_fn(cfg, pattern, t), (q, k),
+                          keep_output=True)
+    return timing.pop("output"), timing, "clustered (synthetic layout)"
   try:
-    timing = bc.time_with(cfg, fn, (q, k), keep_output=True)
-    return timing.pop("output"), timing, source
+    timing = bc.time_with(cfg, _estimate_fn(cfg, pattern, t), (q, k),
+                          keep_output=True)
+    return timing.pop("output"), timing, "index builder"
   except Exception as e:  # noqa: BLE001
-    if source != "index builder" or cfg.index_source == "builder":
+    if source == "builder":
       raise
     print(f"{pattern} index builder failed at T={t}: {type(e).__name__}: "
           f"{str(e)[:300]}; clustered fallback", flush=True)
     gc.collect()
-    clustered = _index_fns(dataclasses.replace(cfg,
-                                               index_source="clustered"), t)
-    fn, source = clustered[pattern]
-    timing = bc.time_with(cfg, fn, (q, k), keep_output=True)
-    return timing.pop("output"), timing, source + " [builder failed]"
-
-
-# "mosaic_gpu_<order>": the Mosaic GPU kernel with Config.fastest_axis.
-MGPU_ORDERS = {"mosaic_gpu": "heads", "mosaic_gpu_qb": "query_blocks",
-               "mosaic_gpu_gqa": "gqa_group"}
-# Vertical-Slash only: 64 or 128 (paired) keys per step, each with its
-# default config ("mosaic_gpu" is the library default, `auto_step_keys`).
-MGPU_STEP_KEYS = {"mosaic_gpu_k64": 64, "mosaic_gpu_k128": 128}
-KERNEL_IMPLS = ("triton", *MGPU_ORDERS, *MGPU_STEP_KEYS)
-
-
-def _mosaic_gpu_kernel_fn(pattern, interpret, impl="mosaic_gpu"):
-  """The Mosaic GPU (Hopper) kernel of a pattern: its default config, with
-  the CTA order of `impl` (`MGPU_ORDERS`), or Vertical-Slash at the keys
-  per step of `impl` (`MGPU_STEP_KEYS`)."""
-  if impl in MGPU_STEP_KEYS and pattern != "vertical_slash":
-    raise ValueError(f"{impl} is a Vertical-Slash kernel, not {pattern}")
-  if pattern == "vertical_slash" and impl in ("mosaic_gpu", *MGPU_STEP_KEYS):
-    # The default config at those keys per step (None, for "mosaic_gpu":
-    # the library default, `auto_step_keys`).
-    from pallas_kernels.vertical_slash import pallas_mosaic_gpu as vs_mod
-    step_keys = MGPU_STEP_KEYS.get(impl)
-    return lambda q, k, v, lay: vs_mod.vertical_slash_attention_mgpu(
-        q, k, v, lay, step_keys=step_keys, interpret=interpret)
-  if pattern == "vertical_slash":
-    from pallas_kernels.vertical_slash import pallas_mosaic_gpu as mod
-    fn = mod.vertical_slash_attention_mgpu
-  elif pattern == "block_sparse":
-    from pallas_kernels.block_sparse import pallas_mosaic_gpu as mod
-    fn = mod.block_sparse_attention_mgpu
-  else:
-    from pallas_kernels.a_shape import pallas_mosaic_gpu as mod
-    fn = mod.a_shape_attention_mgpu
-
-  def run(q, k, v, lay):
-    config = dataclasses.replace(mod.Config.get_default(q.shape[-1]),
-                                 fastest_axis=MGPU_ORDERS[impl])
-    return fn(q, k, v, lay, config=config, interpret=interpret)
-
-  return run
-
-
-def _kernel_fn(pattern, config, interpret):
-  if pattern == "vertical_slash":
-    return lambda q, k, v, lay: vertical_slash.vertical_slash_attention(
-        q, k, v, lay, config=config, interpret=interpret)
-  if pattern == "block_sparse":
-    return lambda q, k, v, lay: block_sparse.block_sparse_attention(
-        q, k, v, lay, config=config, interpret=interpret)
-  return lambda q, k, v, lay: a_shape.a_shape_attention(
-      q, k, v, lay, config=config, interpret=interpret)
+    timing = bc.time_with(cfg, _clustered_fn(cfg, pattern, t), (q, k),
+                          keep_output=True)
+    return (timing.pop("output"), timing,
+            "clustered (synthetic layout) [builder failed]")
 
 
 def _pairs(pattern, layout, t, b, config):
+  """Computed q-k pairs; A-shape tiles are the Triton config's, or 64 x 64
+  (the Triton default at D <= 128 and the Mosaic GPU kernel's)."""
   if pattern == "vertical_slash":
     return bc.vs_tile_pairs(layout)
   if pattern == "block_sparse":
     return bc.bs_tile_pairs(layout)
-  return bc.a_shape_tile_pairs(layout, t, b, config.block_q, config.block_k)
+  bq, bk = (config.block_q, config.block_k) if config else (64, 64)
+  return bc.a_shape_tile_pairs(layout, t, b, bq, bk)
 
 
+# ---------------------------------------------------------------- timing
+def _cudnn(q, k, v):
+  return jax.nn.dot_product_attention(q, k, v, is_causal=True,
+                                      implementation="cudnn")
+
+
+def _timing_row(tm) -> dict:
+  return dict(kernel_ms=tm["median_ms"], compile_s=tm["compile_s"],
+              repeats=tm["repeats"], spread_ms=tm["max_ms"] - tm["min_ms"])
 def _extrapolate_dense(rows, t, kv):
   """cuDNN time at T from the largest smaller measured T (x (T/T')^2), or
   None; the row says it is extrapolated."""
@@ -252,84 +305,89 @@ def _extrapolate_dense(rows, t, kv):
   return ms
 
 
-def bench_size(cfg, t, kv, configs, rows, key):
-  n, d, b = cfg.num_heads, cfg.head_dim, cfg.batch
-  base = dict(T=t, N=n, K=kv, D=d, B=b, dtype=cfg.dtype)
-  t0 = time.perf_counter()
-  (q, k, v), source = _inputs(cfg, t, kv, key)
-  print(f"inputs T={t} K={kv} ({source}) {time.perf_counter() - t0:.1f}s",
-        flush=True)
-  causal = bc.causal_pairs(t) * b * n
+def _dense_rows(cfg, base, q, k, v, causal, rows, t, kv, configs, source):
+  """cuDNN and our flash kernel; returns cuDNN's time (or None)."""
+  d = cfg.head_dim
   dense_ms = None
   if cfg.dense and t <= cfg.dense_max_len:
     try:
       tm = bc.time_with(cfg, _cudnn, (q, k, v))
       dense_ms = tm["median_ms"]
-      rows.append(base | dict(
-          kernel="cudnn_dense", inputs=source, kernel_ms=dense_ms,
-          compile_s=tm["compile_s"], repeats=tm["repeats"],
-          spread_ms=tm["max_ms"] - tm["min_ms"], density=1.0,
-          tflops=bc.attention_flops(causal, d) / dense_ms / 1e9))
+      rows.append(base | dict(kernel="cudnn_dense", inputs=source,
+                              density=1.0, **_timing_row(tm),
+                              tflops=bc.attention_flops(causal, d)
+                              / dense_ms / 1e9))
       print(json.dumps(rows[-1]), flush=True)
     except Exception as e:  # noqa: BLE001
       rows.append(base | dict(kernel="cudnn_dense", error=str(e)[:300]))
       traceback.print_exc()
       dense_ms = _extrapolate_dense(rows, t, kv)
-  if t <= cfg.flash_max_len:
-    for c in configs["flash"]:
-      try:
-        tm = bc.time_with(cfg, lambda q, k, v: flash.flash_attention(
-            q, k, v, config=c, interpret=cfg.interpret), (q, k, v))
-        rows.append(base | dict(
-            kernel="flash", config=_describe(c), inputs=source,
-            kernel_ms=tm["median_ms"], compile_s=tm["compile_s"],
-            repeats=tm["repeats"], spread_ms=tm["max_ms"] - tm["min_ms"],
-            density=1.0,
-            tflops=bc.attention_flops(causal, d) / tm["median_ms"] / 1e9,
-            vs_cudnn=(dense_ms / tm["median_ms"]) if dense_ms else None))
-      except Exception as e:  # noqa: BLE001
-        rows.append(base | dict(kernel="flash", config=_describe(c),
-                                error=str(e)[:300]))
-        traceback.print_exc()
-      print(json.dumps(rows[-1]), flush=True)
-  key_of = dict(vertical_slash="vs", block_sparse="bs", a_shape="a_shape")
-  for name in cfg.patterns:
-    # "pattern:clustered" forces the clustered generator's indices.
-    pattern, _, forced = name.partition(":")
-    pcfg = dataclasses.replace(cfg, index_source=forced) if forced else cfg
+  if t > cfg.flash_max_len:
+    return dense_ms
+  for c in configs["flash"]:
+    row = base | dict(kernel="flash", config=kernel_impls.describe(c),
+                      inputs=source)
     try:
-      fns = _index_fns(pcfg, t)
-      layout, itm, lsource = _build_layout(pcfg, pattern, fns, q, k, t)
+      tm = bc.time_with(cfg, kernel_impls.flash_fn(c, cfg.interpret),
+                        (q, k, v))
+      row.update(density=1.0, **_timing_row(tm),
+                 tflops=bc.attention_flops(causal, d) / tm["median_ms"] / 1e9,
+                 vs_cudnn=(dense_ms / tm["median_ms"]) if dense_ms else None)
     except Exception as e:  # noqa: BLE001
-      rows.append(base | dict(kernel=name, error=str(e)[:300]))
+      row.update(error=str(e)[:300])
+      traceback.print_exc()
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+  return dense_ms
+
+
+def _kernel_runs(cfg, pattern, configs):
+  """[(impl, config, fn(q, k, v, layout))] timed for one pattern."""
+  runs = []
+  for impl in cfg.kernel_impls:
+    if impl in kernel_impls.VS_STEP_KEYS and pattern != "vertical_slash":
+      continue  # a Vertical-Slash kernel only
+    for c in (configs[pattern] if impl == "triton" else [None]):
+      runs.append((impl, c, kernel_impls.kernel_fn(
+          pattern, impl, head_dim=cfg.head_dim, config=c,
+          interpret=cfg.interpret)))
+  return runs
+
+
+def bench_size(cfg: BenchConfig, t: int, kv: int, configs: dict,
+               rows: list, seed: int) -> None:
+  """Appends the rows of one (T, K) to `rows` (module docstring)."""
+  n, d, b = cfg.num_heads, cfg.head_dim, cfg.batch
+  base = dict(T=t, N=n, K=kv, D=d, B=b, dtype=cfg.dtype)
+  t0 = time.perf_counter()
+  (q, k, v), source = make_inputs(cfg, t, kv, seed)
+  print(f"inputs T={t} K={kv} ({source}) {time.perf_counter() - t0:.1f}s",
+        flush=True)
+  causal = bc.causal_pairs(t) * b * n
+  dense_ms = _dense_rows(cfg, base, q, k, v, causal, rows, t, kv, configs,
+                         source)
+  for spec in cfg.patterns:
+    pattern = spec.partition(":")[0]
+    try:
+      layout, itm, lsource = build_layout(cfg, spec, q, k, t)
+    except Exception as e:  # noqa: BLE001
+      rows.append(base | dict(kernel=spec, error=str(e)[:300]))
       traceback.print_exc()
       continue
     index_ms = itm["median_ms"] if itm else 0.0
-    runs = [("triton", c, _kernel_fn(pattern, c, cfg.interpret))
-            for c in configs[key_of[pattern]]
-            if "triton" in cfg.kernel_impls]
-    for impl in cfg.kernel_impls:
-      if impl in MGPU_STEP_KEYS and pattern != "vertical_slash":
-        continue  # a Vertical-Slash kernel only
-      if impl.startswith("mosaic_gpu"):
-        # 64 x 64 tiles: the area counted like the Triton default's.
-        runs.append((impl, configs[key_of[pattern]][0],
-                     _mosaic_gpu_kernel_fn(pattern, cfg.interpret, impl)))
-    for impl, c, kernel_fn in runs:
-      row = base | dict(kernel=name, impl=impl,
-                        config=_describe(c) if impl == "triton" else
-                        "default", inputs=source, layout=lsource,
-                        index_ms=index_ms)
+    for impl, c, fn in _kernel_runs(cfg, pattern, configs):
+      row = base | dict(kernel=spec, impl=impl,
+                        config=kernel_impls.describe(c), inputs=source,
+                        layout=lsource, index_ms=index_ms)
       try:
-        tm = bc.time_with(cfg, kernel_fn, (q, k, v, layout))
+        tm = bc.time_with(cfg, fn, (q, k, v, layout))
         pairs = _pairs(pattern, layout, t, b, c)
         total = index_ms + tm["median_ms"]
-        row.update(
-            kernel_ms=tm["median_ms"], compile_s=tm["compile_s"],
-            repeats=tm["repeats"], spread_ms=tm["max_ms"] - tm["min_ms"],
-            index_compile_s=itm["compile_s"] if itm else 0.0,
-            total_ms=total, density=pairs / causal,
-            tflops=bc.attention_flops(pairs, d) / tm["median_ms"] / 1e9)
+        row.update(**_timing_row(tm),
+                   index_compile_s=itm["compile_s"] if itm else 0.0,
+                   total_ms=total, density=pairs / causal,
+                   tflops=bc.attention_flops(pairs, d) / tm["median_ms"]
+                   / 1e9)
         if dense_ms:
           row.update(kernel_speedup=dense_ms / tm["median_ms"],
                      layer_speedup=dense_ms / total)
@@ -374,16 +432,37 @@ def crossover_from_rows(rows, patterns, kv):
   return found
 
 
-def main(argv):
-  cfg, path = bc.parse_cli(BenchConfig, argv, DEFAULT_CONFIG)
-  unknown = set(cfg.kernel_impls) - set(KERNEL_IMPLS)
-  if unknown:
-    raise SystemExit(f"kernel_impls: unknown {sorted(unknown)}; choose from"
-                     f" {list(KERNEL_IMPLS)}")
-  meta = bc.environment() | dict(config_file=path,
+def check_model_files(cfg: BenchConfig) -> None:
+  """The `model-indices` files every `:model` pattern needs exist.
+
+  Raises:
+    ConfigError: naming the first missing file.
+  """
+  paths = dict(vertical_slash=vs_indices_path, block_sparse=bs_indices_path)
+  for spec in cfg.patterns:
+    pattern, _, source = spec.partition(":")
+    if (source or cfg.index_source) != "model" or pattern not in paths:
+      continue
+    for t in (*cfg.crossover_lens, *cfg.seq_lens):
+      path = paths[pattern](cfg.model_indices_dir, t)
+      if not path.is_file():
+        raise ConfigError(
+            f"patterns: {spec} needs {path}; make it with `minference-jax "
+            f"model-indices seq_lens=[{t}] out_dir={cfg.model_indices_dir}`")
+
+
+def run(cfg: BenchConfig, config_file: str | None = None) -> list[dict]:
+  """Runs the benchmark (module docstring); returns its rows.
+
+  Raises:
+    ConfigError: a `model-indices` file that a pattern needs is missing.
+  """
+  check_model_files(cfg)
+  save_resolved(cfg, Path(cfg.out_dir) / f"{cfg.name}.config.yaml")
+  meta = bc.environment() | dict(config_file=repo_relative(config_file),
                                  config=dataclasses.asdict(cfg))
   print(json.dumps(meta), flush=True)
-  configs = _configs(cfg)
+  configs = cfg.triton_configs()
   rows = []
   # Crossover sizes first (small and quick), then the main sizes; results
   # are rewritten after every size so that a time-out keeps what ran.
@@ -396,13 +475,20 @@ def main(argv):
   for kv in cfg.kv_heads:
     for t in cfg.seq_lens:
       bench_size(cfg, t, kv, configs, rows, cfg.seed + t + kv)
-      meta["crossover"] = crossover_from_rows(rows, cfg.patterns,
-                                              cfg.crossover_kv_heads)
+      meta["crossover"] = crossover_from_rows(
+          rows, cfg.patterns, cfg.crossover_kv_heads)
       _write(cfg, meta, rows)
   print("crossover:", json.dumps(meta.get("crossover")), flush=True)
   _write(cfg, meta, rows)
   _print_table(rows)
-  return 0
+  return rows
+
+
+@command
+def main(argv: Sequence[str] | None = None) -> None:
+  cfg, path = parse_cli(BenchConfig, sys.argv[1:] if argv is None else argv,
+                        DEFAULT_CONFIG)
+  run(cfg, path)
 
 
 def _write(cfg, meta, rows):
@@ -436,4 +522,4 @@ def _print_table(rows):
 
 
 if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:]))
+  main()

@@ -1,7 +1,9 @@
 """The `minference-jax` console command: one subcommand per entry point.
 
 Each subcommand is a module of `experiments` with a `main(argv)`; the
-arguments after the subcommand's name are passed to it unchanged.
+arguments after the subcommand's name are passed to it unchanged. Every
+command reads a YAML file under `configs/experiments/` plus `key=value`
+overrides (`experiments/config.py`).
 """
 
 import importlib
@@ -15,6 +17,12 @@ COMMANDS = {
                        "every pattern on synthetic Q/K/V"),
     "generate": ("experiments.generate",
                  "greedy generation for any prompt and model"),
+    "bench-kernels": ("experiments.bench_kernels",
+                      "the sparse kernels vs cuDNN dense (GPU)"),
+    "check-kernels": ("experiments.check_kernels",
+                      "the kernels' GPU correctness tests (pytest -m gpu)"),
+    "model-indices": ("experiments.model_indices",
+                      "a real model's sparse index sets at long context"),
 }
 
 
@@ -22,7 +30,8 @@ def _usage() -> str:
   width = max(map(len, COMMANDS))
   lines = [f"  {name:<{width}}  {text}" for name, (_, text) in
            COMMANDS.items()]
-  return ("usage: minference-jax COMMAND [ARGS...]\n\ncommands:\n"
+  return ("usage: minference-jax COMMAND [--config FILE.yaml] [key=value ...]"
+          "\n\ncommands:\n"
           + "\n".join(lines))
 
 

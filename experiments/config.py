@@ -26,6 +26,11 @@ import yaml
 
 C = TypeVar("C")
 
+# The checkout's configs/ folder: the commands' default YAML files live in
+# configs/experiments/ (found from any working directory).
+REPO_DIR = Path(__file__).resolve().parent.parent
+CONFIGS_DIR = REPO_DIR / "configs"
+
 
 class ConfigError(ValueError):
   """A user's mistake in a config file, an override or a command argument.
@@ -171,7 +176,8 @@ def load_config(cls: type[C], path: str | Path | None,
     cls: a dataclass (fields may be nested dataclasses, tuples, Literals).
     path: a YAML file, or None for the dataclass defaults.
     overrides: `key=value` strings (dotted keys for nested fields); values
-      are parsed as YAML.
+      are parsed as YAML, except that a text field (`str`, `str | None`)
+      takes the text as typed unless it is YAML's null.
 
   Raises:
     ConfigError: on an unreadable file, a malformed override, an unknown
@@ -182,12 +188,31 @@ def load_config(cls: type[C], path: str | Path | None,
     if "=" not in item:
       raise ConfigError(f"argument {item!r} is not key=value")
     key, value = item.split("=", 1)
+    key = key.strip()
     try:
       parsed = yaml.safe_load(value) if value else ""
     except yaml.YAMLError:
       parsed = value
-    _set_dotted(raw, key.strip(), parsed)
+    if parsed is not None and _is_text_field(cls, key):
+      parsed = value  # `prompt=yes: no` stays the text the user typed
+    _set_dotted(raw, key, parsed)
   return _build(cls, raw)
+
+
+def _is_text_field(cls: type, key: str) -> bool:
+  """Whether the dotted `key` names a `str` (or `str | None`) field."""
+  hint: Any = cls
+  for part in key.split("."):
+    if not dataclasses.is_dataclass(hint):
+      return False
+    hints = typing.get_type_hints(hint)
+    if part not in hints:
+      return False
+    hint = hints[part]
+  args = set(typing.get_args(hint)) - {type(None)}
+  return hint is str or (typing.get_origin(hint) in (typing.Union,
+                                                     types.UnionType)
+                         and args == {str})
 
 
 def parse_cli(cls: type[C], argv: Sequence[str],
@@ -213,6 +238,20 @@ def parse_cli(cls: type[C], argv: Sequence[str],
 
 
 # -------------------------------------------------------------- saving
+def repo_relative(path: str | Path | None) -> str | None:
+  """`path` relative to the checkout when it lies inside it, else as given.
+
+  Results record the config file they came from; inside the checkout that
+  is a path a reader can follow on any machine.
+  """
+  if path is None:
+    return None
+  try:
+    return str(Path(path).resolve().relative_to(REPO_DIR))
+  except ValueError:
+    return str(path)
+
+
 def to_plain(value: Any) -> Any:
   """Dataclasses, tuples and paths as YAML/JSON-friendly builtins."""
   if dataclasses.is_dataclass(value) and not isinstance(value, type):

