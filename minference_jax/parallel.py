@@ -232,19 +232,22 @@ class UlyssesAttention:
     p, seq = self.head_parallel, _axis_size(self.mesh, self.seq_axis)
     kpd = n_kv // p if n_kv % p == 0 else 1
     per_kv = 1 if n_kv % p == 0 else p // n_kv  # devices sharing a KV head
-    kv_split = _axis_size(self.mesh, self.kv_head_axis) > 1
     peers = np.arange(seq)[:, None]
     units = np.arange(kpd)[None, :]
-    if kv_split or self.head_axis is None:
-      # Device r = i*seq + j needs heads from r*kpd (or r // per_kv); the
-      # local block starts at i*K/P_tensor: the offset within it does not
-      # depend on i (see the module docstring), so take i = 0.
+    kv_split = _axis_size(self.mesh, self.kv_head_axis) > 1
+    if kv_split or _axis_size(self.mesh, self.head_axis) == 1:
+      # Device r = i*seq + j needs KV heads from r*kpd (K % P == 0) or
+      # r // per_kv (P % K == 0). With the KV heads split over the head
+      # axis, this device holds heads [i*K/P_t, (i+1)*K/P_t), and i*seq is
+      # a multiple of per_kv (resp. maps to i*K/P_t), so the offset within
+      # the local block is the i = 0 value: a static index.
       start = peers * kpd if n_kv % p == 0 else peers // per_kv
       idx = (start + units).reshape(-1)
       if np.array_equal(idx, np.arange(k.shape[2])):
         return k, kpd
       return jnp.take(k, jnp.asarray(idx), axis=2), kpd
-    # KV replicated over head_axis while query heads split over it.
+    # KV heads replicated over the head axis, query heads split over it:
+    # the index depends on this device's head-axis position i.
     r = i * seq + jnp.asarray(peers)
     start = r * kpd if n_kv % p == 0 else r // per_kv
     idx = (start + jnp.asarray(units)).reshape(-1)

@@ -23,7 +23,7 @@ partitioner places activations from the constraints, the attention runs in
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -134,6 +134,34 @@ class MeshConfig:
         raise ValueError(f"mesh size {name} must be an int >= 1, got "
                          f"{value!r}")
     object.__setattr__(self, "rules", check_rules(self.rules))
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> "MeshConfig":
+    """From a config mapping (e.g. a YAML `mesh:` block): `data`,
+    `sequence`, `tensor` ints and optional `rules`, a list of
+    [logical axis, mesh axis | [mesh axes] | null] pairs.
+
+    Raises:
+      ValueError: for unknown keys or invalid values (named).
+    """
+    unknown = set(d) - {"data", "sequence", "tensor", "rules"}
+    if unknown:
+      raise ValueError(f"unknown mesh config keys {sorted(unknown)}; "
+                       "expected data, sequence, tensor, rules")
+    kwargs = dict(d)
+    if "rules" in kwargs:
+      kwargs["rules"] = tuple(
+          (entry[0], tuple(entry[1]) if isinstance(entry[1], list)
+           else entry[1]) if isinstance(entry, (list, tuple))
+          and len(entry) == 2 else entry for entry in kwargs["rules"])
+    return cls(**kwargs)
+
+  def to_dict(self) -> dict[str, Any]:
+    """The inverse of from_dict (plain lists, for YAML/JSON)."""
+    return {"data": self.data, "sequence": self.sequence,
+            "tensor": self.tensor,
+            "rules": [[k, list(v) if isinstance(v, tuple) else v]
+                      for k, v in self.rules]}
 
   @property
   def shape(self) -> tuple[int, int, int]:

@@ -38,6 +38,7 @@ MULTI_DEVICE_FLAGS = ("--xla_force_host_platform_device_count=8 "
                       "--xla_llvm_disable_expensive_passes=true")
 
 
+@pytest.mark.slow  # about 35 s of CPU (16 cases, ~25 small XLA compiles)
 def test_sharded_cases_pass_on_8_host_devices():
   env = dict(os.environ, XLA_FLAGS=MULTI_DEVICE_FLAGS, JAX_PLATFORMS="cpu")
   cases = TESTS_DIR / "models" / "sharded_cases.py"
@@ -61,6 +62,16 @@ def test_rules_name_known_logical_and_mesh_axes():
     MeshConfig(sequence=0)
   with pytest.raises(ValueError, match="unknown logical axis 'sequence'"):
     constrain(jnp.zeros((2, 3)), ("batch", "sequence"), None)
+
+
+def test_mesh_config_round_trips_through_a_plain_mapping():
+  config = MeshConfig(sequence=4, tensor=2).with_rule("embed", ["sequence"])
+  assert MeshConfig.from_dict(config.to_dict()) == config
+  assert MeshConfig.from_dict({"sequence": 8}) == MeshConfig(sequence=8)
+  with pytest.raises(ValueError, match=r"unknown mesh config keys \['seq'\]"):
+    MeshConfig.from_dict({"seq": 8})
+  with pytest.raises(ValueError, match="unknown logical axis 'tokens'"):
+    MeshConfig.from_dict({"rules": [["tokens", "sequence"]]})
 
 
 def test_mesh_config_checks_heads_and_resolves_the_kv_rule():
