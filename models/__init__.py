@@ -19,8 +19,14 @@ API (details in docs/models.md):
   loaded = load_model("model.gguf" or "hf_dir", dtype="bfloat16")
     # .config, .params, .tokenizer; None loads the bundled SmolLM2
 
+  sharded = shard_model(model, MeshConfig(sequence=8))   # same calls
+  prefill = make_sharded_prefill(model, MeshConfig(sequence=2, tensor=4))
+    # tokens -> logits over a mesh (DeepSpeed-Ulysses attention)
+
 Params are a plain pytree of arrays (models/weights.py documents the
-layout); the forward pass is a pure function (`forward`, `forward_jit`).
+layout); the forward pass applies the Flax Linen `Decoder` to it
+(`forward`, `forward_jit`). Every parameter and activation carries logical
+axes (models/partitioning.py) that a MeshConfig's rules map to devices.
 """
 
 from models.checkpoint import restore_params as restore_params
@@ -29,6 +35,9 @@ from models.config import ARCHITECTURES as ARCHITECTURES
 from models.config import PRESETS as PRESETS
 from models.config import ModelConfig as ModelConfig
 from models.config import detect_architecture as detect_architecture
+from models.decoder import Decoder as Decoder
+from models.decoder import abstract_params as abstract_params
+from models.decoder import param_axes as param_axes
 from models.generate import GenerationResult as GenerationResult
 from models.generate import generate_greedy as generate_greedy
 from models.layers import DenseAttention as DenseAttention
@@ -41,6 +50,10 @@ from models.loading import load_model as load_model
 from models.memory import MemoryEstimate as MemoryEstimate
 from models.memory import estimate_prefill_memory as estimate_prefill_memory
 from models.memory import memory_table as memory_table
+from models.partitioning import DEFAULT_RULES as DEFAULT_RULES
+from models.partitioning import LOGICAL_AXES as LOGICAL_AXES
+from models.partitioning import MeshConfig as MeshConfig
+from models.partitioning import Partitioning as Partitioning
 from models.rope import ROPE_KINDS as ROPE_KINDS
 from models.rope import RopeConfig as RopeConfig
 from models.rope import apply_rope as apply_rope
@@ -48,10 +61,14 @@ from models.rope import rope_cos_sin as rope_cos_sin
 from models.safetensors_io import load_safetensors as load_safetensors
 from models.safetensors_io import open_state_dict as open_state_dict
 from models.safetensors_io import read_hf_config as read_hf_config
+from models.sharded import ShardedPrefill as ShardedPrefill
+from models.sharded import make_sharded_prefill as make_sharded_prefill
+from models.sharded import shard_model as shard_model
 from models.weights import Params as Params
 from models.weights import expected_tensors as expected_tensors
 from models.weights import mapping_table as mapping_table
 from models.weights import param_shapes as param_shapes
+from models.weights import param_shardings as param_shardings
 from models.weights import params_from_state_dict as params_from_state_dict
 from models.weights import params_to_state_dict as params_to_state_dict
 from models.weights import random_params as random_params

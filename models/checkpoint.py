@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from models.config import ModelConfig
-from models.weights import Params, param_shapes
+from models.partitioning import Partitioning
+from models.weights import Params, param_shapes, param_shardings
 
 CONFIG_NAME = "model_config.json"
 PARAMS_DIR = "params"
@@ -63,13 +64,19 @@ def save_params(
 
 
 def restore_params(
-    directory: str | Path, *, dtype: Any = None
+    directory: str | Path,
+    *,
+    dtype: Any = None,
+    partitioning: Partitioning | None = None,
 ) -> tuple[ModelConfig, Params]:
   """Reads a checkpoint written by save_params.
 
   Args:
     directory: the checkpoint folder.
     dtype: cast the restored params to this dtype (default: as saved).
+    partitioning: restore each parameter straight into its shards over
+      this mesh (logical rules; models.weights.param_shardings); default
+      the first device.
 
   Returns:
     (config, params).
@@ -86,10 +93,16 @@ def restore_params(
   if meta.get("format_version") != FORMAT_VERSION:
     raise ValueError(f"unknown checkpoint format {meta.get('format_version')}")
   config = ModelConfig.from_dict(meta["config"])
-  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  shapes = param_shapes(config, meta["dtype"])
+  if partitioning is None:
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shardings = jax.tree.map(lambda _: device, shapes)
+  else:
+    shardings = param_shardings(config, partitioning)
   target = jax.tree.map(
-      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-      param_shapes(config, meta["dtype"]))
+      lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype,
+                                               sharding=sharding),
+      shapes, shardings)
   with ocp.StandardCheckpointer() as ckptr:
     params = ckptr.restore(directory / PARAMS_DIR, target)
   if dtype is not None:

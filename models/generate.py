@@ -38,10 +38,11 @@ class GenerationResult:
 def _decode_step(params: Params, token: jax.Array, cache: KVCache,
                  model_static: tuple) -> tuple[jax.Array, KVCache]:
   """One greedy step: [B] last tokens -> ([B] next tokens, cache)."""
-  config, attention, rope_seq_len = model_static
+  config, attention, rope_seq_len, partitioning = model_static
   logits, cache = forward(params, token[:, None], None, cache, None,
                           config=config, attention=attention, q_offset=None,
-                          logits_for="last", rope_seq_len=rope_seq_len)
+                          logits_for="last", rope_seq_len=rope_seq_len,
+                          partitioning=partitioning)
   return jnp.argmax(logits, axis=-1).astype(jnp.int32), cache
 
 
@@ -108,7 +109,7 @@ def generate_greedy(
   lengths = np.zeros((b,), np.int32)
   done = np.zeros((b,), bool)
   eos_arr = np.asarray(eos, np.int32)
-  static = (config, model.attention, total)
+  static = (config, model.attention, total, model.partitioning)
   n = 0
   for step in range(max_new_tokens):
     host = np.asarray(next_tok)

@@ -52,59 +52,87 @@ def linear(
   return y.astype(x.dtype)
 
 
-def swiglu_mlp(x: jax.Array, p: LayerParams) -> jax.Array:
+def swiglu_mlp(
+    x: jax.Array,
+    p: LayerParams,
+    constrain_hidden: Callable[[jax.Array], jax.Array] | None = None,
+) -> jax.Array:
   """down(silu(gate(x)) * up(x)); optional biases b_gate/b_up/b_down.
 
   Args:
     x: [..., H] normalised activations.
     p: the layer's params with w_gate/w_up [H, I] and w_down [I, H].
+    constrain_hidden: applied to gate and up ([..., I]), e.g. a sharding
+      constraint.
   """
-  gate = linear(x, p["w_gate"], p.get("b_gate"))  # [..., I]
-  up = linear(x, p["w_up"], p.get("b_up"))  # [..., I]
+  constrain_hidden = constrain_hidden or (lambda a: a)
+  gate = constrain_hidden(linear(x, p["w_gate"], p.get("b_gate")))
+  up = constrain_hidden(linear(x, p["w_up"], p.get("b_up")))
   hidden = (jax.nn.silu(gate.astype(jnp.float32)) * up.astype(jnp.float32))
   return linear(hidden.astype(x.dtype), p["w_down"], p.get("b_down"))
 
 
-def seq_chunked(fn: Callable[..., Any], chunk: int | None, *xs: jax.Array):
+def seq_chunked(
+    fn: Callable[..., Any], chunk: int | None, *xs: jax.Array, shards: int = 1
+):
   """Applies a per-token fn over the sequence axis (axis 1) in chunks.
 
   Chunks run one after another (`lax.map`), so only one chunk's
   intermediates (e.g. the [B, chunk, I] MLP hidden) are live at a time. The
   result equals fn(*xs) for any fn that treats tokens independently.
 
+  With `shards` > 1 the sequence is split into that many contiguous shards
+  (the devices of a sequence-sharded mesh) and step j processes chunk j of
+  every shard at once, fn seeing [B, shards * chunk, ...]: each device then
+  works on its own tokens and nothing moves between devices.
+
   Args:
     fn: maps arrays [B, c, ...] to an array or a tuple/pytree of arrays
       [B, c, ...].
-    chunk: tokens per chunk; None (or >= T) applies fn once.
+    chunk: tokens per chunk (per shard); None (or >= T / shards) applies fn
+      once.
     *xs: arrays sharing [B, T] as leading dims.
+    shards: contiguous sequence shards; T must be a multiple.
 
   Returns:
     fn's output for all T tokens.
 
   Raises:
-    ValueError: for a non-positive chunk.
+    ValueError: for a non-positive chunk or T not a multiple of shards.
   """
   t = xs[0].shape[1]
-  if chunk is None or t <= chunk:
+  if t % shards:
+    raise ValueError(f"sequence length {t} is not a multiple of the "
+                     f"{shards} sequence shards")
+  local = t // shards
+  if chunk is None or local <= chunk:
     return fn(*xs)
   if chunk <= 0:
     raise ValueError(f"chunk must be positive, got {chunk}")
-  n = -(-t // chunk)
-  pad = n * chunk - t
+  n = -(-local // chunk)
+  pad = n * chunk - local
 
   def split(a: jax.Array) -> jax.Array:
+    a = a.reshape(a.shape[0], shards, local, *a.shape[2:])  # [B, P, L, ...]
     if pad:
       widths = [(0, 0)] * a.ndim
-      widths[1] = (0, pad)
+      widths[2] = (0, pad)
       a = jnp.pad(a, widths)
-    a = a.reshape(a.shape[0], n, chunk, *a.shape[2:])  # [B, n, c, ...]
-    return jnp.moveaxis(a, 1, 0)  # [n, B, c, ...]
+    a = a.reshape(a.shape[0], shards, n, chunk, *a.shape[3:])
+    return jnp.moveaxis(a, 2, 0)  # [n, B, P, c, ...]
+
+  def step(args):
+    # [B, P, c, ...] -> [B, P * c, ...]: each shard's chunk stays in place.
+    flat = [a.reshape(a.shape[0], shards * chunk, *a.shape[3:]) for a in args]
+    return fn(*flat)
 
   def merge(a: jax.Array) -> jax.Array:
-    a = jnp.moveaxis(a, 0, 1)  # [B, n, c, ...]
-    return a.reshape(a.shape[0], n * chunk, *a.shape[3:])[:, :t]
+    a = a.reshape(n, a.shape[1], shards, chunk, *a.shape[3:])
+    a = jnp.moveaxis(a, 0, 2)  # [B, P, n, c, ...]
+    a = a.reshape(a.shape[0], shards, n * chunk, *a.shape[4:])[:, :, :local]
+    return a.reshape(a.shape[0], t, *a.shape[3:])
 
-  out = jax.lax.map(lambda args: fn(*args), tuple(split(a) for a in xs))
+  out = jax.lax.map(step, tuple(split(a) for a in xs))
   return jax.tree.map(merge, out)
 
 
@@ -157,6 +185,12 @@ class DenseAttention:
   The model's default when no attention callable is given. Materialises the
   [B, N, T, S] scores: for tests and short prompts only.
   """
+
+  def for_heads(self, start: int, stop: int) -> "DenseAttention":
+    """The attention of query heads [start, stop): the same for every head
+    (the head-slicing hook of minference_jax.parallel)."""
+    del start, stop
+    return self
 
   def __call__(
       self,

@@ -10,6 +10,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from models.config import ModelConfig
+from models.partitioning import Partitioning
 from models.weights import Params, params_from_state_dict
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -160,6 +161,7 @@ def load_safetensors(
     *,
     config: ModelConfig | None = None,
     strict: bool = True,
+    partitioning: Partitioning | None = None,
 ) -> tuple[ModelConfig, Params]:
   """Loads an HF safetensors checkpoint (single file or sharded).
 
@@ -169,6 +171,8 @@ def load_safetensors(
     dtype: parameter dtype (bfloat16 by default).
     config: the geometry; default parsed from the config.json beside it.
     strict: reject tensors the mapping table does not use.
+    partitioning: place each tensor straight into its shards over this
+      mesh (see params_from_state_dict); default one device.
 
   Returns:
     (config, params).
@@ -181,5 +185,6 @@ def load_safetensors(
   if config is None:
     config = ModelConfig.from_hf_config(read_hf_config(path))
   with open_state_dict(path) as sd:
-    params = params_from_state_dict(config, sd, dtype, strict=strict)
+    params = params_from_state_dict(config, sd, dtype, strict=strict,
+                                    partitioning=partitioning)
   return config, params

@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from models.config import ModelConfig
+from models.decoder import abstract_params, param_axes
+from models.partitioning import Partitioning
 
 Params = dict[str, Any]
 
@@ -195,10 +197,31 @@ def _get(tree: Params, path: tuple[str | int, ...]) -> Any:
 
 
 def param_shapes(config: ModelConfig, dtype: Any = jnp.bfloat16) -> Params:
-  """The params pytree as jax.ShapeDtypeStruct leaves (no memory used)."""
+  """The params pytree as jax.ShapeDtypeStruct leaves (no memory used).
+
+  The Flax decoder's abstract init (`models.decoder.abstract_params`); the
+  mapping table yields the same shapes (tested).
+  """
+  return abstract_params(config, dtype)
+
+
+def param_shardings(config: ModelConfig, partitioning: Partitioning) -> Params:
+  """The NamedSharding of every parameter, from its logical axes.
+
+  Raises:
+    ValueError: naming the parameter when a dimension does not split.
+  """
+  return jax.tree_util.tree_map_with_path(
+      lambda path, shape, names: partitioning.array_sharding(
+          shape.shape, names, f"parameter {jax.tree_util.keystr(path)}"),
+      param_shapes(config), param_axes(config))
+
+
+def mapped_shapes(config: ModelConfig) -> Params:
+  """The params pytree of shapes the mapping table produces."""
   tree = _empty_tree(config)
   for spec in mapping_table(config):
-    _set(tree, spec.path, jax.ShapeDtypeStruct(_param_shape(spec), dtype))
+    _set(tree, spec.path, _param_shape(spec))
   return tree
 
 
@@ -255,12 +278,16 @@ def params_from_state_dict(
     dtype: Any = jnp.bfloat16,
     *,
     strict: bool = True,
+    partitioning: Partitioning | None = None,
 ) -> Params:
   """Converts an HF-named state dict into our params pytree.
 
   Tensors are read, sliced, transposed and cast to `dtype` one source
   tensor at a time (a lazy Mapping, e.g. SafetensorsStateDict, is read
-  tensor by tensor; no full float32 copy of the model is made).
+  tensor by tensor; no full float32 copy of the model is made). With a
+  partitioning each tensor goes straight to its devices, split by the
+  logical rules (`jax.make_array_from_callback`: every process places only
+  its own devices' shards), so a model larger than one device loads.
 
   Args:
     config: the model geometry (selects the mapping table).
@@ -268,6 +295,8 @@ def params_from_state_dict(
     dtype: parameter dtype.
     strict: reject tensors the table does not use (besides rotary
       buffers and a tied lm_head).
+    partitioning: mesh + rules to shard the params over (see
+      models.sharded.param_shardings); None: the default device.
 
   Returns:
     The params pytree (see the module docstring).
@@ -295,6 +324,7 @@ def params_from_state_dict(
                        f"{config.arch!r} does not use: {shown} "
                        "(pass strict=False to ignore them)")
   np_dtype = np.dtype(jnp.dtype(dtype))
+  axes = None if partitioning is None else param_axes(config)
   tree = _empty_tree(config)
   for source, group in by_source.items():
     array = state_dict[source]
@@ -308,7 +338,13 @@ def params_from_state_dict(
       if spec.transpose:
         part = part.T
       part = np.ascontiguousarray(part.astype(np_dtype, copy=False))
-      _set(tree, spec.path, jnp.asarray(part))
+      if partitioning is None:
+        _set(tree, spec.path, jnp.asarray(part))
+        continue
+      sharding = partitioning.array_sharding(
+          part.shape, _get(axes, spec.path), jax.tree_util.keystr(spec.path))
+      _set(tree, spec.path, jax.make_array_from_callback(
+          part.shape, sharding, lambda index, part=part: part[index]))
     del host, array
   return tree
 
