@@ -2,6 +2,7 @@
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Literal
 
 from models.config import ModelConfig
 
@@ -9,6 +10,10 @@ GIB = 1024**3
 # MInference's vertical-slash estimate scores the last 64 queries against
 # every key (reference/minference.md).
 VS_LAST_Q = 64
+# Row blocks of the sparse kernels' layouts.
+LAYOUT_BLOCK = 64
+
+AttentionKind = Literal["dense_cudnn", "dense_xla", "vertical_slash"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,6 +27,7 @@ class MemoryEstimate:
     activations: the largest set of live activations inside one layer.
     attention_workspace: scratch of the attention callable for one layer.
     logits: float32 logits for the requested positions.
+    host_kv_cache: the cache kept in host memory instead (not in total).
   """
 
   seq_len: int
@@ -33,6 +39,7 @@ class MemoryEstimate:
   activations: int
   attention_workspace: int
   logits: int
+  host_kv_cache: int = 0
 
   @property
   def total(self) -> int:
@@ -46,12 +53,76 @@ def vs_estimate_workspace(config: ModelConfig, seq_len: int,
   return 2 * batch * config.num_heads * VS_LAST_Q * seq_len * 4
 
 
+def vs_layout_workspace(config: ModelConfig, seq_len: int, n_vertical: int,
+                        n_slash: int, batch: int = 1) -> int:
+  """Bytes of one layer's expanded Vertical-Slash layout and its builder.
+
+  The layout (`minference_jax.index.vertical_slash_layout`) holds int32
+  block_offset [B, N, Tb, NS] and column_index [B, N, Tb, NV] (Tb = T / 64,
+  NS and NV capped at T) plus two [B, N, Tb] counts. Its builder walks
+  every row block's windows into [B, N, Tb, min(NS, Tb)] int32 starts before
+  padding them to NS, so about two more arrays of that size are live at
+  its peak. At 1M tokens, 32 heads and (1000, 6096) lines: 12.8 GB of
+  block offsets, 2.1 GB of columns, 25.5 GB of builder temporaries.
+  """
+  tb = -(-seq_len // LAYOUT_BLOCK)
+  ns, nv = min(n_slash, seq_len), min(n_vertical, seq_len)
+  lanes = batch * config.num_heads * tb
+  layout = lanes * (ns + nv + 2) * 4
+  builder = 2 * lanes * min(ns, tb) * 4
+  return layout + builder
+
+
+def attention_workspace(
+    config: ModelConfig,
+    seq_len: int,
+    attention: AttentionKind,
+    *,
+    batch: int = 1,
+    n_vertical: int = 1000,
+    n_slash: int = 6096,
+    scores: Literal["xla", "pallas"] = "pallas",
+) -> int:
+  """Scratch bytes of one layer's attention call.
+
+  Args:
+    config: the geometry.
+    seq_len: T.
+    attention: "dense_cudnn" (flash attention: float32 softmax statistics
+      [B, N, T]), "dense_xla" (the chunked XLA path: the same statistics
+      plus one [B, N, 512, 512] float32 tile set) or "vertical_slash" (the
+      online estimate's scores and the expanded layout).
+    batch: B.
+    n_vertical, n_slash: the largest Vertical-Slash budgets of the layer.
+    scores: the estimate's scores: "xla" ([B, N, 64, T] float32 scores and
+      probabilities, `vs_estimate_workspace`) or "pallas" (the fused kernel:
+      two [B, N, T] float32 line scores).
+
+  Raises:
+    ValueError: an unknown attention kind.
+  """
+  stats = batch * config.num_heads * seq_len * 4 * 2
+  if attention == "dense_cudnn":
+    return stats
+  if attention == "dense_xla":
+    return stats + batch * config.num_heads * 512 * 512 * 4 * 3
+  if attention != "vertical_slash":
+    raise ValueError(f"unknown attention kind {attention!r}")
+  if scores == "xla":
+    est = vs_estimate_workspace(config, seq_len, batch)
+  else:
+    est = 2 * batch * config.num_heads * seq_len * 4
+  return est + vs_layout_workspace(config, seq_len, n_vertical, n_slash,
+                                   batch)
+
+
 def estimate_prefill_memory(
     config: ModelConfig,
     seq_len: int,
     *,
     batch: int = 1,
     keep_kv_cache: bool = False,
+    kv_cache_on_host: bool = False,
     chunk_size: int | None = 4096,
     dtype_bytes: int = 2,
     attention_workspace: int | None = None,
@@ -74,6 +145,8 @@ def estimate_prefill_memory(
     seq_len: prompt tokens T.
     batch: B.
     keep_kv_cache: preallocate a cache for all T tokens (for decoding).
+    kv_cache_on_host: the kept cache lives in host memory (pinned_host):
+      counted in `host_kv_cache`, not in the device total.
     chunk_size: sequence chunk for norms/MLP (None: unchunked).
     dtype_bytes: bytes per parameter/activation (2 for bfloat16).
     attention_workspace: bytes of attention scratch per layer; default the
@@ -107,14 +180,15 @@ def estimate_prefill_memory(
     activations, workspace = attention_phase, attention_workspace
   else:
     activations, workspace = mlp_phase, 0
+  cache = tokens * c.kv_bytes_per_token(dtype_bytes) if keep_kv_cache else 0
   return MemoryEstimate(
       seq_len=seq_len,
       batch=batch,
       keep_kv_cache=keep_kv_cache,
       chunk_size=chunk_size,
       weights=c.num_params() * dtype_bytes,
-      kv_cache=(tokens * c.kv_bytes_per_token(dtype_bytes)
-                if keep_kv_cache else 0),
+      kv_cache=0 if kv_cache_on_host else cache,
+      host_kv_cache=cache if kv_cache_on_host else 0,
       activations=activations,
       attention_workspace=workspace,
       logits=batch * logits_positions * c.vocab_size * 4,
