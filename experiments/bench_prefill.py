@@ -47,7 +47,7 @@ from experiments.prefill.pieces import (
 from experiments.prefill.replay import check_lines, find_recording, replay_lines
 from experiments.prefill.settings import CaseSpec, PrefillConfig
 from minference_jax import PatternConfig, VerticalSlash
-from models import ModelConfig, memory
+from models import ModelConfig, load_model, memory
 
 DEFAULT_CONFIG = "configs/experiments/prefill_llama3_8b.yaml"
 GIB = accounting.GIB
@@ -61,6 +61,8 @@ class Setup:
   sources: dict
   layers: dict
   model_slice: object = None
+  loaded: object = None  # models.LoadedModel (source "checkpoint")
+  skipped: dict = dataclasses.field(default_factory=dict)
 
 
 def _model_config(cfg: PrefillConfig):
@@ -68,6 +70,11 @@ def _model_config(cfg: PrefillConfig):
   if spec.source == "slice":
     model_slice = load_slice(spec.path)  # FileNotFoundError: one line
     return model_slice.config, model_slice
+  if spec.source == "checkpoint":
+    for path in (spec.path, spec.tokens_file):
+      if path and not Path(path).exists():
+        raise ConfigError(f"model: {path} does not exist")
+    return None, None  # read with the weights (load_model)
   try:
     base = ModelConfig.preset(spec.preset)
     overrides = dict(spec.overrides)
@@ -91,10 +98,20 @@ def validate(cfg: PrefillConfig) -> Setup:
     ConfigError: anything a user must fix (one line each).
   """
   config, model_slice = _model_config(cfg)
-  sources, layers = {}, {}
+  loaded = None
+  if config is None:
+    loaded = load_model(cfg.model.path, cfg.model.dtype)
+    config = loaded.config
+  sources, layers, skipped = {}, {}, {}
   for case in cfg.cases:
     layers[case.label] = cases.run_layers(case, config.num_layers)
-    sources[case.label] = cases.pattern_source(cfg, case, config)
+    try:
+      sources[case.label] = cases.pattern_source(cfg, case, config)
+    except ConfigError as e:
+      if not case.optional:
+        raise
+      skipped[case.label] = str(e)
+      continue
     pats = [cases.layer_patterns(sources[case.label], i, config.num_heads)
             for i in layers[case.label]]
     if case.indices == "replay":
@@ -111,7 +128,7 @@ def validate(cfg: PrefillConfig) -> Setup:
     if case.executor == "model" and case.layers is not None:
       raise ConfigError(f"case {case.label!r}: executor 'model' runs every"
                         " layer; drop layers or use 'layerwise'")
-  return Setup(config, sources, layers, model_slice)
+  return Setup(config, sources, layers, model_slice, loaded, skipped)
 
 
 # ---------------------------------------------------------------- memory
@@ -266,6 +283,8 @@ def bench_weights_bytes(params) -> int:
 
 def _load_params(cfg: PrefillConfig, setup: Setup):
   dtype = jnp.dtype(cfg.model.dtype)
+  if setup.loaded is not None:
+    return setup.loaded.params
   if setup.model_slice is not None:
     return setup.model_slice.params(dtype)
   return weights.device_random_params(setup.config, cfg.model.seed, dtype,
@@ -275,6 +294,9 @@ def _load_params(cfg: PrefillConfig, setup: Setup):
 def _tokens(cfg: PrefillConfig, setup: Setup, t: int):
   if setup.model_slice is not None:
     return weights.slice_tokens(setup.model_slice, cfg.batch, t)
+  if cfg.model.tokens_file:
+    return weights.file_tokens(cfg.model.tokens_file, cfg.batch, t,
+                               setup.config.vocab_size)
   return weights.random_tokens(setup.config.vocab_size, cfg.batch, t,
                                cfg.model.seed)
 
@@ -328,9 +350,17 @@ def main(argv=None) -> int:
   meta = bench_common.environment() | dict(
       name=cfg.name, config_file=path, model=setup.config.name or
       cfg.model.preset, memory_note="")
-  rows = report.load_rows(cfg.out_dir, cfg.name) if cfg.resume else []
-  done = {report.row_key(r) for r in rows if not r.get("error")}
-  rows = [r for r in rows if report.row_key(r) in done]
+  if cfg.compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", cfg.compilation_cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  rows = []
+  if cfg.resume_from:
+    rows, earlier = report.load_results(cfg.resume_from)
+    meta["earlier_runs"] = earlier
+  elif cfg.resume:
+    rows, _ = report.load_results(Path(cfg.out_dir) / f"{cfg.name}.json")
+  rows = [r for r in rows if not (r.get("error") or r.get("skipped"))]
+  done = {report.row_key(r) for r in rows}
   begin = time.perf_counter()
   params = jax.block_until_ready(_load_params(cfg, setup))
   meta["weights_gib"] = bench_weights_bytes(params) / GIB
@@ -344,18 +374,22 @@ def main(argv=None) -> int:
           for mode in case.modes]
   ests = {(t, c.label, m): estimate(cfg, setup.config, c,
                                     setup.sources[c.label], t, m)
-          for t, c, m in jobs}
+          for t, c, m in jobs if c.label in setup.sources}
   # Ascending length, then ascending estimated peak: the allocator's peak
   # (which cannot be reset) then rises with most cases.
-  jobs.sort(key=lambda j: (j[0], ests[(j[0], j[1].label, j[2])].total))
+  jobs.sort(key=lambda j: (j[0], getattr(ests.get((j[0], j[1].label, j[2])),
+                                         "total", 0)))
   recorded = {}
   for t, case, mode in tqdm(jobs, desc="bench-prefill", unit="case"):
     key = (case.label, t, mode)
     if key in done:
       continue
-    est = ests[(t, case.label, mode)]
-    row = dict(case=case.label, T=t, mode=mode, estimate_gib=est.total / GIB)
-    if cfg.skip_over_memory and limit and est.total / GIB > limit:
+    est = ests.get((t, case.label, mode))
+    row = dict(case=case.label, T=t, mode=mode,
+               estimate_gib=est and est.total / GIB)
+    if case.label in setup.skipped:
+      row["skipped"] = setup.skipped[case.label]
+    elif cfg.skip_over_memory and limit and est.total / GIB > limit:
       row["skipped"] = (f"estimated peak {est.total / GIB:.1f} GiB exceeds"
                         f" the device's {limit:.1f} GiB")
     else:
@@ -382,6 +416,7 @@ def main(argv=None) -> int:
     _add_ratios(rows)
     if cfg.crossover:
       meta["crossover"] = crossovers(cfg, rows)
+    row.setdefault("run_date", meta["date"])
     report.write(cfg.out_dir, cfg.name, meta, rows)
     tqdm.write(f"{case.label} T={t} {mode}: "
                + (row.get("error") or row.get("skipped")

@@ -15,6 +15,8 @@ COMMANDS = {
                        "every pattern on synthetic Q/K/V"),
     "generate": ("experiments.generate",
                  "greedy generation for any prompt and model"),
+    "bench-prefill": ("experiments.bench_prefill",
+                      "whole-model long-context prefill: time and memory"),
 }
 
 

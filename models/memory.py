@@ -59,17 +59,21 @@ def vs_layout_workspace(config: ModelConfig, seq_len: int, n_vertical: int,
 
   The layout (`minference_jax.index.vertical_slash_layout`) holds int32
   block_offset [B, N, Tb, NS] and column_index [B, N, Tb, NV] (Tb = T / 64,
-  NS and NV capped at T) plus two [B, N, Tb] counts. Its builder walks
-  every row block's windows into [B, N, Tb, min(NS, Tb)] int32 starts before
-  padding them to NS, so about two more arrays of that size are live at
-  its peak. At 1M tokens, 32 heads and (1000, 6096) lines: 12.8 GB of
-  block offsets, 2.1 GB of columns, 25.5 GB of builder temporaries.
+  NS and NV capped at T) plus two [B, N, Tb] counts. Its builder's
+  temporaries, as XLA's buffer assignment sizes them: 0.8 of the window
+  walk [B, N, Tb, min(NS, Tb)], 0.8 of the padded starts [B, N, Tb, NS]
+  and 6.7 arrays [B, N, Tb, NV] of per-vertical searches, masks and
+  scatter slots, all int32 (layout plus temporaries within 1% of XLA's
+  sizes at 512K-1M tokens, 7-20% off at 64K-256K;
+  experiments/results/prefill_inspect_cpu.md). At 1M tokens, 32 heads and
+  (1000, 6096) lines: 14.9 GB of layout and 34.3 GB of temporaries; with
+  3500 verticals, 20.1 and 69 GB.
   """
   tb = -(-seq_len // LAYOUT_BLOCK)
   ns, nv = min(n_slash, seq_len), min(n_vertical, seq_len)
   lanes = batch * config.num_heads * tb
   layout = lanes * (ns + nv + 2) * 4
-  builder = 2 * lanes * min(ns, tb) * 4
+  builder = lanes * 4 * (4 * min(ns, tb) + 4 * ns + 33 * nv) // 5
   return layout + builder
 
 
@@ -131,14 +135,23 @@ def estimate_prefill_memory(
   """Peak memory of a prefill through models/llama.py, by accounting.
 
   Model of the peak (one layer is live at a time; XLA frees a layer's
-  activations before the next):
-    * attention phase: residual x [B,T,H], q [B,T,N,D], k and v [B,T,K,D],
-      the attention output [B,T,N,D], the float32 cos/sin tables
-      [B,T,R/2] and the attention workspace;
-    * output/MLP phase: x, the attention output, the new residual and one
-      chunk's temporaries (float32 norm input [c,H]; gate, up and their
-      float32 product [c,I]).
+  activations before the next), the largest of three phases:
+    * projections: residual x [B,T,H], the float32 cos/sin tables
+      [B,T,R/2], q [B,T,N,D], k and v [B,T,K,D]; when chunked, also a copy
+      of x and of q, k, v (`models.layers.seq_chunked` splits its inputs
+      into [chunks, B, c, ...] and merges the outputs, whole copies in
+      XLA's buffer assignment);
+    * attention: x, q, k, v, the attention output [B,T,N,D], the RoPE
+      tables and the attention workspace;
+    * output/MLP: x, the attention output, the new residual, when chunked
+      the split copies of x and of the attention output, and one chunk's
+      temporaries: the float32 norm input [c,H] and (3 * dtype_bytes + 5)
+      bytes per [c,I] element for gate, up and their product (what XLA's
+      buffer assignment holds for the SwiGLU MLP; calibrated at 16K-1M
+      tokens, experiments/results/prefill_inspect_cpu.md).
   The KV cache, when kept, holds K and V for all layers at full length.
+  `activations` is the peak net of the attention workspace, so that
+  `total` is the peak whichever phase sets it.
 
   Args:
     config: the geometry.
@@ -150,7 +163,8 @@ def estimate_prefill_memory(
     chunk_size: sequence chunk for norms/MLP (None: unchunked).
     dtype_bytes: bytes per parameter/activation (2 for bfloat16).
     attention_workspace: bytes of attention scratch per layer; default the
-      MInference vertical-slash estimate (vs_estimate_workspace).
+      MInference vertical-slash estimate (vs_estimate_workspace); see
+      `attention_workspace()` for dense attention and the layouts.
     logits_positions: positions whose float32 logits are produced.
 
   Returns:
@@ -171,15 +185,15 @@ def estimate_prefill_memory(
   rope = 2 * tokens * (c.rope.rotary_dim // 2) * 4
   if attention_workspace is None:
     attention_workspace = vs_estimate_workspace(c, seq_len, batch)
-  chunk = tokens if chunk_size is None else batch * min(chunk_size, seq_len)
+  chunked = chunk_size is not None and chunk_size < seq_len
+  chunk = batch * min(chunk_size, seq_len) if chunked else tokens
   chunk_tmp = chunk * (c.hidden_size * 4
-                       + c.intermediate_size * (2 * dtype_bytes + 3 * 4))
-  attention_phase = x + q + kv + o + rope
-  mlp_phase = x + o + x + chunk_tmp
-  if attention_phase + attention_workspace > mlp_phase:
-    activations, workspace = attention_phase, attention_workspace
-  else:
-    activations, workspace = mlp_phase, 0
+                       + c.intermediate_size * (3 * dtype_bytes + 5))
+  projection_phase = x + rope + q + kv + ((x + q + kv) if chunked else 0)
+  attention_phase = x + q + kv + o + rope + attention_workspace
+  mlp_phase = x + o + x + ((x + o) if chunked else 0) + chunk_tmp
+  peak = max(projection_phase, attention_phase, mlp_phase)
+  activations, workspace = peak - attention_workspace, attention_workspace
   cache = tokens * c.kv_bytes_per_token(dtype_bytes) if keep_kv_cache else 0
   return MemoryEstimate(
       seq_len=seq_len,

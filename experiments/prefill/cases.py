@@ -161,14 +161,16 @@ def online_plans(cfg: PrefillConfig, case: CaseSpec, source: Source,
   plans, first = [], {}
   for run_idx, layer in enumerate(layers):
     pats = layer_patterns(source, layer, num_heads)
-    canon = first.setdefault(pats, run_idx)
+    sparse = pats is not None and _sparse_at(case, pats, t)
+    # Layers that run dense at this length share one executable too.
+    canon = first.setdefault(pats if sparse else "dense", run_idx)
 
     def attend(q, k, v, lines, canon=canon):
       del lines
       return attention(q, k, v, layer_idx=canon)
 
     index = None
-    if pats is not None and _sparse_at(case, pats, t):
+    if sparse:
       def index(q, k, lines, pats=pats):
         del lines
         return ops.layer_index_build(q, k, pats, implementation=impl,

@@ -29,15 +29,23 @@ def row_key(row: dict) -> tuple:
   return (row["case"], int(row["T"]), row["mode"])
 
 
-def load_rows(out_dir: str, name: str) -> list[dict]:
-  """Rows of an earlier run of the same name (for resuming), or []."""
-  path = Path(out_dir) / f"{name}.json"
+def load_results(path) -> tuple[list[dict], list[dict]]:
+  """(rows, earlier runs' environments) of a result file, or ([], []).
+
+  The environments are the file's own meta (device, date, command, ...)
+  and the runs it had resumed from.
+  """
+  path = Path(path)
   if not path.is_file():
-    return []
+    return [], []
   try:
-    return list(json.loads(path.read_text()).get("rows", []))
-  except (json.JSONDecodeError, AttributeError):
-    return []
+    data = json.loads(path.read_text())
+  except json.JSONDecodeError:
+    return [], []
+  meta = dict(data.get("meta", {}))
+  earlier = list(meta.pop("earlier_runs", []))
+  meta.pop("crossover", None)
+  return list(data.get("rows", [])), earlier + [meta]
 
 
 def _fmt(v, digits: int = 3) -> str:

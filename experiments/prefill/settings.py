@@ -28,22 +28,27 @@ class ModelSpec:
 
   Attributes:
     source: "preset" (a `ModelConfig.preset` geometry with random weights
-      drawn on the device, random token ids) or "slice" (a model slice of
+      drawn on the device, random token ids), "slice" (a model slice of
       `experiments.model_head_indices`: a real model's first layers and
-      real text).
+      real text) or "checkpoint" (`models.load_model(path)`: a GGUF file or
+      an HF checkpoint, with `tokens_file`'s token ids).
     preset: the preset name (source "preset"), e.g. "llama3_8b_1048k".
     overrides: ModelConfig fields replaced on the preset (e.g. a smaller
       hidden size for CPU tests).
-    path: the slice file (source "slice").
+    path: the slice file (source "slice") or the checkpoint.
+    tokens_file: a .npy of token ids (>= the longest length) for source
+      "checkpoint" (e.g. a slice's text: `original_tokens()`); None:
+      random ids.
     dtype: parameter and activation dtype.
     weight_std: standard deviation of the random weights.
     seed: weights and tokens seed.
   """
 
-  source: Literal["preset", "slice"] = "preset"
+  source: Literal["preset", "slice", "checkpoint"] = "preset"
   preset: str = "llama3_8b_1048k"
   overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
   path: str = ".device_cache/smollm2_slice.npz"
+  tokens_file: str | None = None
   dtype: Literal["bfloat16", "float32"] = "bfloat16"
   weight_std: float = 0.02
   seed: int = 0
@@ -80,6 +85,8 @@ class CaseSpec:
       back to back) or "model" (`models.forward` under one jit).
     min_len, max_len: lengths outside [min_len, max_len] are skipped.
     pattern_file: the file of attention "pattern_file".
+    optional: a missing pattern file skips the case (its rows say why)
+      instead of stopping the run.
   """
 
   label: str
@@ -93,6 +100,7 @@ class CaseSpec:
   min_len: int = 0
   max_len: int = 1 << 40
   pattern_file: str | None = None
+  optional: bool = False
 
   def __post_init__(self):
     if not self.label or any(c in self.label for c in "/\\ "):
@@ -202,6 +210,11 @@ class PrefillConfig:
     crossover: compute the dense/sparse crossover per implementation at
       the layer and model level from the rows.
     resume: skip (case, length, mode) rows already in the output JSON.
+    resume_from: read earlier rows from this JSON instead of the output's
+      (e.g. a committed result, when each GPU call starts empty); the
+      output then holds the earlier rows and the new ones.
+    compilation_cache_dir: JAX's persistent compilation cache (identical
+      pieces of different cases compile once); None: off.
     plot: write the latency-vs-length plot.
     interpret: Pallas interpret mode (CPU dry runs of the GPU kernels).
   """
@@ -227,6 +240,8 @@ class PrefillConfig:
   device_memory_gib: float | None = None
   crossover: bool = False
   resume: bool = True
+  resume_from: str | None = None
+  compilation_cache_dir: str | None = None
   plot: bool = True
   interpret: bool = False
 

@@ -73,6 +73,23 @@ def slice_tokens(model_slice: ModelSlice, batch: int,
   return jnp.asarray(np.broadcast_to(ids, (batch, seq_len)))
 
 
+def file_tokens(path: str, batch: int, seq_len: int,
+                vocab_size: int) -> jax.Array:
+  """The first T ids of a .npy token stream as [B, T].
+
+  Raises:
+    ValueError: a stream shorter than T or ids outside the vocabulary.
+  """
+  ids = np.load(path, mmap_mode="r").reshape(-1)
+  if len(ids) < seq_len:
+    raise ValueError(f"{path} holds {len(ids)} tokens, fewer than"
+                     f" seq_len={seq_len}")
+  ids = np.asarray(ids[:seq_len], np.int32)
+  if ids.min() < 0 or ids.max() >= vocab_size:
+    raise ValueError(f"{path}: token ids outside [0, {vocab_size})")
+  return jnp.asarray(np.broadcast_to(ids, (batch, seq_len)))
+
+
 def load_model_slice(path: str) -> ModelSlice:
   """`load_slice` (FileNotFoundError says how to make the file)."""
   return load_slice(path)
