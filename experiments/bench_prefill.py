@@ -22,6 +22,7 @@ latency against length) and the resolved config `<name>_config.yaml`.
 
 import dataclasses
 import gc
+import os
 import sys
 import time
 import traceback
@@ -143,10 +144,22 @@ def _patterns_budget(source) -> tuple[int, int]:
   return 0, 0
 
 
+def _recorded_budget(cfg: PrefillConfig, t: int) -> tuple[int, int]:
+  """The line budgets of the recording a replay case reads at T."""
+  path = find_recording(cfg.replay.index_dirs, t)
+  if path is None:  # recorded at model_head_indices' defaults
+    return 1000, 6096
+  meta = HeadIndices.load(path).meta
+  return int(meta["n_vertical"]), int(meta["n_slash"])
+
+
 def estimate(cfg: PrefillConfig, config: ModelConfig, case: CaseSpec,
              source, t: int, mode: str) -> memory.MemoryEstimate:
   """`models.memory`'s peak estimate for one (case, T, mode)."""
   nv, ns = _patterns_budget(source)
+  if case.indices == "replay":  # replayed heads keep at most the recording
+    rv, rs = _recorded_budget(cfg, t)
+    nv, ns = min(nv, rv), min(ns, rs)
   sparse = source is not None and any(
       t >= cases.threshold(case, k) for k in
       ({source.kind} if isinstance(source, VerticalSlash)
@@ -161,20 +174,30 @@ def estimate(cfg: PrefillConfig, config: ModelConfig, case: CaseSpec,
         config, t, "dense_xla" if impl == "xla" else "dense_cudnn",
         batch=cfg.batch)
   dtype_bytes = jnp.dtype(cfg.model.dtype).itemsize
-  return memory.estimate_prefill_memory(
+  est = memory.estimate_prefill_memory(
       config, t, batch=cfg.batch, keep_kv_cache=mode != "prefill",
       kv_cache_on_host=mode == "cache_host", chunk_size=cfg.chunk_size,
       dtype_bytes=dtype_bytes, attention_workspace=ws)
+  # Every layer's weights are resident; only the running layers keep K/V.
+  share = len(cases.run_layers(case, config.num_layers)) / config.num_layers
+  return dataclasses.replace(est, kv_cache=int(est.kv_cache * share),
+                             host_kv_cache=int(est.host_kv_cache * share))
 
 
 # ---------------------------------------------------------------- running
+_SLICES: dict = {}
+
+
 def _recorded(cfg: PrefillConfig, t: int) -> HeadIndices:
+  """The recording at T, recorded from the slice first if missing."""
   path = find_recording(cfg.replay.index_dirs, t)
   if path is None:
     out = Path(cfg.replay.record_dir or cfg.replay.index_dirs[0])
     print(f"recording index sets at T={t} from {cfg.replay.slice_path}",
           flush=True)
-    res, _ = model_head_indices(load_slice(cfg.replay.slice_path), t,
+    if cfg.replay.slice_path not in _SLICES:
+      _SLICES[cfg.replay.slice_path] = load_slice(cfg.replay.slice_path)
+    res, _ = model_head_indices(_SLICES[cfg.replay.slice_path], t,
                                 interpret=cfg.interpret)
     path = res.save(out / f"model_head_indices_T{t}.npz")
   return HeadIndices.load(path)
@@ -233,11 +256,10 @@ def run_case(cfg: PrefillConfig, setup: Setup, params, case: CaseSpec,
   run, pieces, run_params = _executor(cfg, setup, params, case, t, mode,
                                       lines)
   row.update(run.compile(tokens))
-  timing = accounting.time_runs(lambda: run(tokens), **dataclasses.asdict(
-      cfg.timing))
-  logits, _ = run(tokens)
-  row["logits_finite"] = bool(jnp.all(jnp.isfinite(logits)))
-  del logits
+  timing = accounting.time_runs(
+      lambda: run(tokens), **dataclasses.asdict(cfg.timing),
+      inspect=lambda out: bool(jnp.all(jnp.isfinite(out[0]))))
+  row["logits_finite"] = timing["inspected"]
   gc.collect()
   after = accounting.device_memory()
   row.update(measured_s=timing["median_s"], min_s=timing["min_s"],
@@ -272,7 +294,7 @@ def run_case(cfg: PrefillConfig, setup: Setup, params, case: CaseSpec,
       row["density"] = times["pairs"] / (
           cfg.batch * setup.config.num_heads * t * (t + 1) / 2
           * times["pairs_layers"])
-  del run
+  run = None  # frees the executables and their buffers
   gc.collect()
   return row
 
@@ -306,6 +328,10 @@ def _device_limit_gib(cfg: PrefillConfig) -> float | None:
     return cfg.device_memory_gib
   stats = accounting.device_memory()
   return None if not stats else stats.get("bytes_limit", 0) / GIB
+
+
+def _host_memory_bytes() -> int:
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def _add_ratios(rows: list[dict]) -> None:
@@ -392,6 +418,10 @@ def main(argv=None) -> int:
     elif cfg.skip_over_memory and limit and est.total / GIB > limit:
       row["skipped"] = (f"estimated peak {est.total / GIB:.1f} GiB exceeds"
                         f" the device's {limit:.1f} GiB")
+    elif est.host_kv_cache > 0.8 * _host_memory_bytes():
+      row["skipped"] = (f"the host cache ({est.host_kv_cache / GIB:.0f} GiB)"
+                        " exceeds 80% of the host's memory"
+                        f" ({_host_memory_bytes() / GIB:.0f} GiB)")
     else:
       try:
         lines = None

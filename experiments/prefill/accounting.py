@@ -27,7 +27,8 @@ PHASE_TEXT = {
 
 
 def time_runs(run: Callable[[], object], *, warmup: int, min_repeats: int,
-              max_repeats: int, budget_s: float) -> dict:
+              max_repeats: int, budget_s: float,
+              inspect: Callable[[object], object] | None = None) -> dict:
   """Median wall time of `run()` (blocked) after warm-up.
 
   A warm-up run of `budget_s` or longer is the measurement (one repeat,
@@ -35,31 +36,37 @@ def time_runs(run: Callable[[], object], *, warmup: int, min_repeats: int,
   than the first-run effects it would remove (the executables are compiled
   before; what remains is module loading and allocator growth).
 
+  Each run's output is dropped before the next starts (a kept KV cache
+  would double the memory); `inspect(output)` of the last run is returned
+  as "inspected" (e.g. whether the logits are finite).
+
   Returns:
     {"median_s", "min_s", "max_s", "repeats", "times_s", "warmup_s",
-    "from_warmup"}.
+    "from_warmup", "inspected"}.
   """
   est = None
   warm = []
+  out = None
   for _ in range(max(warmup, 1)):
+    out = None
     t0 = time.perf_counter()
     out = jax.block_until_ready(run())
     est = time.perf_counter() - t0
     warm.append(est)
-    del out
   if est >= budget_s:
     return dict(median_s=est, min_s=est, max_s=est, repeats=1,
-                times_s=[est], warmup_s=warm, from_warmup=True)
+                times_s=[est], warmup_s=warm, from_warmup=True,
+                inspected=inspect(out) if inspect else None)
   reps = int(min(max_repeats, max(min_repeats, budget_s // max(est, 1e-9))))
   times = []
   for _ in range(reps):
+    out = None
     t0 = time.perf_counter()
     out = jax.block_until_ready(run())
     times.append(time.perf_counter() - t0)
-    del out
   return dict(median_s=statistics.median(times), min_s=min(times),
               max_s=max(times), repeats=reps, times_s=times, warmup_s=warm,
-              from_warmup=False)
+              from_warmup=False, inspected=inspect(out) if inspect else None)
 
 
 def fill_unmeasured(values: Sequence[float | None]) -> tuple[list[float],

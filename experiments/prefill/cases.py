@@ -8,6 +8,7 @@ per-layer plans for `pieces.LayerwisePrefill` or an AttentionFn for
 """
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 
@@ -147,6 +148,12 @@ def online_attention(cfg: PrefillConfig, case: CaseSpec, source: Source,
                              case.dense_threshold, cfg.interpret)
 
 
+def _index_build(q, k, lines, *, patterns, implementation, interpret):
+  del lines  # online: the estimate chooses the lines
+  return ops.layer_index_build(q, k, patterns, implementation=implementation,
+                               interpret=interpret)
+
+
 def online_plans(cfg: PrefillConfig, case: CaseSpec, source: Source,
                  layers: list[int], num_heads: int, t: int
                  ) -> tuple[list[LayerPlan], object]:
@@ -169,12 +176,9 @@ def online_plans(cfg: PrefillConfig, case: CaseSpec, source: Source,
       del lines
       return attention(q, k, v, layer_idx=canon)
 
-    index = None
-    if sparse:
-      def index(q, k, lines, pats=pats):
-        del lines
-        return ops.layer_index_build(q, k, pats, implementation=impl,
-                                     interpret=cfg.interpret)
+    index = (functools.partial(_index_build, patterns=pats,
+                               implementation=impl, interpret=cfg.interpret)
+             if sparse else None)
     plans.append(LayerPlan(run_idx, ("online", canon), attend, index))
   return plans, attention
 

@@ -44,22 +44,24 @@ GIB = 1024**3
 DT = jnp.bfloat16
 
 
-def _abstract(shape, dtype=DT):
+def abstract(shape, dtype=DT):
+  """A ShapeDtypeStruct (no memory)."""
   return jax.ShapeDtypeStruct(tuple(shape), dtype)
 
 
-def _layer_args(config: ModelConfig, t: int):
+def layer_args(config: ModelConfig, t: int):
+  """(pieces, abstract layer params, x [1, T, H], cos/sin [1, T, R/2])."""
   pieces = DecoderPieces(config, 65536)
   p = param_shapes(config, DT)["layers"][0]
-  x = _abstract((1, t, config.hidden_size))
+  x = abstract((1, t, config.hidden_size))
   r = config.rope.rotary_dim // 2
-  cs = _abstract((1, t, r), jnp.float32)
+  cs = abstract((1, t, r), jnp.float32)
   return pieces, p, x, cs
 
 
 def layer_memory(config: ModelConfig, t: int, attention: str) -> dict:
   """XLA CPU buffer sizes of one layer step and models.memory's terms."""
-  pieces, p, x, cs = _layer_args(config, t)
+  pieces, p, x, cs = layer_args(config, t)
   if attention == "dense":
     attn = ops.build_attention(None, "xla", 0, False)
     ws = memory.attention_workspace(config, t, "dense_xla")
@@ -89,10 +91,10 @@ def layer_memory(config: ModelConfig, t: int, attention: str) -> dict:
 
 def layout_memory(config: ModelConfig, t: int, nv: int, ns: int) -> dict:
   n = config.num_heads
-  ind = VerticalSlashIndices(_abstract((1, n, nv), jnp.int32),
-                             _abstract((1, n), jnp.int32),
-                             _abstract((1, n, ns), jnp.int32),
-                             _abstract((1, n), jnp.int32))
+  ind = VerticalSlashIndices(abstract((1, n, nv), jnp.int32),
+                             abstract((1, n), jnp.int32),
+                             abstract((1, n, ns), jnp.int32),
+                             abstract((1, n), jnp.int32))
   compiled = jax.jit(lambda i: vertical_slash_layout(i, t)).lower(
       ind).compile()
   m = memory_analysis(compiled)
@@ -112,8 +114,8 @@ def mlp_chunks(config: ModelConfig, t: int, chunks) -> list[dict]:
   full = t * config.hidden_size
   for chunk in chunks:
     pieces = DecoderPieces(config, chunk)
-    _, p, x, _ = _layer_args(config, t)
-    o = _abstract((1, t, config.num_heads, config.head_dim))
+    _, p, x, _ = layer_args(config, t)
+    o = abstract((1, t, config.num_heads, config.head_dim))
     compiled = jax.jit(pieces.out_mlp).lower(p, x, o).compile()
     m = memory_analysis(compiled)
     big = collections.Counter()
@@ -134,7 +136,7 @@ def compile_scaling(layer_counts) -> list[dict]:
   attn = make_attention(VerticalSlash(64, 128), "xla")
   rows = []
   t = 512
-  tokens = _abstract((1, t), jnp.int32)
+  tokens = abstract((1, t), jnp.int32)
   for n in layer_counts:
     config = dataclasses.replace(base, num_layers=n)
     params = param_shapes(config, jnp.float32)
@@ -150,7 +152,9 @@ def compile_scaling(layer_counts) -> list[dict]:
   return rows
 
 
-def _abstract_gpu():
+def abstract_h200_mesh():
+  """An abstract one-device mesh of an H200: lowering under it runs the
+  Pallas -> Triton / Mosaic GPU lowering without a GPU."""
   from jax.sharding import AbstractDevice, AbstractMesh, AxisType
 
   return AbstractMesh((1,), ("x",), (AxisType.Explicit,),
@@ -161,7 +165,7 @@ def _abstract_gpu():
 
 def gpu_layer_calls(config: ModelConfig, t: int, kernels: str) -> dict:
   """Custom calls in one layer step lowered for an abstract H200."""
-  pieces, p, x, cs = _layer_args(config, t)
+  pieces, p, x, cs = layer_args(config, t)
   attn = ops.build_attention(VerticalSlash(1000, 6096), kernels, 0, False)
 
   def step(x, p, cos, sin):
@@ -169,7 +173,7 @@ def gpu_layer_calls(config: ModelConfig, t: int, kernels: str) -> dict:
     return pieces.out_mlp(p, x, attn(q, k, v, layer_idx=0))
 
   t0 = time.perf_counter()
-  with jax.sharding.use_abstract_mesh(_abstract_gpu()):
+  with jax.sharding.use_abstract_mesh(abstract_h200_mesh()):
     text = jax.jit(step).trace(x, p, cs, cs).lower(
         lowering_platforms=("cuda",)).as_text()
   targets = collections.Counter(re.findall(

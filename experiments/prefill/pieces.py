@@ -125,8 +125,9 @@ class LayerPlan:
   lines: Any = None
 
 
-def _layer_step(pieces: DecoderPieces, attend: Attend, keep_kv: bool,
-                x, p, cos, sin, lines):
+def layer_step(pieces: DecoderPieces, attend: Attend, keep_kv: bool,
+               x, p, cos, sin, lines):
+  """One decoder layer: x [B, T, H] -> x (and its k, v when keep_kv)."""
   q, k, v = pieces.qkv(p, x, cos, sin)
   o = attend(q, k, v, lines)
   x = pieces.out_mlp(p, x, o)
@@ -186,7 +187,7 @@ class LayerwisePrefill:
     return self.mode != "prefill"
 
   def _jit_step(self, plan: LayerPlan):
-    fn = functools.partial(_layer_step, self.pieces, plan.attend,
+    fn = functools.partial(layer_step, self.pieces, plan.attend,
                            self.keep_kv)
     if self.mode != "cache_host":
       return jax.jit(fn, donate_argnums=0)

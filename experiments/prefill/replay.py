@@ -1,4 +1,4 @@
-"""Vertical-Slash index sets recorded from a real model, replayed in a larger one.
+"""Vertical-Slash lines recorded from a real model, replayed in a larger one.
 
 `experiments.model_head_indices` records, per (layer, head) of a real model
 (SmolLM2-135M: the first 15 of its 30 layers, 9 query / 3 KV heads) run on

@@ -101,7 +101,8 @@ def test_validate_names_missing_files_and_bad_layers(tmp_path):
     bench_prefill.validate(cfg)
   cfg = _tiny_cfg(cases=[dict(label="r", indices="replay")],
                   replay=dict(index_dirs=[str(tmp_path)]))
-  with pytest.raises(ConfigError, match=r"no recorded index sets for T=\[256\]"):
+  with pytest.raises(ConfigError,
+                     match=r"no recorded index sets for T=\[256\]"):
     bench_prefill.validate(cfg)
   bad = tmp_path / "bad.json"
   bad.write_text("{not json")
@@ -301,3 +302,53 @@ def test_main_config_validates_against_the_8b_geometry(shared_dir):
                                setup.sources["vs_replay"], 1 << 20, "prefill")
   # Weights (15 GiB) + activations + the 1M layout and its builder.
   assert 70 < est.total / accounting.GIB < 141
+
+
+def test_layers_with_equal_patterns_share_one_executable():
+  from experiments.prefill import cases
+  from minference_jax import PatternConfig
+  a, b = VerticalSlash(30, 800), VerticalSlash(1000, 6096)
+  source = PatternConfig(layers=((a, b), (b, b), (a, b)))
+  cfg = PrefillConfig(seq_lens=(4096,))
+  case = CaseSpec("m", attention="pattern_file", pattern_file="x.json",
+                  implementation="xla")
+  plans, _ = cases.online_plans(cfg, case, source, [0, 1, 2], 2, 4096)
+  assert [p.key for p in plans] == [("online", 0), ("online", 1),
+                                    ("online", 0)]
+  assert all(p.index is not None for p in plans)
+  # Below the dense threshold every layer runs dense: one executable.
+  auto = dataclasses.replace(case, implementation="auto",
+                             dense_threshold=8192)
+  plans, _ = cases.online_plans(cfg, auto, source, [0, 1, 2], 2, 4096)
+  assert {p.key for p in plans} == {("online", 0)}
+  assert all(p.index is None for p in plans)
+
+
+def test_replayed_layer_step_lowers_for_an_h200():
+  """The replay step (kept estimate + layout + Triton kernel) lowers to
+  GPU kernels on a CPU (no GPU): the fused estimate's two Triton launches
+  and the Vertical-Slash kernel, no host callback."""
+  import functools
+  import re
+
+  import jax
+  import jax.numpy as jnp
+
+  from experiments.prefill import inspect_hlo
+  from experiments.prefill.pieces import layer_step
+  from minference_jax.index import VerticalSlashIndices
+  from models import ModelConfig
+
+  config = ModelConfig.preset("llama3_8b_1048k")
+  pieces, p, x, cs = inspect_hlo.layer_args(config, 1024)
+  i32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.int32)
+  lines = VerticalSlashIndices(i32(1, 32, 100), i32(1, 32), i32(1, 32, 200),
+                               i32(1, 32))
+  att = replay.ReplayVerticalSlash("triton", (100, 200), 0, False)
+  step = functools.partial(layer_step, pieces, att.attend, False)
+  with jax.sharding.use_abstract_mesh(inspect_hlo.abstract_h200_mesh()):
+    text = jax.jit(step).trace(x, p, cs, cs, lines).lower(
+        lowering_platforms=("cuda",)).as_text()
+  calls = re.findall(r"stablehlo\.custom_call @([\w$.]+)", text)
+  assert calls.count("__gpu$xla.gpu.triton") == 3, calls
+  assert not any("callback" in c for c in calls)
