@@ -387,17 +387,20 @@ def main(argv=None) -> int:
     rows, _ = report.load_results(Path(cfg.out_dir) / f"{cfg.name}.json")
   rows = [r for r in rows if not (r.get("error") or r.get("skipped"))]
   done = {report.row_key(r) for r in rows}
-  begin = time.perf_counter()
-  params = jax.block_until_ready(_load_params(cfg, setup))
-  meta["weights_gib"] = bench_weights_bytes(params) / GIB
-  meta["weights_init_s"] = time.perf_counter() - begin
-  limit = _device_limit_gib(cfg)
-  print(f"model {meta['model']}: {setup.config.num_layers} layers,"
-        f" {meta['weights_gib']:.2f} GiB in {meta['weights_init_s']:.1f} s;"
-        f" device {meta['device']} (limit {limit} GiB)", flush=True)
   jobs = [(t, case, mode) for t in sorted(set(cfg.seq_lens))
           for case in cfg.cases if t in cfg.lengths_for(case)
+          and (not cfg.only or case.label in cfg.only)
           for mode in case.modes]
+  params = None
+  if any((c.label, t, m) not in done for t, c, m in jobs):
+    begin = time.perf_counter()
+    params = jax.block_until_ready(_load_params(cfg, setup))
+    meta["weights_gib"] = bench_weights_bytes(params) / GIB
+    meta["weights_init_s"] = time.perf_counter() - begin
+    print(f"model {meta['model']}: {setup.config.num_layers} layers,"
+          f" {meta['weights_gib']:.2f} GiB in {meta['weights_init_s']:.1f}"
+          f" s; device {meta['device']}", flush=True)
+  limit = _device_limit_gib(cfg)
   ests = {(t, c.label, m): estimate(cfg, setup.config, c,
                                     setup.sources[c.label], t, m)
           for t, c, m in jobs if c.label in setup.sources}
@@ -451,6 +454,10 @@ def main(argv=None) -> int:
     tqdm.write(f"{case.label} T={t} {mode}: "
                + (row.get("error") or row.get("skipped")
                   or f"{row['model_s']:.3f} s"))
+  _add_ratios(rows)
+  if cfg.crossover:
+    meta["crossover"] = crossovers(cfg, rows)
+  report.write(cfg.out_dir, cfg.name, meta, rows)
   if cfg.plot:
     report.plot(cfg.out_dir, cfg.name, rows,
                 reference=setup.config.num_layers == 32

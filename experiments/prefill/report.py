@@ -1,7 +1,14 @@
 """Result files of bench-prefill: JSON (rewritten after every case), a
 markdown table, a log-log plot of latency against length, a short table
-on stdout."""
+on stdout.
 
+  python -m experiments.prefill.report RESULT.json [--reference]
+
+rewrites the markdown and the plot beside a result file and prints the
+table (e.g. after a run that a time limit ended).
+"""
+
+import argparse
 import json
 from pathlib import Path
 
@@ -186,3 +193,20 @@ def print_table(rows: list[dict]) -> None:
           f" {_layers(r):>12} {_fmt(r.get('model_s')):>10}"
           f" {_fmt(r.get('vs_dense')):>8} {_fmt(r.get('compile_s')):>9}"
           f" {_fmt(r.get('peak_gib')):>9} {_fmt(r.get('estimate_gib')):>8}")
+
+
+def main(argv=None) -> None:
+  ap = argparse.ArgumentParser(description="bench-prefill result files")
+  ap.add_argument("result", type=Path)
+  ap.add_argument("--reference", action="store_true",
+                  help="add MInference's A100 figures (LLaMA-3-8B) to the plot")
+  args = ap.parse_args(argv)
+  data = json.loads(args.result.read_text())
+  name, out = args.result.stem, args.result.parent
+  write(str(out), name, data.get("meta", {}), data["rows"])
+  plot(str(out), name, data["rows"], reference=args.reference)
+  print_table(data["rows"])
+
+
+if __name__ == "__main__":
+  main()

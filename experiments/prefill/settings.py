@@ -198,6 +198,8 @@ class PrefillConfig:
       "searched").
     replay: ReplaySpec.
     timing: TimingSpec.
+    only: run only these case labels (empty: all); the others keep their
+      rows from `resume_from`.
     phases: labels of cases that also get a phase breakdown.
     phase_lens: lengths of the breakdowns (empty: every length).
     phase_index_layers: at most this many layers get their index build
@@ -233,6 +235,7 @@ class PrefillConfig:
   searched_config: str = "configs/patterns/smollm2-135m-instruct.json"
   replay: ReplaySpec = ReplaySpec()
   timing: TimingSpec = TimingSpec()
+  only: tuple[str, ...] = ()
   phases: tuple[str, ...] = ()
   phase_lens: tuple[int, ...] = ()
   phase_index_layers: int = 4
@@ -256,10 +259,11 @@ class PrefillConfig:
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:
       raise ValueError(f"case labels must be unique; repeated: {dup}")
-    unknown = sorted(set(self.phases) - set(labels))
-    if unknown:
-      raise ValueError(f"phases names unknown cases {unknown}; cases:"
-                       f" {labels}")
+    for field in ("phases", "only"):
+      unknown = sorted(set(getattr(self, field)) - set(labels))
+      if unknown:
+        raise ValueError(f"{field} names unknown cases {unknown}; cases:"
+                         f" {labels}")
     if self.chunk_size is not None and self.chunk_size < 1:
       raise ValueError(f"chunk_size must be >= 1 or null, got"
                        f" {self.chunk_size}")
