@@ -104,6 +104,10 @@ def test_validate_names_missing_files_and_bad_layers(tmp_path):
   with pytest.raises(ConfigError,
                      match=r"no recorded index sets for T=\[256\]"):
     bench_prefill.validate(cfg)
+  cfg = _tiny_cfg(cases=[dict(label="r", indices="replay"),
+                         dict(label="d", attention="dense")],
+                  replay=dict(index_dirs=[str(tmp_path)]), only=["d"])
+  bench_prefill.validate(cfg)  # the replay case does not run: no check
   bad = tmp_path / "bad.json"
   bad.write_text("{not json")
   cfg = _tiny_cfg(cases=[dict(label="p", attention="pattern_file",
