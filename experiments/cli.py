@@ -23,6 +23,8 @@ COMMANDS = {
                       "the kernels' GPU correctness tests (pytest -m gpu)"),
     "model-indices": ("experiments.model_indices",
                       "a real model's sparse index sets at long context"),
+    "bench-prefill": ("experiments.bench_prefill",
+                      "whole-model long-context prefill: time and memory"),
 }
 
 

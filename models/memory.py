@@ -2,6 +2,7 @@
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Literal
 
 from models.config import ModelConfig
 
@@ -9,6 +10,10 @@ GIB = 1024**3
 # MInference's vertical-slash estimate scores the last 64 queries against
 # every key (reference/minference.md).
 VS_LAST_Q = 64
+# Row blocks of the sparse kernels' layouts.
+LAYOUT_BLOCK = 64
+
+AttentionKind = Literal["dense_cudnn", "dense_xla", "vertical_slash"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,6 +27,7 @@ class MemoryEstimate:
     activations: the largest set of live activations inside one layer.
     attention_workspace: scratch of the attention callable for one layer.
     logits: float32 logits for the requested positions.
+    host_kv_cache: the cache kept in host memory instead (not in total).
   """
 
   seq_len: int
@@ -33,6 +39,7 @@ class MemoryEstimate:
   activations: int
   attention_workspace: int
   logits: int
+  host_kv_cache: int = 0
 
   @property
   def total(self) -> int:
@@ -46,12 +53,80 @@ def vs_estimate_workspace(config: ModelConfig, seq_len: int,
   return 2 * batch * config.num_heads * VS_LAST_Q * seq_len * 4
 
 
+def vs_layout_workspace(config: ModelConfig, seq_len: int, n_vertical: int,
+                        n_slash: int, batch: int = 1) -> int:
+  """Bytes of one layer's expanded Vertical-Slash layout and its builder.
+
+  The layout (`minference_jax.index.vertical_slash_layout`) holds int32
+  block_offset [B, N, Tb, NS] and column_index [B, N, Tb, NV] (Tb = T / 64,
+  NS and NV capped at T) plus two [B, N, Tb] counts. Its builder's
+  temporaries, as XLA's buffer assignment sizes them: 0.8 of the window
+  walk [B, N, Tb, min(NS, Tb)], 0.8 of the padded starts [B, N, Tb, NS]
+  and 6.7 arrays [B, N, Tb, NV] of per-vertical searches, masks and
+  scatter slots, all int32 (layout plus temporaries within 1% of XLA's
+  sizes at 512K-1M tokens, 7-20% off at 64K-256K;
+  experiments/results/prefill_inspect_cpu.md). At 1M tokens, 32 heads and
+  (1000, 6096) lines: 14.9 GB of layout and 34.3 GB of temporaries; with
+  3500 verticals, 20.1 and 69 GB.
+  """
+  tb = -(-seq_len // LAYOUT_BLOCK)
+  ns, nv = min(n_slash, seq_len), min(n_vertical, seq_len)
+  lanes = batch * config.num_heads * tb
+  layout = lanes * (ns + nv + 2) * 4
+  builder = lanes * 4 * (4 * min(ns, tb) + 4 * ns + 33 * nv) // 5
+  return layout + builder
+
+
+def attention_workspace(
+    config: ModelConfig,
+    seq_len: int,
+    attention: AttentionKind,
+    *,
+    batch: int = 1,
+    n_vertical: int = 1000,
+    n_slash: int = 6096,
+    scores: Literal["xla", "pallas"] = "pallas",
+) -> int:
+  """Scratch bytes of one layer's attention call.
+
+  Args:
+    config: the geometry.
+    seq_len: T.
+    attention: "dense_cudnn" (flash attention: float32 softmax statistics
+      [B, N, T]), "dense_xla" (the chunked XLA path: the same statistics
+      plus one [B, N, 512, 512] float32 tile set) or "vertical_slash" (the
+      online estimate's scores and the expanded layout).
+    batch: B.
+    n_vertical, n_slash: the largest Vertical-Slash budgets of the layer.
+    scores: the estimate's scores: "xla" ([B, N, 64, T] float32 scores and
+      probabilities, `vs_estimate_workspace`) or "pallas" (the fused kernel:
+      two [B, N, T] float32 line scores).
+
+  Raises:
+    ValueError: an unknown attention kind.
+  """
+  stats = batch * config.num_heads * seq_len * 4 * 2
+  if attention == "dense_cudnn":
+    return stats
+  if attention == "dense_xla":
+    return stats + batch * config.num_heads * 512 * 512 * 4 * 3
+  if attention != "vertical_slash":
+    raise ValueError(f"unknown attention kind {attention!r}")
+  if scores == "xla":
+    est = vs_estimate_workspace(config, seq_len, batch)
+  else:
+    est = 2 * batch * config.num_heads * seq_len * 4
+  return est + vs_layout_workspace(config, seq_len, n_vertical, n_slash,
+                                   batch)
+
+
 def estimate_prefill_memory(
     config: ModelConfig,
     seq_len: int,
     *,
     batch: int = 1,
     keep_kv_cache: bool = False,
+    kv_cache_on_host: bool = False,
     chunk_size: int | None = 4096,
     dtype_bytes: int = 2,
     attention_workspace: int | None = None,
@@ -60,24 +135,36 @@ def estimate_prefill_memory(
   """Peak memory of a prefill through models/llama.py, by accounting.
 
   Model of the peak (one layer is live at a time; XLA frees a layer's
-  activations before the next):
-    * attention phase: residual x [B,T,H], q [B,T,N,D], k and v [B,T,K,D],
-      the attention output [B,T,N,D], the float32 cos/sin tables
-      [B,T,R/2] and the attention workspace;
-    * output/MLP phase: x, the attention output, the new residual and one
-      chunk's temporaries (float32 norm input [c,H]; gate, up and their
-      float32 product [c,I]).
+  activations before the next), the largest of three phases:
+    * projections: residual x [B,T,H], the float32 cos/sin tables
+      [B,T,R/2], q [B,T,N,D], k and v [B,T,K,D]; when chunked, also a copy
+      of x and of q, k, v (`models.layers.seq_chunked` splits its inputs
+      into [chunks, B, c, ...] and merges the outputs, whole copies in
+      XLA's buffer assignment);
+    * attention: x, q, k, v, the attention output [B,T,N,D], the RoPE
+      tables and the attention workspace;
+    * output/MLP: x, the attention output, the new residual, when chunked
+      the split copies of x and of the attention output, and one chunk's
+      temporaries: the float32 norm input [c,H] and (3 * dtype_bytes + 5)
+      bytes per [c,I] element for gate, up and their product (what XLA's
+      buffer assignment holds for the SwiGLU MLP; calibrated at 16K-1M
+      tokens, experiments/results/prefill_inspect_cpu.md).
   The KV cache, when kept, holds K and V for all layers at full length.
+  `activations` is the peak net of the attention workspace, so that
+  `total` is the peak whichever phase sets it.
 
   Args:
     config: the geometry.
     seq_len: prompt tokens T.
     batch: B.
     keep_kv_cache: preallocate a cache for all T tokens (for decoding).
+    kv_cache_on_host: the kept cache lives in host memory (pinned_host):
+      counted in `host_kv_cache`, not in the device total.
     chunk_size: sequence chunk for norms/MLP (None: unchunked).
     dtype_bytes: bytes per parameter/activation (2 for bfloat16).
     attention_workspace: bytes of attention scratch per layer; default the
-      MInference vertical-slash estimate (vs_estimate_workspace).
+      MInference vertical-slash estimate (vs_estimate_workspace); see
+      `attention_workspace()` for dense attention and the layouts.
     logits_positions: positions whose float32 logits are produced.
 
   Returns:
@@ -98,23 +185,24 @@ def estimate_prefill_memory(
   rope = 2 * tokens * (c.rope.rotary_dim // 2) * 4
   if attention_workspace is None:
     attention_workspace = vs_estimate_workspace(c, seq_len, batch)
-  chunk = tokens if chunk_size is None else batch * min(chunk_size, seq_len)
+  chunked = chunk_size is not None and chunk_size < seq_len
+  chunk = batch * min(chunk_size, seq_len) if chunked else tokens
   chunk_tmp = chunk * (c.hidden_size * 4
-                       + c.intermediate_size * (2 * dtype_bytes + 3 * 4))
-  attention_phase = x + q + kv + o + rope
-  mlp_phase = x + o + x + chunk_tmp
-  if attention_phase + attention_workspace > mlp_phase:
-    activations, workspace = attention_phase, attention_workspace
-  else:
-    activations, workspace = mlp_phase, 0
+                       + c.intermediate_size * (3 * dtype_bytes + 5))
+  projection_phase = x + rope + q + kv + ((x + q + kv) if chunked else 0)
+  attention_phase = x + q + kv + o + rope + attention_workspace
+  mlp_phase = x + o + x + ((x + o) if chunked else 0) + chunk_tmp
+  peak = max(projection_phase, attention_phase, mlp_phase)
+  activations, workspace = peak - attention_workspace, attention_workspace
+  cache = tokens * c.kv_bytes_per_token(dtype_bytes) if keep_kv_cache else 0
   return MemoryEstimate(
       seq_len=seq_len,
       batch=batch,
       keep_kv_cache=keep_kv_cache,
       chunk_size=chunk_size,
       weights=c.num_params() * dtype_bytes,
-      kv_cache=(tokens * c.kv_bytes_per_token(dtype_bytes)
-                if keep_kv_cache else 0),
+      kv_cache=0 if kv_cache_on_host else cache,
+      host_kv_cache=cache if kv_cache_on_host else 0,
       activations=activations,
       attention_workspace=workspace,
       logits=batch * logits_positions * c.vocab_size * 4,

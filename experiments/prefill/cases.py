@@ -1,0 +1,204 @@
+"""From a case of the config to the executor that runs it.
+
+A case names an attention (dense, Vertical-Slash everywhere, a pattern
+file), where its indices come from (online or replayed) and which layers
+run. Here the files are read, checked against the model, and turned into
+per-layer plans for `pieces.LayerwisePrefill` or an AttentionFn for
+`pieces.ModelPrefill`.
+"""
+
+import dataclasses
+import functools
+import json
+from pathlib import Path
+
+from experiments.config import ConfigError
+from experiments.prefill import ops
+from experiments.prefill.pieces import LayerPlan
+from experiments.prefill.replay import (
+    ReplayedLines,
+    ReplayVerticalSlash,
+)
+from experiments.prefill.settings import CaseSpec, PrefillConfig
+from minference_jax import Pattern, PatternConfig, PatternKind, VerticalSlash
+from models import ModelConfig
+
+Source = PatternConfig | VerticalSlash | None
+
+
+def _load_pattern_file(path: str, what: str, num_heads: int) -> PatternConfig:
+  p = Path(path)
+  if not p.is_file():
+    raise ConfigError(f"{what} {p} does not exist")
+  try:
+    data = json.loads(p.read_text())
+  except json.JSONDecodeError as e:
+    raise ConfigError(f"{what} {p} is not JSON: {e}") from None
+  try:
+    if isinstance(data, dict) and "format" in data:
+      return PatternConfig.from_json_dict(data)
+    del num_heads  # inferred from the file; compared with the model after
+    return PatternConfig.from_minference_json(data)
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f"{what} {p}: {e}") from None
+
+
+def pattern_source(cfg: PrefillConfig, case: CaseSpec,
+                   model: ModelConfig) -> Source:
+  """The case's patterns: None (dense), one VerticalSlash, or a config.
+
+  Raises:
+    ConfigError: a missing or malformed file, or a config whose heads do
+      not match the model.
+  """
+  kind = case.attention
+  if kind == "dense":
+    return None
+  if kind == "vertical_slash":
+    return VerticalSlash(*cfg.vs_budget)
+  if kind == "minference":
+    if not Path(cfg.minference_config).is_file():
+      raise ConfigError(
+          f"MInference config {cfg.minference_config} does not exist: copy"
+          " MInference's published file there (it is read at run time and"
+          " never committed) or set minference_config=PATH")
+    source = _load_pattern_file(cfg.minference_config, "minference_config",
+                                model.num_heads)
+  elif kind == "searched":
+    if not Path(cfg.searched_config).is_file():
+      raise ConfigError(
+          f"searched config {cfg.searched_config} does not exist yet: it is"
+          " written by the offline pattern search (issue 18); run the"
+          " search for this model or drop case"
+          f" {case.label!r}")
+    source = _load_pattern_file(cfg.searched_config, "searched_config",
+                                model.num_heads)
+  else:
+    source = _load_pattern_file(case.pattern_file, "pattern_file",
+                                model.num_heads)
+  if source.num_heads != model.num_heads:
+    raise ConfigError(f"case {case.label!r}: the pattern config has"
+                      f" {source.num_heads} heads per layer, the model"
+                      f" {model.num_heads}")
+  return source
+
+
+def run_layers(case: CaseSpec, num_layers: int) -> list[int]:
+  """The full-model layer indices a case runs.
+
+  Raises:
+    ConfigError: layers outside the model.
+  """
+  if case.layers is None:
+    return list(range(num_layers))
+  if isinstance(case.layers, int):
+    if case.layers > num_layers:
+      raise ConfigError(f"case {case.label!r}: layers={case.layers} but the"
+                        f" model has {num_layers}")
+    return list(range(case.layers))
+  bad = [i for i in case.layers if i >= num_layers]
+  if bad:
+    raise ConfigError(f"case {case.label!r}: layers {bad} outside the"
+                      f" model's {num_layers}")
+  return list(case.layers)
+
+
+def layer_patterns(source: Source, layer: int,
+                   num_heads: int) -> tuple[Pattern, ...] | None:
+  if source is None:
+    return None
+  if isinstance(source, PatternConfig):
+    if layer >= source.num_layers:
+      raise ConfigError(f"the pattern config has {source.num_layers} layers;"
+                        f" layer {layer} has no patterns")
+    return source.layers[layer]
+  return (source,) * num_heads
+
+
+def check_replayable(case: CaseSpec, patterns: list[tuple]) -> None:
+  """Replay takes Vertical-Slash heads only (the recordings hold lines)."""
+  kinds = {p.kind for layer in patterns for p in layer}
+  if kinds - {PatternKind.VERTICAL_SLASH}:
+    raise ConfigError(f"case {case.label!r}: replayed indices are"
+                      " Vertical-Slash lines; the config also has"
+                      f" {sorted(k.value for k in kinds)}")
+
+
+def threshold(case: CaseSpec, kind: PatternKind) -> int:
+  """Prefills shorter than this run the case's `kind` heads dense."""
+  if case.dense_threshold is not None:
+    return case.dense_threshold
+  return ops.default_threshold(kind) if case.implementation == "auto" else 0
+
+
+def _sparse_at(case: CaseSpec, patterns, t: int) -> bool:
+  kinds = {p.kind for p in patterns} - {PatternKind.DENSE}
+  return any(t >= threshold(case, k) for k in kinds)
+
+
+def online_attention(cfg: PrefillConfig, case: CaseSpec, source: Source,
+                     layers: list[int]):
+  """The library attention for the running layers (config rows reordered
+  to the run's layer numbering)."""
+  if isinstance(source, PatternConfig):
+    source = dataclasses.replace(
+        source, layers=tuple(source.layers[i] for i in layers),
+        scores=None, defaulted=(), minference_sizes=())
+  return ops.build_attention(source, case.implementation,
+                             case.dense_threshold, cfg.interpret)
+
+
+def _index_build(q, k, lines, *, patterns, implementation, interpret):
+  del lines  # online: the estimate chooses the lines
+  return ops.layer_index_build(q, k, patterns, implementation=implementation,
+                               interpret=interpret)
+
+
+def online_plans(cfg: PrefillConfig, case: CaseSpec, source: Source,
+                 layers: list[int], num_heads: int, t: int
+                 ) -> tuple[list[LayerPlan], object]:
+  """Plans for a case through `make_attention` (dense or online indices).
+
+  Layers with equal patterns share one executable: each calls the
+  attention with the first such layer's index (the attention reads
+  layer_idx only to look up the layer's patterns).
+  """
+  attention = online_attention(cfg, case, source, layers)
+  impl = ops.resolve_implementation(case.implementation, cfg.interpret)
+  plans, first = [], {}
+  for run_idx, layer in enumerate(layers):
+    pats = layer_patterns(source, layer, num_heads)
+    sparse = pats is not None and _sparse_at(case, pats, t)
+    # Layers that run dense at this length share one executable too.
+    canon = first.setdefault(pats if sparse else "dense", run_idx)
+
+    def attend(q, k, v, lines, canon=canon):
+      del lines
+      return attention(q, k, v, layer_idx=canon)
+
+    index = (functools.partial(_index_build, patterns=pats,
+                               implementation=impl, interpret=cfg.interpret)
+             if sparse else None)
+    plans.append(LayerPlan(run_idx, ("online", canon), attend, index))
+  return plans, attention
+
+
+def replay_plans(cfg: PrefillConfig, case: CaseSpec, source: Source,
+                 lines: ReplayedLines, num_heads: int, t: int,
+                 batch: int) -> list[LayerPlan]:
+  """Plans for a replay case: one executable for all layers."""
+  impl = ops.resolve_implementation(case.implementation, cfg.interpret)
+  pats = [layer_patterns(source, 0, num_heads)] if not isinstance(
+      source, PatternConfig) else list(source.layers)
+  estimate = None
+  if cfg.replay.keep_estimate:
+    estimate = (max(p.n_vertical for layer in pats for p in layer),
+                max(p.n_slash for layer in pats for p in layer))
+  attention = ReplayVerticalSlash(
+      impl, estimate, threshold(case, PatternKind.VERTICAL_SLASH),
+      cfg.interpret)
+  sparse = attention.sparse_at(t)
+  return [LayerPlan(i, ("replay",), attention.attend,
+                    attention.index if sparse else None,
+                    lines.layer(i, batch))
+          for i in range(lines.vertical.shape[0])]
