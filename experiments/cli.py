@@ -15,6 +15,8 @@ COMMANDS = {
                        "every pattern on synthetic Q/K/V"),
     "generate": ("experiments.generate",
                  "greedy generation for any prompt and model"),
+    "eval": ("experiments.eval.command",
+             "offline eval: NIAH grid, RULER/InfiniteBench tasks, perplexity"),
 }
 
 
