@@ -11,7 +11,7 @@ import dataclasses
 import json
 import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -403,6 +403,7 @@ def run_eval(cfg: EvalConfig, loaded: LoadedModel | None = None, *,
     ConfigError: for a user's mistake, before any model work.
   """
   platform = platform or jax.default_backend()
+  check_pattern_files(cfg)  # cheap checks first
   geometry = loaded.config if loaded is not None else model_geometry(cfg)
   resolved = prepare(cfg, geometry, platform)
   out = cfg.output_path
@@ -420,14 +421,3 @@ def run_eval(cfg: EvalConfig, loaded: LoadedModel | None = None, *,
       {f"{t}@{n}": len(c) for (t, n), c in plan.items()}, indent=1))
   runner.run(plan, resolved)
   return runner.results.path
-
-
-def planned_count(cfg: EvalConfig) -> int:
-  """Cases a full run evaluates (all attention configs)."""
-  per = sum(len(c) for c in plan_cases(cfg).values())
-  return per * len(cfg.attention)
-
-
-def iter_planned(cfg: EvalConfig) -> Iterable[Case]:
-  for cases in plan_cases(cfg).values():
-    yield from cases
