@@ -91,6 +91,8 @@ class EvalConfig:
       (no dense threshold).
     interpret: Pallas interpret mode (CPU checks of the kernel path).
     attention: the attention configs; the first is the reference (dense).
+    run_attention: names of the configs to run now (empty: all); the
+      report still covers every config (to split a long run into calls).
     tasks: task or group names (see `tasks.GROUPS`).
     lengths: total tokens per case (prompt + generation reserve), as
       RULER counts length; perplexity reads the first `length` tokens.
@@ -102,6 +104,8 @@ class EvalConfig:
     seed: the base seed of every generator.
     batch_size: rows per prefill (cases of one task and length share a
       shape; the last batch is padded with repeats).
+    ppl_batch_size: rows per perplexity prefill (its [B, T, V] float32
+      logits bound it: 6.4 GB per row at 32K with a 49K vocabulary).
     generation_reserve: tokens kept free for the answer (the prompt has
       length - reserve tokens; >= every task's max_new_tokens).
     density_samples: prompts per attention config and length on which
@@ -114,6 +118,9 @@ class EvalConfig:
       without running the model.
     compare_with: another results.jsonl whose answers to compare, case by
       case (e.g. a CPU spot-check against the GPU run).
+    resume_from: results.jsonl files of earlier calls whose finished cases
+      are copied into this run's file first (a run split over several
+      device calls, each with an empty output folder).
   """
 
   name: str = "eval"
@@ -121,6 +128,7 @@ class EvalConfig:
   backend: Literal["auto", "xla", "pallas"] = "auto"
   interpret: bool = False
   attention: tuple[AttentionSpec, ...] = (AttentionSpec("dense"),)
+  run_attention: tuple[str, ...] = ()
   tasks: tuple[str, ...] = ("niah/needle",)
   lengths: tuple[int, ...] = (2048,)
   depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -129,12 +137,14 @@ class EvalConfig:
   ppl_docs: int = 2
   seed: int = 0
   batch_size: int = 1
+  ppl_batch_size: int = 1
   generation_reserve: int = 128
   density_samples: int = 1
   output_dir: str = "outputs/eval"
   results_name: str | None = None
   report_only: bool = False
   compare_with: str | None = None
+  resume_from: tuple[str, ...] = ()
 
   def __post_init__(self):
     try:
@@ -152,7 +162,7 @@ class EvalConfig:
     if any(not 0.0 <= d <= 1.0 for d in self.depths) or not self.depths:
       raise ConfigError(f"config key 'depths' needs values in [0, 1], got"
                         f" {list(self.depths)}")
-    for key in ("samples", "ppl_docs", "batch_size"):
+    for key in ("samples", "ppl_docs", "batch_size", "ppl_batch_size"):
       if getattr(self, key) < 1:
         raise ConfigError(f"config key {key!r} must be >= 1, got"
                           f" {getattr(self, key)}")
@@ -171,19 +181,32 @@ class EvalConfig:
     if not names or len(set(names)) != len(names):
       raise ConfigError(f"config key 'attention' needs distinct names, got"
                         f" {names}")
+    unknown = sorted(set(self.run_attention) - set(names))
+    if unknown:
+      raise ConfigError(f"config key 'run_attention': unknown configs"
+                        f" {unknown}; attention configs: {names}")
 
   @property
   def output_path(self) -> Path:
     return Path(self.output_dir)
 
+  def active_attention(self) -> tuple[AttentionSpec, ...]:
+    """The attention configs this call runs (`run_attention`, or all)."""
+    wanted = set(self.run_attention)
+    return tuple(a for a in self.attention if not wanted or a.name in wanted)
+
 
 def check_pattern_files(cfg: EvalConfig) -> None:
-  """Every pattern_file exists and is JSON (before any slow work).
+  """Every pattern_file this call runs exists and is JSON (before any slow
+  work).
 
   Raises:
     ConfigError: naming the attention config and the file.
   """
-  for spec in cfg.attention:
+  for path in cfg.resume_from:
+    if not Path(path).is_file():
+      raise ConfigError(f"config key 'resume_from': {path} does not exist")
+  for spec in cfg.active_attention():
     if spec.kind != "pattern_file":
       continue
     path = Path(spec.path)

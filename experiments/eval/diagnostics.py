@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from minference_jax import AShape, BlockSparse, Dense, VerticalSlash
+from minference_jax.attention import make_attention
 from minference_jax.index import (
     a_shape_layout,
     block_sparse_indices,
@@ -25,7 +26,7 @@ from minference_jax.index import (
     vertical_slash_layout,
 )
 from minference_jax.metrics import attention_recall_per_head, covered_counts
-from models import CausalLM, DenseAttention, forward
+from models import CausalLM, forward
 
 
 @dataclasses.dataclass(eq=False)
@@ -33,11 +34,20 @@ class _Recorder:
   """Eager-only attention that keeps each layer's (q, k)."""
 
   records: dict = dataclasses.field(default_factory=dict)
-  inner: object = dataclasses.field(default_factory=DenseAttention)
+  # cuDNN on GPU, chunked XLA elsewhere: no [T, S] score matrix
+  inner: object = dataclasses.field(
+      default_factory=lambda: make_attention(None, backend="dense"))
 
   def __call__(self, q, k, v, *, layer_idx, q_offset=0):
     self.records[layer_idx] = (q, k)
     return self.inner(q, k, v, layer_idx=layer_idx, q_offset=q_offset)
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _record(params, ids, *, config):
+  recorder = _Recorder()
+  forward(params, ids, config=config, attention=recorder, logits_for="last")
+  return [recorder.records[i] for i in sorted(recorder.records)]
 
 
 def record_qk(model: CausalLM, tokens: np.ndarray) -> dict[int, tuple]:
@@ -46,15 +56,8 @@ def record_qk(model: CausalLM, tokens: np.ndarray) -> dict[int, tuple]:
   One jitted forward whose attention keeps each layer's q and k and returns
   them as outputs (the logits are dead code).
   """
-
-  @jax.jit
-  def run(params, ids):
-    recorder = _Recorder()
-    forward(params, ids, config=model.config, attention=recorder,
-            logits_for="last")
-    return [recorder.records[i] for i in sorted(recorder.records)]
-
-  qk = run(model.params, jnp.asarray(tokens, jnp.int32))
+  qk = _record(model.params, jnp.asarray(tokens, jnp.int32),
+               config=model.config)
   return dict(enumerate(qk))
 
 

@@ -72,6 +72,17 @@ class ResultsFile:
         with self.path.open("a") as f:
           f.write("\n")
 
+  def import_from(self, path: str | Path) -> int:
+    """Appends the finished records of another results file that this one
+    lacks; returns how many."""
+    added = 0
+    for record in iter_records(path):
+      if record.get("status") == "ok" and record.get("case_key") not in (
+          self.done):
+        self.append(record)
+        added += 1
+    return added
+
   def append(self, record: Mapping[str, Any]) -> None:
     """Writes one record and syncs it to disk before returning."""
     line = dict(record)

@@ -281,7 +281,7 @@ class Runner:
           f"only {len(docs)} {prose.SOURCE_LABEL} books have {length} tokens;"
           f" lower ppl_docs (now {self.cfg.ppl_docs}) or the length")
     buckets = model_calls.position_buckets(length)
-    size = self.cfg.batch_size
+    size = self.cfg.ppl_batch_size
     for start in range(0, len(cases), size):
       batch = cases[start:start + size]
       chosen = [docs[c.index] for c in batch]
@@ -338,7 +338,7 @@ class Runner:
   def run(self, plan: dict[tuple[str, int], list[Case]],
           resolved: dict[tuple[str, int], ResolvedAttention]) -> None:
     todo = []
-    for spec in self.cfg.attention:
+    for spec in self.cfg.active_attention():
       for length in self.cfg.lengths:
         ra = resolved[(spec.name, length)]
         fp = self.fingerprint(ra)
@@ -351,7 +351,7 @@ class Runner:
     config = self.loaded.config
     bar = tqdm(total=total, desc="eval cases", unit="case", disable=None)
     try:
-      for spec in self.cfg.attention:
+      for spec in self.cfg.active_attention():
         for length in self.cfg.lengths:
           ra = resolved[(spec.name, length)]
           fp = self.fingerprint(ra)
@@ -385,7 +385,7 @@ def prepare(cfg: EvalConfig, geometry: ModelConfig, platform: str
   return {(spec.name, length): resolve(cfg, spec, length,
                                        geometry.num_layers,
                                        geometry.num_heads, platform)
-          for spec in cfg.attention for length in cfg.lengths}
+          for spec in cfg.active_attention() for length in cfg.lengths}
 
 
 def run_eval(cfg: EvalConfig, loaded: LoadedModel | None = None, *,
@@ -416,6 +416,8 @@ def run_eval(cfg: EvalConfig, loaded: LoadedModel | None = None, *,
   loaded = dataclasses.replace(
       loaded, config=with_rope_scaling(loaded.config, cfg.model.rope_scaling))
   runner = Runner(cfg, loaded, platform)
+  for path in cfg.resume_from:
+    log(f"resumed {runner.results.import_from(path)} cases from {path}")
   plan = plan_cases(cfg)
   (out / "plan.json").write_text(json.dumps(
       {f"{t}@{n}": len(c) for (t, n), c in plan.items()}, indent=1))

@@ -21,7 +21,7 @@ def test_tiny_eval_dense_and_vertical_slash(tmp_path, monkeypatch):
   cfg = load_config(EvalConfig, None, [
       f"output_dir={tmp_path}", "tasks=[niah/needle,ppl/kjv]",
       "lengths=[1024]", "depths=[0.0,1.0]", "samples=1", "batch_size=2",
-      "ppl_docs=2", "density_samples=1",
+      "ppl_docs=2", "ppl_batch_size=2", "density_samples=1",
       "attention=[{name: dense}, {name: vs, kind: vertical_slash,"
       " n_vertical: 64, n_slash: 128}]"])
   loaded = tiny_model(max_len=2048)
