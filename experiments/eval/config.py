@@ -244,11 +244,11 @@ def check_lengths(cfg: EvalConfig, max_position_embeddings: int) -> None:
                                cfg.model.rope_scaling)
   too_long = [n for n in cfg.lengths if n > limit]
   if too_long:
-    hint = ("set model.rope_scaling (e.g. {rope_type: dynamic, factor: 4})"
-            if not cfg.model.rope_scaling else
-            "raise model.rope_scaling.factor")
+    scaling = cfg.model.rope_scaling
+    hint = ("raise model.rope_scaling.factor" if scaling else
+            "set model.rope_scaling (e.g. {rope_type: dynamic, factor: 4})")
+    how = f"with rope_scaling {scaling}" if scaling else "no RoPE scaling"
     raise ConfigError(
         f"lengths {too_long} exceed the model's limit of {limit} tokens"
-        f" (max_position_embeddings={max_position_embeddings}"
-        f"{', with ' + str(cfg.model.rope_scaling) if cfg.model.rope_scaling else ', no RoPE scaling'});"
+        f" (max_position_embeddings={max_position_embeddings}, {how});"
         f" {hint}")

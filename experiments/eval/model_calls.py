@@ -30,8 +30,9 @@ def _decode_step(params, token, cache, *, config: ModelConfig,
   return jnp.argmax(logits, axis=-1).astype(jnp.int32), cache
 
 
-def greedy_answers(model: CausalLM, prompts: np.ndarray, max_new_tokens: int,
-                   eos_ids: Sequence[int], total_length: int) -> list[list[int]]:
+def greedy_answers(model: CausalLM, prompts: np.ndarray,
+                   max_new_tokens: int, eos_ids: Sequence[int],
+                   total_length: int) -> list[list[int]]:
   """Greedy continuations of a batch of equal-length prompts.
 
   Args:

@@ -104,6 +104,11 @@ def summarize(cfg: EvalConfig, records: list[dict]) -> dict:
   return out
 
 
+def _rope_note(cfg: EvalConfig) -> str:
+  scaling = cfg.model.rope_scaling
+  return f", rope_scaling {scaling}" if scaling else ""
+
+
 def _fmt(x, spec=".1f"):
   return "-" if x is None else format(x, spec)
 
@@ -121,7 +126,7 @@ def markdown(cfg: EvalConfig, s: dict, command: str) -> str:
       f"Device: {jax.devices()[0].device_kind}, jax {jax.__version__},"
       f" backend {cfg.backend}, dtype {cfg.model.dtype}, model"
       f" {cfg.model.path or 'SmolLM2-135M-Instruct (bundled GGUF)'}"
-      f"{', rope_scaling ' + str(cfg.model.rope_scaling) if cfg.model.rope_scaling else ''}.",
+      f"{_rope_note(cfg)}.",
       "",
       "Length = prompt + generation reserve"
       f" ({cfg.generation_reserve} tokens), as RULER counts it; greedy"
@@ -160,7 +165,8 @@ def markdown(cfg: EvalConfig, s: dict, command: str) -> str:
         if p is None:
           row.append("-")
         elif base and a != ref:
-          row.append(f"{p['ppl']:.3f} ({100 * (p['ppl'] / base['ppl'] - 1):+.2f}%)")
+          change = 100 * (p["ppl"] / base["ppl"] - 1)
+          row.append(f"{p['ppl']:.3f} ({change:+.2f}%)")
         else:
           row.append(f"{p['ppl']:.3f}")
       lines.append(f"| {n} | " + " | ".join(row) + " |")

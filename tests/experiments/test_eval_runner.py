@@ -73,6 +73,13 @@ def test_resume_after_a_kill_skips_finished_cases(tmp_path, monkeypatch):
   assert not calls  # everything was done
   assert len(list(records.iter_records(tmp_path / "results.jsonl"))) == (
       planned)
+  # A later call with an empty output folder resumes from the earlier file.
+  elsewhere = _config(tmp_path / "next",
+                      f"resume_from=[{tmp_path / 'results.jsonl'}]")
+  runner.run_eval(elsewhere, loaded, platform="cpu", log=lambda _: None)
+  assert not calls
+  moved = list(records.iter_records(tmp_path / "next" / "results.jsonl"))
+  assert sorted(r["case_key"] for r in moved) == sorted(keys)
 
 
 def test_keys_separate_attention_configs_and_backends(tmp_path):
