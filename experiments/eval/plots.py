@@ -1,6 +1,7 @@
 """Eval plots (matplotlib, PNG): the needle heatmap per attention config
 (length x depth, as Kamradt's and MInference's needle figures), accuracy
-against length, and perplexity against density."""
+against length, perplexity against density, and attention recall per
+layer."""
 
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def _niah_heatmaps(cfg: EvalConfig, s: dict, out: Path) -> Path | None:
   fig, axes = plt.subplots(1, len(have), figsize=(3.2 * len(have) + 1, 3.6),
                            squeeze=False)
   image = None
-  for ax, a in zip(axes[0], have):
+  for col, (ax, a) in enumerate(zip(axes[0], have)):
     grid = np.full((len(depths), len(lengths)), np.nan)
     for i, d in enumerate(depths):
       for j, n in enumerate(lengths):
@@ -40,7 +41,8 @@ def _niah_heatmaps(cfg: EvalConfig, s: dict, out: Path) -> Path | None:
     ax.set_xticks(range(len(lengths)),
                   [f"{n // 1024}K" if n % 1024 == 0 else str(n)
                    for n in lengths])
-    ax.set_yticks(range(len(depths)), [f"{d:g}%" for d in depths])
+    ax.set_yticks(range(len(depths)),
+                  [f"{d:g}%" for d in depths] if col == 0 else [])
     ax.set_xticks(np.arange(-0.5, len(lengths)), minor=True)
     ax.set_yticks(np.arange(-0.5, len(depths)), minor=True)
     ax.grid(which="minor", color="white", linewidth=1.5)
@@ -115,8 +117,31 @@ def _ppl_vs_density(cfg: EvalConfig, s: dict, out: Path) -> Path | None:
   return path
 
 
+def _layer_recall(cfg: EvalConfig, s: dict, out: Path) -> Path | None:
+  """Attention recall per layer of each sparse config (where it loses)."""
+  curves = [(a.name, n, s["density"][f"{a.name}|{n}"]["layer_recall"])
+            for a in cfg.attention[1:] for n in sorted(cfg.lengths)
+            if f"{a.name}|{n}" in s["density"]]
+  if not curves:
+    return None
+  fig, ax = plt.subplots(figsize=(6.5, 3.8))
+  for name, n, recall in curves:
+    ax.plot(range(len(recall)), recall, marker=".",
+            label=f"{name} {n // 1024}K")
+  ax.set_xlabel("layer")
+  ax.set_ylabel("attention recall (mean over heads)")
+  ax.set_ylim(0, 1.02)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7, ncol=2)
+  ax.set_title(f"Recall per layer: {cfg.name}")
+  path = out / "layer_recall.png"
+  fig.savefig(path, dpi=120, bbox_inches="tight")
+  plt.close(fig)
+  return path
+
+
 def write_plots(cfg: EvalConfig, s: dict, out: Path) -> list[Path]:
   """Writes the plots that the summary has data for; returns their paths."""
   made = [_niah_heatmaps(cfg, s, out), _accuracy_vs_length(cfg, s, out),
-          _ppl_vs_density(cfg, s, out)]
+          _ppl_vs_density(cfg, s, out), _layer_recall(cfg, s, out)]
   return [p for p in made if p is not None]

@@ -17,7 +17,7 @@ from experiments.datasets import prose
 from experiments.eval import plots
 from experiments.eval.config import EvalConfig
 from experiments.eval.records import iter_records
-from experiments.eval.runner import DIAGNOSTICS_TASK
+from experiments.eval.runner import DIAGNOSTICS_TASK, plan_cases
 from experiments.eval.tasks import TASKS
 
 GOAL_DENSITY = 0.30  # the issue's goal: <= 30% density,
@@ -26,15 +26,18 @@ GOAL_PPL_PERCENT = 1.0  # within 1% of dense perplexity
 
 
 def load(cfg: EvalConfig, path: Path | None = None) -> list[dict]:
-  """This config's finished records (the latest per config/task/case)."""
+  """This config's finished records: planned cases only (a file may hold
+  cases of an earlier, larger plan), the latest per config/task/case."""
   path = path or cfg.output_path / "results.jsonl"
   names = {a.name for a in cfg.attention}
-  wanted = set(cfg.tasks) | {DIAGNOSTICS_TASK}
+  planned = {(c.task, c.case_id) for cases in plan_cases(cfg).values()
+             for c in cases}
+  planned |= {(DIAGNOSTICS_TASK, f"L={n}/d=0.5/i={i}")
+              for n in cfg.lengths for i in range(cfg.density_samples)}
   latest: dict[tuple, dict] = {}
   for r in iter_records(path):
     if (r.get("status") == "ok" and r.get("attn_config") in names
-        and r.get("task") in wanted
-        and r.get("target_length") in cfg.lengths):
+        and (r.get("task"), r.get("case_id")) in planned):
       latest[(r["attn_config"], r["task"], r["case_id"])] = r
   return list(latest.values())
 
@@ -104,6 +107,14 @@ def summarize(cfg: EvalConfig, records: list[dict]) -> dict:
   return out
 
 
+def _depth_note(cfg: EvalConfig) -> str:
+  grid = [t for t in cfg.depth_tasks if t in cfg.tasks]
+  if not grid:
+    return ""
+  depths = ", ".join(f"{100 * d:g}%" for d in cfg.depths)
+  return f" (per depth {depths} for {', '.join(grid)})"
+
+
 def _rope_note(cfg: EvalConfig) -> str:
   scaling = cfg.model.rope_scaling
   return f", rope_scaling {scaling}" if scaling else ""
@@ -134,12 +145,12 @@ def markdown(cfg: EvalConfig, s: dict, command: str) -> str:
       f" the assistant turn; haystacks from {prose.SOURCE_LABEL}"
       f" ({prose.LICENCE}), so RULER/NIAH numbers are 'RULER-KJV', not"
       " comparable 1:1 with published essay/PG-19 numbers. Scores x100;"
-      f" {cfg.samples} samples per task, length"
-      f" (and depth for {', '.join(cfg.depth_tasks)}); seed {cfg.seed}.",
+      f" {cfg.samples} samples per task and length"
+      f"{_depth_note(cfg)}; seed {cfg.seed}.",
   ]
   if gen_tasks:
-    lines += ["", "## Accuracy (%)", "", "| task | length | " + head,
-              rule]
+    lines += ["", "## Accuracy (%)", "", "| task | length | n | " + head,
+              rule + "---|"]
     for n in cfg.lengths:
       means = defaultdict(list)
       for t in gen_tasks:
@@ -149,8 +160,10 @@ def markdown(cfg: EvalConfig, s: dict, command: str) -> str:
           row.append(_fmt(cell and cell["acc"]))
           if cell:
             means[a].append(cell["acc"])
-        lines.append(f"| {t} | {n} | " + " | ".join(row) + " |")
-      lines.append(f"| **mean** | {n} | " + " | ".join(
+        count = max((s["accuracy"].get(f"{a}|{t}|{n}") or {"n": 0})["n"]
+                    for a in names)
+        lines.append(f"| {t} | {n} | {count} | " + " | ".join(row) + " |")
+      lines.append(f"| **mean** | {n} | | " + " | ".join(
           _fmt(sum(means[a]) / len(means[a]) if means[a] else None)
           for a in names) + " |")
   if s["ppl"]:
@@ -213,6 +226,8 @@ def markdown(cfg: EvalConfig, s: dict, command: str) -> str:
 
 def _goal_lines(cfg, s, names, gen_tasks) -> list[str]:
   ref = names[0]
+  if len(names) < 2:
+    return []
   lines = ["", f"## Goal check (vs {ref}: within {GOAL_ACCURACY_POINTS:g}"
            f" point of accuracy and {GOAL_PPL_PERCENT:g}% of perplexity at"
            f" density <= {GOAL_DENSITY:.0%})", "",

@@ -61,7 +61,8 @@ def test_tiny_eval_dense_and_vertical_slash(tmp_path, monkeypatch):
   assert "## Goal check" in text
   summary = json.loads(paths["json"].read_text())
   assert set(summary["ppl"]) == {"dense|1024", "vs|1024"}
-  for name in ("niah_heatmap", "accuracy_vs_length", "ppl_vs_density"):
+  for name in ("niah_heatmap", "accuracy_vs_length", "ppl_vs_density",
+               "layer_recall"):
     assert paths[name].stat().st_size > 1000
 
   def no_model_calls(*args, **kwargs):
