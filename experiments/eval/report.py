@@ -124,7 +124,13 @@ def _fmt(x, spec=".1f"):
   return "-" if x is None else format(x, spec)
 
 
-def markdown(cfg: EvalConfig, s: dict, command: str) -> str:
+def _devices(records: list[dict]) -> str:
+  kinds = sorted({r.get("device") or "?" for r in records})
+  return ", ".join(kinds) if kinds else jax.devices()[0].device_kind
+
+
+def markdown(cfg: EvalConfig, s: dict, command: str,
+             devices: str = "") -> str:
   """The run's markdown summary (with the command and the device)."""
   names = [a.name for a in cfg.attention]
   ref = names[0]
@@ -134,7 +140,8 @@ def markdown(cfg: EvalConfig, s: dict, command: str) -> str:
   lines = [
       f"# Eval `{cfg.name}`", "",
       f"Command: `{command}`  ",
-      f"Device: {jax.devices()[0].device_kind}, jax {jax.__version__},"
+      f"Device: {devices or jax.devices()[0].device_kind} (as recorded),"
+      f" jax {jax.__version__},"
       f" backend {cfg.backend}, dtype {cfg.model.dtype}, model"
       f" {cfg.model.path or 'SmolLM2-135M-Instruct (bundled GGUF)'}"
       f"{_rope_note(cfg)}.",
@@ -288,24 +295,31 @@ def write_report(cfg: EvalConfig, command: str) -> dict[str, Path]:
   out.mkdir(parents=True, exist_ok=True)
   records = load(cfg)
   s = summarize(cfg, records)
-  text = markdown(cfg, s, command)
+  devices = _devices(records)
+  text = markdown(cfg, s, command, devices)
   if cfg.compare_with:
     text += compare(cfg, records, cfg.compare_with)
   figures = plots.write_plots(cfg, s, out)
   if figures:
-    text += "\nPlots: " + ", ".join(f"`{p.name}`" for p in figures) + "\n"
+    prefix = f"{cfg.results_name}_" if cfg.results_name else ""
+    text += "\nPlots: " + ", ".join(f"`{prefix}{p.name}`"
+                                    for p in figures) + "\n"
   paths = {"md": out / "summary.md", "json": out / "summary.json"}
-  meta = {"command": command, "device": jax.devices()[0].device_kind,
+  meta = {"command": command, "device": devices,
           "jax": jax.__version__, "config": cfg.name,
           "n_records": len(records)}
   paths["md"].write_text(text)
   paths["json"].write_text(json.dumps({"meta": meta, **s}, indent=1))
+  for p in figures:
+    paths[p.stem] = p
   if cfg.results_name:
     folder = Path(__file__).resolve().parents[1] / "results"
     for kind in ("md", "json"):
       target = folder / f"{cfg.results_name}.{kind}"
       target.write_text(paths[kind].read_text())
       paths[f"results_{kind}"] = target
-  for p in figures:
-    paths[p.stem] = p
+    for p in figures:
+      target = folder / f"{cfg.results_name}_{p.name}"
+      target.write_bytes(p.read_bytes())
+      paths[f"results_{p.stem}"] = target
   return paths
