@@ -26,6 +26,9 @@ def main(argv=None) -> None:
   if not cfg.report_only:
     from experiments.eval.runner import run_eval
 
+    cfg.output_path.mkdir(parents=True, exist_ok=True)
+    with (cfg.output_path / "commands.txt").open("a") as f:
+      f.write(line + "\n")
     run_eval(cfg)
   paths = write_report(cfg, line)
   print(f"results: {cfg.output_path / 'results.jsonl'}")

@@ -59,7 +59,7 @@ def _niah_heatmaps(cfg: EvalConfig, s: dict, out: Path) -> Path | None:
 
 
 def _accuracy_vs_length(cfg: EvalConfig, s: dict, out: Path) -> Path | None:
-  if not s["accuracy"]:
+  if not s["accuracy"] or len(cfg.lengths) < 2:
     return None
   fig, ax = plt.subplots(figsize=(5.5, 3.8))
   for a in (x.name for x in cfg.attention):

@@ -137,8 +137,12 @@ def markdown(cfg: EvalConfig, s: dict, command: str,
   gen_tasks = [t for t in cfg.tasks if TASKS[t].metric != "perplexity"]
   head = " | ".join(names) + " |"
   rule = "|---" * (len(names) + 2) + "|"
+  runs = cfg.output_path / "commands.txt"
+  ran = (sorted(set(runs.read_text().split("\n")) - {""})
+         if runs.is_file() else [])
   lines = [
       f"# Eval `{cfg.name}`", "",
+      *(f"Run: `{c}`  " for c in ran),
       f"Command: `{command}`  ",
       f"Device: {devices or jax.devices()[0].device_kind} (as recorded),"
       f" jax {jax.__version__},"
