@@ -23,7 +23,13 @@ def main(argv=None) -> None:
   line = "minference-jax eval " + shlex.join(argv)
   from experiments.eval.report import write_report
 
-  if not cfg.report_only:
+  if cfg.report_only:  # earlier calls' files join the report too
+    from experiments.eval.records import ResultsFile
+
+    results = ResultsFile(cfg.output_path / "results.jsonl")
+    for path in cfg.resume_from:
+      results.import_from(path)
+  else:
     from experiments.eval.runner import run_eval
 
     cfg.output_path.mkdir(parents=True, exist_ok=True)

@@ -255,6 +255,8 @@ def _goal_lines(cfg, s, names, gen_tasks) -> list[str]:
       dacc = sum(deltas) / len(deltas) if deltas else None
       p, q = s["ppl"].get(f"{a}|{n}"), s["ppl"].get(f"{ref}|{n}")
       dppl = 100 * (p["ppl"] / q["ppl"] - 1) if p and q else None
+      if d is None and dacc is None and dppl is None:
+        continue  # not run (yet)
       ok = (d is not None and d["density"] <= GOAL_DENSITY
             and (dacc is None or dacc >= -GOAL_ACCURACY_POINTS)
             and (dppl is None or dppl <= GOAL_PPL_PERCENT)
