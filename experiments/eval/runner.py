@@ -163,10 +163,14 @@ class Runner:
     cfg: the run's config.
     loaded: the model (with RoPE scaling applied).
     platform: "gpu" or "cpu" ("auto" backends resolve on it).
+    log: where one line per finished attention config and length goes
+      (wall times there include the compiles).
   """
 
-  def __init__(self, cfg: EvalConfig, loaded: LoadedModel, platform: str):
+  def __init__(self, cfg: EvalConfig, loaded: LoadedModel, platform: str,
+               log: Callable[[str], None] = print):
     self.cfg = cfg
+    self.log = log
     self.loaded = loaded
     self.platform = platform
     self.encoder = make_encoder(loaded, cfg.model.chat)
@@ -357,9 +361,11 @@ class Runner:
           fp = self.fingerprint(ra)
           model = CausalLM(config, self.loaded.params,
                            attention=ra.make(self.cfg.interpret))
+          begin, count = time.perf_counter(), 0
           for r, f, task, cases in todo:
             if r is not ra:
               continue
+            count += len(cases)
             bar.set_postfix_str(f"{spec.name} L={length} {task}")
             if tasks.TASKS[task].metric == "perplexity":
               self.run_perplexity(model, ra, fp, cases, bar)
@@ -368,6 +374,8 @@ class Runner:
           if self.cfg.density_samples:
             bar.set_postfix_str(f"{spec.name} L={length} diagnostics")
             self.run_diagnostics(model, ra, fp, length)
+          self.log(f"{spec.name} L={length}: {count} cases"
+                   f" ({ra.backend}) in {time.perf_counter() - begin:.1f} s")
     finally:
       bar.close()
 
@@ -415,7 +423,7 @@ def run_eval(cfg: EvalConfig, loaded: LoadedModel | None = None, *,
     loaded = load_model(cfg.model.path, cfg.model.dtype)
   loaded = dataclasses.replace(
       loaded, config=with_rope_scaling(loaded.config, cfg.model.rope_scaling))
-  runner = Runner(cfg, loaded, platform)
+  runner = Runner(cfg, loaded, platform, log)
   for path in cfg.resume_from:
     log(f"resumed {runner.results.import_from(path)} cases from {path}")
   plan = plan_cases(cfg)
