@@ -25,6 +25,8 @@ COMMANDS = {
                       "a real model's sparse index sets at long context"),
     "bench-prefill": ("experiments.bench_prefill",
                       "whole-model long-context prefill: time and memory"),
+    "eval": ("experiments.eval.command",
+             "offline eval: NIAH grid, RULER/InfiniteBench tasks, perplexity"),
 }
 
 

@@ -1,0 +1,146 @@
+"""The eval runner's bookkeeping and its errors: a run killed mid-way
+resumes without redoing or losing finished cases (a torn last line is
+ignored), and a user's mistake (unknown task, a length past the model's
+limit without RoPE scaling, a missing pattern file) is one clear line
+before any model work."""
+
+import json
+
+import pytest
+from eval_helpers import tiny_model
+from paths import FIXTURES_DIR
+
+from experiments.config import ConfigError, load_config
+from experiments.eval import command, model_calls, records, runner
+from experiments.eval.config import EvalConfig
+
+
+def _config(tmp_path, *overrides):
+  return load_config(EvalConfig, None, [
+      f"output_dir={tmp_path}", "tasks=[niah/needle,infinitebench/passkey]",
+      "lengths=[512]", "depths=[0.0,1.0]", "samples=2", "batch_size=2",
+      "density_samples=0", "generation_reserve=32",
+      "attention=[{name: dense}, {name: vs, kind: vertical_slash,"
+      " n_vertical: 30, n_slash: 64}]", *overrides])
+
+
+class _Killed(Exception):
+  pass
+
+
+def test_resume_after_a_kill_skips_finished_cases(tmp_path, monkeypatch):
+  loaded = tiny_model(max_len=1024)
+  tok = loaded.tokenizer
+  calls = []
+
+  def fake_answers(model, prompts, max_new_tokens, eos_ids, total_length):
+    calls.append(prompts.shape)
+    return [tok.encode(" 12345", add_bos=False)] * prompts.shape[0]
+
+  monkeypatch.setattr(model_calls, "greedy_answers", fake_answers)
+  cfg = _config(tmp_path)
+  # needle: 2 depths x 2 samples, passkey: 2 samples; per attention config
+  planned = 2 * (4 + 2)
+  append = records.ResultsFile.append
+  written = []
+
+  def dying_append(self, record):
+    if len(written) == 5:  # killed while writing the sixth case
+      with self.path.open("a") as f:
+        f.write(json.dumps(record)[:40])  # a torn line
+      raise _Killed()
+    append(self, record)
+    written.append(record["case_key"])
+
+  monkeypatch.setattr(records.ResultsFile, "append", dying_append)
+  with pytest.raises(_Killed):
+    runner.run_eval(cfg, loaded, platform="cpu", log=lambda _: None)
+  monkeypatch.setattr(records.ResultsFile, "append", append)
+  done_before = {r["case_key"] for r in records.iter_records(
+      tmp_path / "results.jsonl")}
+  assert done_before == set(written) and len(written) == 5
+  calls.clear()
+  runner.run_eval(cfg, loaded, platform="cpu", log=lambda _: None)
+  final = list(records.iter_records(tmp_path / "results.jsonl"))
+  keys = [r["case_key"] for r in final]
+  assert len(keys) == len(set(keys)) == planned
+  # batches of 2: the killed batch's second case and the rest were redone
+  assert sum(shape[0] for shape in calls) >= planned - 5
+  assert {r["attn_config"] for r in final} == {"dense", "vs"}
+  assert all(r["scores"] for r in final)
+  calls.clear()
+  runner.run_eval(cfg, loaded, platform="cpu", log=lambda _: None)
+  assert not calls  # everything was done
+  assert len(list(records.iter_records(tmp_path / "results.jsonl"))) == (
+      planned)
+  # A later call with an empty output folder resumes from the earlier file.
+  elsewhere = _config(tmp_path / "next",
+                      f"resume_from=[{tmp_path / 'results.jsonl'}]")
+  runner.run_eval(elsewhere, loaded, platform="cpu", log=lambda _: None)
+  assert not calls
+  moved = list(records.iter_records(tmp_path / "next" / "results.jsonl"))
+  assert sorted(r["case_key"] for r in moved) == sorted(keys)
+
+
+def test_keys_separate_attention_configs_and_backends(tmp_path):
+  loaded = tiny_model(max_len=1024)
+  cfg = _config(tmp_path)
+  resolved = runner.prepare(cfg, loaded.config, "cpu")
+  r = runner.Runner(cfg, loaded, "cpu")
+  fps = {r.fingerprint(ra) for ra in resolved.values()}
+  assert len(fps) == 2
+  pallas = runner.prepare(_config(tmp_path, "backend=pallas"),
+                          loaded.config, "cpu")
+  assert r.fingerprint(pallas[("vs", 512)]) not in fps
+
+
+def _cli_error(capsys, argv) -> str:
+  with pytest.raises(SystemExit) as info:
+    command.main(argv)
+  assert info.value.code == 2
+  err = capsys.readouterr().err.strip()
+  assert err.count("\n") == 0 and err.startswith("error: ")
+  return err
+
+
+def test_unknown_task_is_one_line(capsys, tmp_path):
+  err = _cli_error(capsys, [f"output_dir={tmp_path}",
+                            "tasks=[ruler/niah_single_9]"])
+  assert "unknown task 'ruler/niah_single_9'" in err and "ruler/vt" in err
+
+
+def test_missing_pattern_file_is_one_line(capsys, tmp_path):
+  missing = tmp_path / "nope.json"
+  err = _cli_error(capsys, [
+      f"output_dir={tmp_path}",
+      f"attention=[{{name: dense}}, {{name: searched, kind: pattern_file,"
+      f" path: {missing}}}]"])
+  assert "searched" in err and str(missing) in err and "does not exist" in err
+  assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_length_above_the_limit_needs_rope_scaling(capsys, tmp_path):
+  checkpoint = FIXTURES_DIR / "tiny_models" / "llama"
+  limit = json.loads((checkpoint / "config.json").read_text())[
+      "max_position_embeddings"]
+  err = _cli_error(capsys, [f"output_dir={tmp_path}", "lengths=[1024]",
+                            f"model.path={checkpoint}"])
+  assert "1024" in err and f"limit of {limit}" in err
+  assert "rope_scaling" in err
+  loaded = tiny_model(max_len=1024)
+  with pytest.raises(ConfigError, match="exceed the model's limit of 1024"):
+    runner.prepare(_config(tmp_path, "lengths=[2048]"), loaded.config, "cpu")
+  scaled = _config(tmp_path, "lengths=[2048]",
+                   "model.rope_scaling={rope_type: dynamic, factor: 2}")
+  assert runner.prepare(scaled, loaded.config, "cpu")
+  rope = runner.with_rope_scaling(loaded.config, scaled.model.rope_scaling)
+  assert rope.rope.kind == "dynamic" and rope.rope.factor == 2
+
+
+def test_bad_values_are_config_errors(tmp_path):
+  with pytest.raises(ConfigError, match="generation_reserve"):
+    _config(tmp_path, "tasks=[ruler/niah_single_1]", "generation_reserve=16")
+  with pytest.raises(ConfigError, match="depths"):
+    _config(tmp_path, "depths=[1.5]")
+  with pytest.raises(ConfigError, match="distinct names"):
+    _config(tmp_path, "attention=[{name: a}, {name: a}]")
