@@ -194,3 +194,24 @@ def lower_for_gpu(fn, args, device_kind: str = "NVIDIA H200"):
   )
   with jax.sharding.use_abstract_mesh(mesh):
     return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",))
+
+
+# name -> (jax.default_backend(), compute capability of device 0)
+FAKE_DEVICES = {"h100": ("gpu", "9.0"), "a100": ("gpu", "8.0"),
+                "cpu": ("cpu", None)}
+
+
+def fake_device(monkeypatch, name: str) -> None:
+  """Makes `jax.default_backend()` and `jax.devices()[0]` look like a device
+  of FAKE_DEVICES (what the implementations' "not supported here" tests
+  read); JAX itself keeps computing on the CPU."""
+  import types
+
+  import jax
+
+  backend, capability = FAKE_DEVICES[name]
+  monkeypatch.setattr(jax, "default_backend", lambda: backend)
+  if capability is not None:
+    device = types.SimpleNamespace(platform="gpu",
+                                   compute_capability=capability)
+    monkeypatch.setattr(jax, "devices", lambda *args, **kwargs: [device])

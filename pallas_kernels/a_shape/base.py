@@ -7,7 +7,8 @@ from pallas_kernels.common import TileConfig
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Config(TileConfig):
-  """Tile sizes and Triton launch knobs of `a_shape_attention` (TileConfig)."""
+  """Tile sizes and Triton launch knobs of `a_shape_attention_triton`
+  (TileConfig)."""
 
   @classmethod
   def get_default(cls, head_dim: int = 128) -> "Config":

@@ -7,7 +7,7 @@ from pallas_kernels.common import check_launch
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
-  """Launch knobs of `block_sparse_attention`.
+  """Launch knobs of `block_sparse_attention_triton`.
 
   Query and key tiles are the layout's block size (64, MInference's BLOCK_M
   and BLOCK_N).

@@ -7,7 +7,8 @@ from pallas_kernels.common import TileConfig
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Config(TileConfig):
-  """Tile sizes and Triton launch knobs of `flash_attention` (TileConfig)."""
+  """Tile sizes and Triton launch knobs of `flash_attention_triton`
+  (TileConfig)."""
 
   block_q: int = 128
   num_warps: int = 8

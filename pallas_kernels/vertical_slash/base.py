@@ -7,7 +7,7 @@ from pallas_kernels.common import check_block, check_launch
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
-  """Launch knobs of `vertical_slash_attention`.
+  """Launch knobs of `vertical_slash_attention_triton`.
 
   The query block is the layout's block size (64 rows, MInference's BLOCK_M);
   key windows are block-size wide by construction of the layout.
