@@ -9,25 +9,25 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from minference_jax.attention_inputs import (
-  DENSE_IMPLEMENTATIONS,
-  DenseImpl,
-  PerKind,
-  Thresholds,
-  check_inputs,
-  check_per_kind,
-  check_thresholds,
-  is_prefill,
-  is_static_int,
-  parse_implementation,
-  parse_thresholds,
+    DENSE_IMPLEMENTATIONS,
+    DenseImpl,
+    PerKind,
+    Thresholds,
+    check_inputs,
+    check_per_kind,
+    check_thresholds,
+    is_prefill,
+    is_static_int,
+    parse_implementation,
+    parse_thresholds,
 )
 from minference_jax.head_groups import HeadGroup, group_heads
 from minference_jax.index import (
-  a_shape_layout,
-  block_sparse_indices,
-  vertical_slash_chain_layout,
-  vertical_slash_indices,
-  vertical_slash_layout,
+    a_shape_layout,
+    block_sparse_indices,
+    vertical_slash_chain_layout,
+    vertical_slash_indices,
+    vertical_slash_layout,
 )
 from minference_jax.pattern_config import PatternConfig
 from minference_jax.patterns import PATTERN_TYPES, Pattern, PatternKind

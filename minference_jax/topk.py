@@ -197,8 +197,7 @@ def top_sorted_positions(scores, counts, k_max: int, descending: bool):
   scattered to their slots from a cumulative count. Long rows (S >= 64
   k_max) first keep the counts blocks of B ~ sqrt(S / k_max) keys with the
   largest maxima and select among those (`_top_blocked`): the radix passes
-  then read ~2 sqrt(S k_max) keys instead of S (about 3x faster on a GPU
-  at 1M keys, docs/kernels.md).
+  then read ~2 sqrt(S k_max) keys instead of S (timings: docs/kernels.md).
 
   Args:
     scores: [..., S] f32 (e.g. [B, N, S]), forced entries are +inf.

@@ -98,6 +98,16 @@ CASES = {
         Case(1, 96, 2, 1, 256, F32),
     ),
 }
+# Cases the Mosaic GPU kernels take (bf16/fp16, D in {64, 128, 256}, T a
+# multiple of 64), for implementations that take little else.
+CASES_64 = {
+    "vertical_slash": (Case(1, 256, 4, 2, 64, BF16, (4, 40)),
+                       Case(2, 128, 4, 1, 128, F16, (2, 70), "anywhere")),
+    "block_sparse": (Case(1, 256, 4, 2, 64, BF16, (3,)),
+                     Case(2, 128, 4, 1, 128, F16, (2,), "anywhere")),
+    "a_shape": (Case(1, 256, 4, 2, 64, BF16), Case(2, 128, 4, 1, 128, F16)),
+    "flash": (Case(1, 256, 4, 2, 64, BF16), Case(2, 128, 4, 1, 128, F16)),
+}
 ENTRY_POINTS = {
     "vertical_slash": vertical_slash_attention,
     "block_sparse": block_sparse_attention,
@@ -145,7 +155,7 @@ class AttentionOpTestBase:
     INTERPRET: run Pallas kernels in interpret mode.
     DTYPES: the dtypes it takes; HEAD_DIMS: the head dims (None: any);
     T_MULTIPLE: T must be a multiple of this; ONLY: case ids to keep (None:
-      all).
+      all); EXTRA_CASES: cases beside the op's CASES (e.g. CASES_64).
     F32_ATOL: max abs error allowed for float32 inputs (values are O(1)).
   """
 
@@ -156,6 +166,7 @@ class AttentionOpTestBase:
   HEAD_DIMS: ClassVar[tuple[int, ...] | None] = None
   T_MULTIPLE: ClassVar[int] = 1
   ONLY: ClassVar[tuple[str, ...] | None] = None
+  EXTRA_CASES: ClassVar[tuple[Case, ...]] = ()
   F32_ATOL: ClassVar[float] = 2e-5
 
   @classmethod
@@ -167,7 +178,7 @@ class AttentionOpTestBase:
 
   @classmethod
   def cases(cls) -> list[Case]:
-    return [c for c in CASES[cls.OP] if cls.supports(c)]
+    return [c for c in CASES[cls.OP] + cls.EXTRA_CASES if cls.supports(c)]
 
   def config(self, case: Case):
     """The implementation's config for a case (None: its default)."""

@@ -1,5 +1,7 @@
 """Random inputs and random valid index layouts for the kernel tests."""
 
+import contextlib
+
 import numpy as np
 import jax.numpy as jnp
 
@@ -215,3 +217,12 @@ def fake_device(monkeypatch, name: str) -> None:
     device = types.SimpleNamespace(platform="gpu",
                                    compute_capability=capability)
     monkeypatch.setattr(jax, "devices", lambda *args, **kwargs: [device])
+
+
+@contextlib.contextmanager
+def reports_seed(seed: int):
+  """Appends the seed to the message of an assertion failing inside."""
+  try:
+    yield
+  except AssertionError as e:
+    raise AssertionError(f"{e} (seed={seed})") from e

@@ -25,7 +25,7 @@ class Config:
 
   @classmethod
   def get_default(cls, head_dim: int = 128) -> "Config":
-    """Defaults per head dim (H200-tuned for D = 128; see docs/kernels.md)."""
+    """Defaults per head dim (tuned for D = 128; see docs/kernels.md)."""
     if head_dim <= 128:
       return cls(num_warps=4, num_stages=2)
     return cls(num_warps=8, num_stages=2)

@@ -10,8 +10,8 @@ Mosaic launch needs that count per block before it starts.
 `tile_steps_reference` is one XLA pass over the whole `block_offset`
 [B, N, Tb, NS]; NS is the slash budget (6096 at MInference's default), far
 more than the ~100 windows a row holds, so at 1M tokens that pass reads 12.8
-GB and took 3.5 ms on an H200 (and a minute to compile). `tile_steps` is a
-Pallas-Triton kernel that reads only each row's first `block_count` entries.
+GB. `tile_steps` is a Pallas-Triton kernel that reads only each row's first
+`block_count` entries.
 """
 
 import functools

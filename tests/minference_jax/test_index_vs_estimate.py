@@ -2,6 +2,7 @@
 
 import jax.numpy as jnp
 import numpy as np
+import kernel_test_utils as ktu
 import numpy_reference as ref
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -60,25 +61,26 @@ def test_vs_forced_lines_kept_against_the_scores():
   # Attention sits on a band of far keys, so the sink columns 0..29 and the
   # local offsets 0..99 score low: only the forcing can keep them.
   t, d = 400, 16
-  rng = np.random.default_rng()
-  q, k = structured_qk(rng, 1, t, 2, 1, d)
-  u = np.zeros(d, np.float32)
-  u[0] = 1.0
-  q[:, :, :, :] += 8.0 * u
-  k[:, 150:170, :, :] += 8.0 * u
-  got = vertical_slash_indices(
-      jnp.asarray(q), jnp.asarray(k), (40, 30), (130, 60)
-  )
-  want = ref.vs_indices_reference(q, k, (40, 30), (130, 60))
-  for h, (nv, ns) in enumerate([(40, 130), (30, 60)]):
-    v = np.asarray(got.vertical[0, h, :nv])
-    s = np.asarray(got.slash[0, h, :ns])
-    assert set(range(30)) <= set(v.tolist())
-    assert set(range(min(ns, 100))) <= set(s.tolist())
-    w = want[0, h]
-    assert_same_top(v, w["vertical"], w["vertical_score"], "vertical")
-    assert_same_top(s, w["slash"], w["slash_score"], "slash")
-  # Without forcing, part of 0..29 and 0..99 would lose to the far band.
-  vs, ss = ref.vs_scores(q[0, :, 0], k[0, :, 0], 64, force=False)
-  assert not set(range(30)) <= set(np.argsort(-vs)[:40].tolist())
-  assert not set(range(100)) <= set(np.argsort(-ss)[:130].tolist())
+  rng, seed = ktu.fresh_rng()
+  with ktu.reports_seed(seed):
+    q, k = structured_qk(rng, 1, t, 2, 1, d)
+    u = np.zeros(d, np.float32)
+    u[0] = 1.0
+    q[:, :, :, :] += 8.0 * u
+    k[:, 150:170, :, :] += 8.0 * u
+    got = vertical_slash_indices(
+        jnp.asarray(q), jnp.asarray(k), (40, 30), (130, 60)
+    )
+    want = ref.vs_indices_reference(q, k, (40, 30), (130, 60))
+    for h, (nv, ns) in enumerate([(40, 130), (30, 60)]):
+      v = np.asarray(got.vertical[0, h, :nv])
+      s = np.asarray(got.slash[0, h, :ns])
+      assert set(range(30)) <= set(v.tolist())
+      assert set(range(min(ns, 100))) <= set(s.tolist())
+      w = want[0, h]
+      assert_same_top(v, w["vertical"], w["vertical_score"], "vertical")
+      assert_same_top(s, w["slash"], w["slash_score"], "slash")
+    # Without forcing, part of 0..29 and 0..99 would lose to the far band.
+    vs, ss = ref.vs_scores(q[0, :, 0], k[0, :, 0], 64, force=False)
+    assert not set(range(30)) <= set(np.argsort(-vs)[:40].tolist())
+    assert not set(range(100)) <= set(np.argsort(-ss)[:130].tolist())

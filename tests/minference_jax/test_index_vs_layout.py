@@ -4,25 +4,26 @@ port of MInference's merge, and their key sets."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import kernel_test_utils as ktu
 import numpy_reference as ref
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from index_test_utils import (
-  check_layout_properties,
-  layout_arrays,
-  random_indices,
-  structured_qk,
+    check_layout_properties,
+    layout_arrays,
+    random_indices,
+    structured_qk,
 )
 
 from minference_jax.index import (
-  vertical_slash_chain_layout,
-  vertical_slash_indices,
-  vertical_slash_layout,
+    vertical_slash_chain_layout,
+    vertical_slash_indices,
+    vertical_slash_layout,
 )
 from pallas_kernels.reference import (
-  vertical_slash_chain_mask,
-  vertical_slash_mask,
+    vertical_slash_chain_mask,
+    vertical_slash_mask,
 )
 
 SETTINGS = settings(max_examples=5, deadline=None)
@@ -113,26 +114,27 @@ def test_vs_chain_layout_has_the_expanded_key_set(b, n, t, bs, seed):
 @pytest.mark.parametrize("t, heads", [(200, (8, 2)), (45, (4, 4))])
 def test_vs_end_to_end_cover_under_jit(t, heads):
   n, kv = heads
-  rng = np.random.default_rng()
-  q, k = structured_qk(rng, 2, t, n, kv)
-  budgets = tuple(int(x) for x in rng.integers(0, 120, n))
-  active = (False,) + (True,) * (n - 1)
+  rng, seed = ktu.fresh_rng()
+  with ktu.reports_seed(seed):
+    q, k = structured_qk(rng, 2, t, n, kv)
+    budgets = tuple(int(x) for x in rng.integers(0, 120, n))
+    active = (False,) + (True,) * (n - 1)
 
-  @jax.jit
-  def build(q, k):
-    indices = vertical_slash_indices(q, k, budgets, 60, 64, active=active)
-    return indices, vertical_slash_layout(indices, t)
+    @jax.jit
+    def build(q, k):
+      indices = vertical_slash_indices(q, k, budgets, 60, 64, active=active)
+      return indices, vertical_slash_layout(indices, t)
 
-  indices, layout = build(jnp.asarray(q), jnp.asarray(k))
-  eager = vertical_slash_layout(
-      vertical_slash_indices(
-          jnp.asarray(q), jnp.asarray(k), budgets, 60, 64, active=active
-      ),
-      t,
-  )
-  for x, y in zip(layout_arrays(layout), layout_arrays(eager)):
-    np.testing.assert_array_equal(x, y)
-  count, _, c_count, _ = layout_arrays(layout)
-  assert np.all(count[:, 0] == 0) and np.all(c_count[:, 0] == 0)  # inactive
-  assert np.all(count[:, 1:] >= 1)
-  check_layout_properties(layout, indices, t)
+    indices, layout = build(jnp.asarray(q), jnp.asarray(k))
+    eager = vertical_slash_layout(
+        vertical_slash_indices(
+            jnp.asarray(q), jnp.asarray(k), budgets, 60, 64, active=active
+        ),
+        t,
+    )
+    for x, y in zip(layout_arrays(layout), layout_arrays(eager)):
+      np.testing.assert_array_equal(x, y)
+    count, _, c_count, _ = layout_arrays(layout)
+    assert np.all(count[:, 0] == 0) and np.all(c_count[:, 0] == 0)  # inactive
+    assert np.all(count[:, 1:] >= 1)
+    check_layout_properties(layout, indices, t)

@@ -5,40 +5,44 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import kernel_test_utils as ktu
 from minference_jax import topk
 
 
 def test_radix_select_forms_agree_with_a_sort():
   """Both counting forms of the radix k-th largest (the CUDA and the default
   one) equal the k-th largest from a sort, with heavy ties and extremes."""
-  rng = np.random.default_rng()
-  keys = rng.integers(0, 2**32, (3, 5, 257), dtype=np.uint64)
-  keys[0] = rng.integers(0, 4, (5, 257))  # mostly ties
-  keys[1, :, :9] = 2**32 - 1  # forced (+inf-like) entries
-  keys = jnp.asarray(keys.astype(np.uint32))
-  counts = jnp.asarray(rng.integers(1, 258, (3, 5)), jnp.int32)
-  want = -np.sort(-np.asarray(keys).astype(np.int64), axis=-1)
-  want = np.take_along_axis(want, np.asarray(counts)[..., None] - 1, -1)[..., 0]
-  for count_ge in (topk._count_ge_broadcast, topk._count_ge_siblings):
-    got = topk._kth_largest_with(keys, counts, count_ge)
-    np.testing.assert_array_equal(np.asarray(got).astype(np.int64), want,
-                                  err_msg=count_ge.__name__)
+  rng, seed = ktu.fresh_rng()
+  with ktu.reports_seed(seed):
+    keys = rng.integers(0, 2**32, (3, 5, 257), dtype=np.uint64)
+    keys[0] = rng.integers(0, 4, (5, 257))  # mostly ties
+    keys[1, :, :9] = 2**32 - 1  # forced (+inf-like) entries
+    keys = jnp.asarray(keys.astype(np.uint32))
+    counts = jnp.asarray(rng.integers(1, 258, (3, 5)), jnp.int32)
+    want = -np.sort(-np.asarray(keys).astype(np.int64), axis=-1)
+    want = np.take_along_axis(want, np.asarray(counts)[..., None] - 1,
+                              -1)[..., 0]
+    for count_ge in (topk._count_ge_broadcast, topk._count_ge_siblings):
+      got = topk._kth_largest_with(keys, counts, count_ge)
+      np.testing.assert_array_equal(np.asarray(got).astype(np.int64), want,
+                                    err_msg=count_ge.__name__)
 
 
 def test_radix_select_chunked_counts_agree_with_a_sort():
   """The sibling counts split long rows into chunks (padded with 0 keys):
   the same k-th largest as a sort, also when a row is not a multiple of the
   chunk."""
-  rng = np.random.default_rng()
-  s = 2 * topk._COUNT_CHUNK + 333
-  keys = rng.integers(0, 2**32, (2, s), dtype=np.uint64).astype(np.uint32)
-  keys[1] = rng.integers(0, 3, s)  # ties and zero keys
-  counts = rng.integers(1, s + 1, 2).astype(np.int32)
-  got = topk._kth_largest_with(jnp.asarray(keys), jnp.asarray(counts),
-                                   topk._count_ge_siblings)
-  want = -np.sort(-keys.astype(np.int64), axis=-1)
-  want = np.take_along_axis(want, counts[:, None] - 1, -1)[:, 0]
-  np.testing.assert_array_equal(np.asarray(got).astype(np.int64), want)
+  rng, seed = ktu.fresh_rng()
+  with ktu.reports_seed(seed):
+    s = 2 * topk._COUNT_CHUNK + 333
+    keys = rng.integers(0, 2**32, (2, s), dtype=np.uint64).astype(np.uint32)
+    keys[1] = rng.integers(0, 3, s)  # ties and zero keys
+    counts = rng.integers(1, s + 1, 2).astype(np.int32)
+    got = topk._kth_largest_with(jnp.asarray(keys), jnp.asarray(counts),
+                                     topk._count_ge_siblings)
+    want = -np.sort(-keys.astype(np.int64), axis=-1)
+    want = np.take_along_axis(want, counts[:, None] - 1, -1)[:, 0]
+    np.testing.assert_array_equal(np.asarray(got).astype(np.int64), want)
 
 
 def _top_k_reference(scores, counts, k_max, descending):
@@ -65,19 +69,20 @@ def test_top_sorted_positions_is_lax_top_k(s, k_max, kind):
   """Exactly lax.top_k's set with ties to the lower position, on both
   paths (through block maxima and direct), per-row counts including 0 and
   k_max, heavy ties and forced +inf entries."""
-  rng = np.random.default_rng()
-  x = rng.standard_normal((2, 3, s)).astype(np.float32)
-  if kind == "ties":
-    x = np.round(x * 2) / 2  # few distinct values
-  elif kind == "sparse":
-    x = np.where(rng.random(x.shape) < 0.01, x, 0.0).astype(np.float32)
-  x[..., rng.integers(0, s, 7)] = np.inf
-  counts = rng.integers(0, k_max + 1, 3).astype(np.int32)
-  counts[:2] = (0, k_max)
-  for descending in (False, True):
-    got = topk.top_sorted_positions(jnp.asarray(x), jnp.asarray(counts),
-                                        k_max, descending)
-    want = _top_k_reference(x, counts, k_max, descending)
-    np.testing.assert_array_equal(
-        np.asarray(got), want,
-        err_msg=f"{kind} desc={descending} counts={counts}")
+  rng, seed = ktu.fresh_rng()
+  with ktu.reports_seed(seed):
+    x = rng.standard_normal((2, 3, s)).astype(np.float32)
+    if kind == "ties":
+      x = np.round(x * 2) / 2  # few distinct values
+    elif kind == "sparse":
+      x = np.where(rng.random(x.shape) < 0.01, x, 0.0).astype(np.float32)
+    x[..., rng.integers(0, s, 7)] = np.inf
+    counts = rng.integers(0, k_max + 1, 3).astype(np.int32)
+    counts[:2] = (0, k_max)
+    for descending in (False, True):
+      got = topk.top_sorted_positions(jnp.asarray(x), jnp.asarray(counts),
+                                          k_max, descending)
+      want = _top_k_reference(x, counts, k_max, descending)
+      np.testing.assert_array_equal(
+          np.asarray(got), want,
+          err_msg=f"{kind} desc={descending} counts={counts}")

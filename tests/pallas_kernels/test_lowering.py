@@ -163,7 +163,8 @@ def test_one_million_tokens_32_heads_use_64_bit_offsets():
 
 @pytest.mark.parametrize("device_kind", ["NVIDIA A100", "NVIDIA H200"])
 @pytest.mark.parametrize("t,n,kv,d,last_q,block_k", [
-    (1000, 4, 2, 128, 64, 64), (333, 6, 2, 96, 50, 128), (200, 2, 1, 64, 16, 16),
+    (1000, 4, 2, 128, 64, 64), (333, 6, 2, 96, 50, 128),
+    (200, 2, 1, 64, 16, 16),
 ])
 @pytest.mark.parametrize("scratch", ["skewed_store", "probs", "logits"])
 def test_vs_estimate_lowers_for_gpu(device_kind, t, n, kv, d, last_q,
