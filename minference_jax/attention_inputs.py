@@ -116,6 +116,7 @@ def check_per_kind(implementation) -> None:
 
 
 def _kind(key) -> PatternKind:
+  """A PatternKind or its value -> the PatternKind; ValueError if unknown."""
   try:
     return PatternKind(key)
   except ValueError:
@@ -125,6 +126,7 @@ def _kind(key) -> PatternKind:
 
 
 def _names(value, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
+  """A name or a non-empty sequence of names from `allowed` -> a tuple."""
   names = (value,) if isinstance(value, str) else (
       tuple(value) if isinstance(value, Sequence) else None)
   if not names or not all(isinstance(n, str) and n in allowed
@@ -138,7 +140,15 @@ def _names(value, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
 
 def parse_implementation(implementation) -> tuple[PerKind, DenseImpl | None]:
   """make_attention's `implementation` -> (per sparse kind orders, the
-  dense attention's implementation or None)."""
+  dense attention's implementation or None).
+
+  A name or a sequence of names applies to every sparse kind; a mapping
+  gives them per kind (PatternKind or its value), the kind "dense" one of
+  DENSE_IMPLEMENTATIONS.
+
+  Raises:
+    ValueError: on an unknown kind or name, or an empty sequence.
+  """
   if implementation is None:
     return (), None
   if not isinstance(implementation, Mapping):
@@ -161,6 +171,12 @@ def parse_implementation(implementation) -> tuple[PerKind, DenseImpl | None]:
 
 
 def parse_thresholds(dense_threshold) -> Thresholds | None:
+  """make_attention's `dense_threshold` (None, an int, or a mapping pattern
+  kind -> int) -> None, an int or ((PatternKind, int), ...) sorted by kind.
+
+  Raises:
+    ValueError: on an unknown kind or a negative or non-int value.
+  """
   if dense_threshold is not None and not is_static_int(dense_threshold):
     if not isinstance(dense_threshold, Mapping):
       raise ValueError(

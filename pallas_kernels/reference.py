@@ -7,6 +7,7 @@ masks are dense [B, N, T, S] booleans: test-sized inputs, or a sample of
 query rows (`rows=`) for long sequences.
 """
 
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -41,27 +42,20 @@ def causal_mask(t: int, s: int, q_offset: int = 0, *,
   return cols <= r
 
 
-def _block_rows(t: int, bs: int, rows: Rows) -> tuple[np.ndarray, np.ndarray]:
-  """The row blocks holding `rows` (ascending, distinct) and, per row, the
-  index of its block among them."""
-  blocks, inverse = np.unique(_rows(t, rows) // bs, return_inverse=True)
-  return blocks, inverse
+def _block_rows(t: int, bs: int, rows: Rows):
+  """(rows, the distinct row blocks holding them, per row the index of its
+  block among those) as int32 arrays."""
+  r = _rows(t, rows)
+  blocks, inverse = np.unique(r // bs, return_inverse=True)
+  return tuple(jnp.asarray(x, jnp.int32) for x in (r, blocks, inverse))
 
 
-def vertical_slash_mask(
-    layout: VerticalSlashLayout, t: int, s: int, *, rows: Rows = None
-) -> Bool[Array, "B N T S"]:
-  """The exact key set a Vertical-Slash kernel computes (windows + columns).
-
-  Row r of row block m reads the keys j <= r inside a window
-  [o, o + bs) of `block_offset[..., m, :block_count]` or among the columns
-  `column_index[..., m, :column_count]`. Returns [B, N, T, S], or
-  [B, N, R, S] for the query rows `rows`.
-  """
+@functools.partial(jax.jit, static_argnames=("s",))
+def _vertical_slash_rows(layout: VerticalSlashLayout, rows, blocks, inverse,
+                         *, s: int):
   bs = layout.block_size
   nb = layout.block_offset.shape[-1]
   nv = layout.column_index.shape[-1]
-  blocks, inverse = _block_rows(t, bs, rows)
 
   def per_row_block(count, offsets, col_count, col_index):
     # count: [], offsets: [NS], col_count: [], col_index: [NV] -> [S]
@@ -76,17 +70,31 @@ def vertical_slash_mask(
     ].set(True, mode="drop")
     return window_cover | column_cover
 
-  m = jnp.asarray(blocks)
   cover = jax.vmap(jax.vmap(jax.vmap(per_row_block)))(
-      layout.block_count[:, :, m],
-      layout.block_offset[:, :, m],
-      layout.column_count[:, :, m],
-      layout.column_index[:, :, m],
+      layout.block_count[:, :, blocks],
+      layout.block_offset[:, :, blocks],
+      layout.column_count[:, :, blocks],
+      layout.column_index[:, :, blocks],
   )  # [B, N, Rb, S]
-  keys = cover[:, :, jnp.asarray(inverse), :]  # [B, N, R, S]
-  return keys & causal_mask(t, s, rows=rows)[None, None]
+  causal = jnp.arange(s)[None, :] <= rows[:, None]  # [R, S]
+  return cover[:, :, inverse, :] & causal[None, None]  # [B, N, R, S]
 
 
+def vertical_slash_mask(
+    layout: VerticalSlashLayout, t: int, s: int, *, rows: Rows = None
+) -> Bool[Array, "B N T S"]:
+  """The exact key set a Vertical-Slash kernel computes (windows + columns).
+
+  Row r of row block m reads the keys j <= r inside a window
+  [o, o + bs) of `block_offset[..., m, :block_count]` or among the columns
+  `column_index[..., m, :column_count]`. Returns [B, N, T, S], or
+  [B, N, R, S] for the query rows `rows`.
+  """
+  return _vertical_slash_rows(layout, *_block_rows(t, layout.block_size,
+                                                   rows), s=s)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
 def vertical_slash_chain_mask(
     layout: VerticalSlashChainLayout, t: int, s: int
 ) -> Bool[Array, "B N T S"]:
@@ -132,6 +140,29 @@ def vertical_slash_chain_mask(
   return rows & causal_mask(t, s)[None, None]
 
 
+@functools.partial(jax.jit, static_argnames=("s",))
+def _block_sparse_rows(layout: BlockSparseLayout, rows, blocks, inverse, *,
+                       s: int):
+  bs = layout.block_size
+  kb = layout.block_index.shape[-1]
+  sb = -(-s // bs)
+
+  def per_row_block(count, index):
+    valid = jnp.arange(kb) < count
+    chosen = jnp.zeros((sb,), bool).at[jnp.where(valid, index, sb)].set(
+        True, mode="drop"
+    )
+    return chosen  # [Sb]
+
+  chosen = jax.vmap(jax.vmap(jax.vmap(per_row_block)))(
+      layout.block_count[:, :, blocks], layout.block_index[:, :, blocks]
+  )  # [B, N, Rb, Sb]
+  col_block = jnp.arange(s) // bs
+  mask = chosen[:, :, inverse][:, :, :, col_block]  # [B, N, R, S]
+  causal = jnp.arange(s)[None, :] <= rows[:, None]  # [R, S]
+  return mask & causal[None, None]
+
+
 def block_sparse_mask(
     layout: BlockSparseLayout, t: int, s: int, *, rows: Rows = None
 ) -> Bool[Array, "B N T S"]:
@@ -141,25 +172,8 @@ def block_sparse_mask(
   `block_index[..., m, :block_count]`. Returns [B, N, T, S], or
   [B, N, R, S] for the query rows `rows`.
   """
-  bs = layout.block_size
-  kb = layout.block_index.shape[-1]
-  sb = -(-s // bs)
-  blocks, inverse = _block_rows(t, bs, rows)
-
-  def per_row_block(count, index):
-    valid = jnp.arange(kb) < count
-    chosen = jnp.zeros((sb,), bool).at[jnp.where(valid, index, sb)].set(
-        True, mode="drop"
-    )
-    return chosen  # [Sb]
-
-  m = jnp.asarray(blocks)
-  chosen = jax.vmap(jax.vmap(jax.vmap(per_row_block)))(
-      layout.block_count[:, :, m], layout.block_index[:, :, m]
-  )  # [B, N, Rb, Sb]
-  col_block = jnp.arange(s) // bs
-  mask = chosen[:, :, jnp.asarray(inverse)][:, :, :, col_block]  # [B,N,R,S]
-  return mask & causal_mask(t, s, rows=rows)[None, None]
+  return _block_sparse_rows(layout, *_block_rows(t, layout.block_size, rows),
+                            s=s)
 
 
 def a_shape_mask(layout: AShapeLayout, t: int, s: int, *,
