@@ -4,7 +4,8 @@ cases.
 
 `make test` runs on CPU (JAX_PLATFORMS=cpu; tests marked `gpu` are skipped).
 `make gpu-test` (`pytest -m gpu`) runs only the `gpu` tests, on the machine's
-GPU: then JAX's platform is left alone, and they skip if no GPU is found.
+GPU: then JAX's platform is left alone, only files that mark tests `gpu` are
+imported, and the tests skip if no GPU is found.
 """
 
 import os
@@ -42,6 +43,17 @@ def pytest_configure(config):
   # then never runs (a hang, seen in CI-sized runs; with one core even two
   # threads hang). XLA sizes that pool from PJRT_NPROC when it is set.
   os.environ.setdefault("PJRT_NPROC", "8")
+
+
+def pytest_ignore_collect(collection_path, config):
+  """In a GPU run, skips test files without `gpu` tests unimported: the GPU
+  machine need not have every CPU test's dependencies (tokenizers,
+  safetensors, ...)."""
+  if (_gpu_run(config) and collection_path.suffix == ".py"
+      and collection_path.name.startswith("test_")
+      and "mark.gpu" not in collection_path.read_text()):
+    return True
+  return None
 
 
 def pytest_collection_modifyitems(config, items):
