@@ -3,9 +3,9 @@
 MInference ranks a head's vertical lines (key columns) and slash lines
 (diagonals) by the softmax of its last L queries against all keys: column
 sums and diagonal sums of P = softmax(q[T - L:] k^T / sqrt(D)) [L, S]. The
-XLA form (`minference_jax.index_vs_estimate`) writes the [N, L, S] logits and reads
-them three times (row stats, column sums, diagonal sums); at 1M tokens that
-is most of the estimate. Here two launches read only K, twice:
+XLA form (`minference_jax.index_vs_estimate`) writes the [N, L, S] logits
+and reads them three times (row stats, column sums, diagonal sums); at 1M
+tokens that is most of the estimate. Here two launches read only K, twice:
 
 1. Row stats: per key chunk, the running max m and sum z of exp(logits - m)
    of every (head, row); the chunks are merged in XLA (a few MB).
@@ -487,8 +487,8 @@ def vs_line_scores(
   With P = softmax_f32(round(q[T - L:] k^T / sqrt(D))) [L, S] per query
   head (causal on the L x L corner, logits rounded to the input dtype):
   vertical[j] = sum_i P[i, j] and slash[o] = sum_i P[i, T - L + i - o].
-  The same numbers as `minference_jax.index_vs`'s XLA scores up to f32
-  summation order; K is read twice and the logits are never stored.
+  The same numbers as `minference_jax.index_vs_estimate`'s XLA scores up to
+  f32 summation order; K is read twice and the logits are never stored.
 
   Args:
     q: [B, T, N, D] queries (float32, bfloat16 or float16).
