@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv lint clean
+.PHONY: demo test gpu-test venv lint clean
 
 venv: $(STAMP)
 
@@ -26,6 +26,15 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q tests
+
+# On a GPU machine (no venv needed: python3 with the pinned jax, pytest,
+# hypothesis, jaxtyping, beartype, chex, flax, pyyaml, gguf): the tests
+# marked `gpu` (tests/pallas_kernels/test_gpu.py), natively on the GPU.
+# GPU_TEST_ARGS selects a part, e.g. GPU_TEST_ARGS="-k one_million".
+GPU_TEST_ARGS ?=
+gpu-test:
+	PYTHONPATH=. python3 -m pytest -m gpu -q -p no:cacheprovider \
+	  --durations=15 tests $(GPU_TEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis outputs

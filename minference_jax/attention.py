@@ -1,32 +1,47 @@
 """The attention seam: a factory of AttentionFn objects, dense or MInference."""
 
 import dataclasses
-from collections.abc import Mapping
-from typing import Any, Callable, Literal
+from collections.abc import Mapping, Sequence
+from typing import Callable, Literal
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Float
 
-from minference_jax.pattern_config import PatternConfig
-from minference_jax.patterns import (
-    PATTERN_TYPES,
-    AShape,
-    BlockSparse,
-    Dense,
-    Pattern,
-    PatternKind,
-    VerticalSlash,
+from minference_jax.attention_inputs import (
+    DENSE_IMPLEMENTATIONS,
+    DenseImpl,
+    PerKind,
+    Thresholds,
+    check_inputs,
+    check_per_kind,
+    check_thresholds,
+    is_prefill,
+    is_static_int,
+    parse_implementation,
+    parse_thresholds,
 )
+from minference_jax.head_groups import HeadGroup, group_heads
+from minference_jax.index import (
+    a_shape_layout,
+    block_sparse_indices,
+    vertical_slash_chain_layout,
+    vertical_slash_indices,
+    vertical_slash_layout,
+)
+from minference_jax.pattern_config import PatternConfig
+from minference_jax.patterns import PATTERN_TYPES, Pattern, PatternKind
 from minference_jax.types import AttentionFn
+from pallas_kernels import a_shape, dispatch
+from pallas_kernels.a_shape import a_shape_attention
+from pallas_kernels.block_sparse import block_sparse_attention
+from pallas_kernels.flash import flash_attention
+from pallas_kernels.vertical_slash import vertical_slash_attention
 
-# Below these many tokens, backend="auto" runs a pattern kind's heads dense.
-# Measured on an H200 (experiments/results/kernel_crossover_h200.json, bf16,
-# N=32, K=8, D=128, MInference default budgets): index build + kernel beats
-# cuDNN dense from 16K (A-shape), 32K (Block-Sparse) and 128K
-# (Vertical-Slash, the pattern of almost every published head), so "auto" is
-# never slower than dense for any kind.
+# Below these many tokens, backend="auto" runs a pattern kind's heads dense:
+# from these lengths index build + kernel beat cuDNN dense on an H200 (bf16,
+# N=32, K=8, D=128, MInference default budgets; docs/kernels.md, "Dense-
+# fallback crossover"), so "auto" is never slower than dense for any kind.
 DEFAULT_DENSE_THRESHOLDS = (
     (PatternKind.A_SHAPE, 16384),
     (PatternKind.BLOCK_SPARSE, 32768),
@@ -34,121 +49,30 @@ DEFAULT_DENSE_THRESHOLDS = (
 )
 # The largest of them: one threshold that is safe for every kind.
 DEFAULT_DENSE_THRESHOLD = max(v for _, v in DEFAULT_DENSE_THRESHOLDS)
-Thresholds = int | tuple[tuple[PatternKind, int], ...]
-
-DenseImpl = Literal["auto", "cudnn", "xla", "pallas"]
 SparseBackend = Literal["xla", "pallas"]
+_OPS = {
+    PatternKind.A_SHAPE: a_shape_attention,
+    PatternKind.VERTICAL_SLASH: vertical_slash_attention,
+    PatternKind.BLOCK_SPARSE: block_sparse_attention,
+}
+_KERNEL_SCOPES = {
+    PatternKind.A_SHAPE: "minf_a_shape",
+    PatternKind.VERTICAL_SLASH: "minf_vertical_slash",
+    PatternKind.BLOCK_SPARSE: "minf_block_sparse",
+}
 
 
-# ------------------------------------------------------------- validation
-def _is_static_int(x: Any) -> bool:
-  return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-
-
-def _check_thresholds(threshold) -> None:
-  """An int >= 0 or ((PatternKind, int >= 0), ...); raises ValueError."""
-  values = (
-      [threshold] if _is_static_int(threshold)
-      else [v for _, v in threshold] if isinstance(threshold, tuple)
-      and all(isinstance(p, tuple) and len(p) == 2
-              and isinstance(p[0], PatternKind) for p in threshold)
-      else None
-  )
-  if values is None or not all(_is_static_int(v) and v >= 0 for v in values):
-    raise ValueError(
-        "dense_threshold must be an int >= 0 or per-kind ints >= 0, got"
-        f" {threshold!r}"
-    )
-
-
-def _check_inputs(q, k, v, layer_idx, q_offset) -> None:
-  """Validates the AttentionFn arguments (shapes, dtypes, static ints)."""
-  for name, x in (("q", q), ("k", k), ("v", v)):
-    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-      raise TypeError(f"{name} must be an array, got {type(x).__name__}")
-  if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
-    raise ValueError(
-        "q must be [B, T, N, D] and k, v [B, S, K, D]; got q"
-        f"{tuple(q.shape)}, k{tuple(k.shape)}, v{tuple(v.shape)}"
-    )
-  if k.shape != v.shape:
-    raise ValueError(
-        f"k{tuple(k.shape)} and v{tuple(v.shape)} must have the same shape"
-    )
-  b, t, n, d = q.shape
-  if k.shape[0] != b:
-    raise ValueError(f"batch differs: q{tuple(q.shape)}, k{tuple(k.shape)}")
-  if k.shape[3] != d:
-    raise ValueError(
-        f"head dim differs: q{tuple(q.shape)}, k{tuple(k.shape)}"
-    )
-  if n % k.shape[2]:
-    raise ValueError(
-        f"query heads N={n} not divisible by KV heads K={k.shape[2]}"
-        f" (q{tuple(q.shape)}, k{tuple(k.shape)})"
-    )
-  if not jnp.issubdtype(q.dtype, jnp.floating):
-    raise TypeError(f"q must be floating point, got {q.dtype}")
-  if not q.dtype == k.dtype == v.dtype:
-    raise TypeError(
-        f"q, k, v dtypes must agree, got {q.dtype}, {k.dtype}, {v.dtype}"
-    )
-  if not _is_static_int(layer_idx) or layer_idx < 0:
-    raise TypeError(
-        f"layer_idx must be a static int >= 0, got {layer_idx!r}"
-    )
-  if not _is_static_int(q_offset) or q_offset < 0:
-    raise TypeError(f"q_offset must be a static int >= 0, got {q_offset!r}")
-  if q_offset + t > k.shape[1]:
-    raise ValueError(
-        f"q_offset={q_offset} + T={t} exceeds the S={k.shape[1]} keys"
-        f" (q{tuple(q.shape)}, k{tuple(k.shape)})"
-    )
-
-
-def _is_prefill(q, k, q_offset: int) -> bool:
-  return q.shape[1] == k.shape[1] and q_offset == 0
-
-
-# ------------------------------------------------------------------ dense
-def _gpu_major() -> int | None:
-  """Compute-capability major of the default GPU (None off GPU)."""
-  if jax.default_backend() != "gpu":
-    return None
-  try:
-    return int(str(jax.devices()[0].compute_capability).split(".")[0])
-  except (AttributeError, ValueError):
-    return 8
-
-
-def _cudnn_supported(q) -> bool:
-  """cuDNN flash attention constraints (fp16/bf16, D % 8, D <= 128/256)."""
-  major = _gpu_major()
-  if major is None or q.dtype not in (jnp.bfloat16, jnp.float16):
-    return False
-  d = q.shape[-1]
-  return d % 8 == 0 and d <= (256 if major >= 9 else 128)
-
-
-def _mosaic_gpu_supported(q) -> bool:
-  """The Mosaic GPU sparse kernels' constraints: a Hopper GPU (wgmma/TMA,
-  sm_90), fp16/bf16, D in {64, 128, 256}, T a multiple of 64."""
-  from pallas_kernels import mosaic_gpu_core
-
-  return _gpu_major() == 9 and mosaic_gpu_core.takes(q)
-
-
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class DenseAttention:
-  """Causal dense attention (GQA without repeating K/V).
+  """Causal dense attention (GQA without repeating K/V), through the
+  `pallas_kernels.flash` op.
 
   Attributes:
-    implementation: "cudnn" (`jax.nn.dot_product_attention`, GPU, fp16/bf16,
-      full prefill only), "pallas" (`pallas_kernels.flash_attention`, full
-      prefill only), "xla" (`sparse_xla.dense_attention_xla`, chunked, any
-      device, also decode/chunked steps) or "auto" (cuDNN where supported,
-      else XLA). Cases an implementation cannot serve (decode steps,
-      unsupported dtype or head dim) run the XLA path.
+    implementation: "auto" or "cudnn" (cuDNN where it takes the inputs: a
+      GPU, fp16/bf16, full prefill; else XLA), "pallas_triton" (the
+      Pallas-Triton flash kernel for full prefills, else XLA) or "xla" (the
+      chunked XLA path, any device). Decode and chunked steps always run
+      XLA.
     interpret: run Pallas kernels in interpret mode (CPU tests).
   """
 
@@ -156,11 +80,19 @@ class DenseAttention:
   interpret: bool = False
 
   def __post_init__(self):
-    if self.implementation not in ("auto", "cudnn", "xla", "pallas"):
+    if self.implementation not in DENSE_IMPLEMENTATIONS:
       raise ValueError(
-          "implementation must be 'auto', 'cudnn', 'xla' or 'pallas', got"
+          f"implementation must be one of {DENSE_IMPLEMENTATIONS}, got"
           f" {self.implementation!r}"
       )
+
+  def implementation_order(self) -> tuple[str, ...]:
+    """The `flash_attention` implementations tried, in order."""
+    if self.implementation in ("auto", "cudnn"):
+      return (dispatch.CUDNN, dispatch.XLA)
+    if self.implementation == "pallas_triton":
+      return (dispatch.PALLAS_TRITON, dispatch.XLA)
+    return (dispatch.XLA,)
 
   def __call__(
       self,
@@ -186,138 +118,69 @@ class DenseAttention:
     Raises:
       ValueError, TypeError: on inconsistent shapes, dtypes or indices.
     """
-    _check_inputs(q, k, v, layer_idx, q_offset)
+    check_inputs(q, k, v, layer_idx, q_offset)
     return self.attend(q, k, v, q_offset=q_offset)
 
   def attend(self, q, k, v, *, q_offset: int = 0) -> jax.Array:
     """Like __call__ without validation (for callers that validated)."""
-    impl = self.implementation
     with jax.named_scope("minf_dense"):
-      if _is_prefill(q, k, q_offset):
-        if impl in ("auto", "cudnn") and _cudnn_supported(q):
-          return jax.nn.dot_product_attention(
-              q, k, v, is_causal=True, implementation="cudnn"
-          )
-        if impl == "pallas":
-          from pallas_kernels import flash_attention
-
-          try:
-            return flash_attention(q, k, v, interpret=self.interpret)
-          except NotImplementedError:
-            pass  # e.g. an unsupported head dim: the XLA path below
-      from minference_jax.sparse_xla import dense_attention_xla
-
-      return dense_attention_xla(q, k, v, q_offset=q_offset)
+      return flash_attention(
+          q, k, v, q_offset=q_offset,
+          implementation=self.implementation_order(),
+          interpret=self.interpret,
+      )
 
 
-# ------------------------------------------------------- MInference layers
-@dataclasses.dataclass(frozen=True)
-class _Group:
-  """Heads of one layer that share one index build and one kernel launch.
-
-  `active[n]` says whether head n belongs to the group; `patterns` holds the
-  layer's patterns (only those of active heads are read).
-  """
-
-  kind: PatternKind
-  active: tuple[bool, ...]
-  patterns: tuple[Pattern, ...]
-
-  def values(self, field: str) -> tuple[int, ...]:
-    """Per-head value of a pattern field; 0 for heads outside the group."""
-    return tuple(
-        getattr(p, field) if on else 0
-        for p, on in zip(self.patterns, self.active)
-    )
-
-
-def _group_heads(
-    patterns: tuple[Pattern, ...], fold_dense_len: int | None = None
-) -> list[_Group]:
-  """Splits a layer's heads into launch groups, in PatternKind order.
-
-  One group per kind; Vertical-Slash heads are split further by `last_q`
-  and Block-Sparse heads by `top_k` (these are static scalars of the index
-  builders), which in practice still gives <= 3 sparse groups. With
-  `fold_dense_len = T`, Dense heads become AShape(0, T) heads (exactly
-  causal dense attention) and share the A-shape launch, where the other
-  heads cost nothing.
-  """
-  if fold_dense_len is not None:
-    patterns = tuple(
-        AShape(n_init=0, n_local=fold_dense_len) if isinstance(p, Dense)
-        else p
-        for p in patterns
-    )
-
-  def key(p: Pattern):
-    if isinstance(p, VerticalSlash):
-      return p.last_q
-    if isinstance(p, BlockSparse):
-      return p.top_k
-    return 0
-
-  order = {kind: i for i, kind in enumerate(PatternKind)}
-  keys = sorted({(order[p.kind], key(p)) for p in patterns})
-  kinds = list(PatternKind)
-  groups = []
-  for kind_pos, param in keys:
-    active = tuple(
-        order[p.kind] == kind_pos and key(p) == param for p in patterns
-    )
-    groups.append(_Group(kinds[kind_pos], active, patterns))
-  return groups
-
-
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class MInferenceAttention:
   """Per-layer, per-head MInference sparse prefill attention.
 
-  For a full prefill (T == S, q_offset == 0) of at least `dense_threshold`
-  tokens, the layer's heads are grouped by pattern kind (a Python loop over
-  at most a few groups, never over heads); each group builds its index
-  structure for ALL heads with the other heads inactive, runs its sparse
-  path, and the group outputs are merged with a per-head select. Dense heads
-  run `dense` attention (the "xla" backend) or join the Pallas A-shape launch
-  as AShape(0, T) heads, which is exactly causal dense attention ("pallas").
+  MInference (Jiang et al., 2024): for a full prefill (T == S, q_offset
+  == 0) of at least `dense_threshold` tokens, the layer's heads are grouped
+  by pattern kind (a Python loop over at most a few groups, never over
+  heads); each group builds its index structure for ALL heads with the
+  other heads inactive and calls its op (`pallas_kernels.<op>`) with the
+  kind's implementation order, and the group outputs are merged with a
+  per-head select. Dense heads run `dense` attention, or join the A-shape
+  launch as AShape(0, T) heads (exactly causal dense attention) when the
+  A-shape implementations are Pallas kernels, which skip inactive heads.
   Decode and chunked steps (T != S or q_offset != 0) and all-dense layers
-  always run `dense`. A sparse path that raises
-  NotImplementedError (e.g. an unsupported head dim) falls back to dense.
+  always run `dense`. A kind whose implementations raise
+  NotImplementedError (none of them supports the inputs here) runs dense.
 
   Attributes:
     pattern_config: a PatternConfig, or one Pattern used for every head of
       every layer.
-    backend: "xla" (`minference_jax.sparse_xla`) or "pallas"
-      (`pallas_kernels`) sparse paths.
+    backend: the family of the default implementations: "xla" (the
+      plain-JAX implementations, any device) or "pallas" (Mosaic GPU where
+      it takes the inputs, then Pallas-Triton; Pallas-Triton only in
+      interpret mode). See `implementation_order`.
+    implementation: per sparse kind, the implementations tried in order,
+      overriding the backend's: ((PatternKind, (name, ...)), ...) with
+      names "pallas_mosaic_gpu", "pallas_triton", "xla".
+    vs_layout: the Vertical-Slash layout, "expanded"
+      (`vertical_slash_layout`, [B, N, Tb, NS] int32, the faster kernels)
+      or "chain" (`vertical_slash_chain_layout`, O(T) per head; only
+      Pallas-Triton walks it, so Vertical-Slash heads then run Pallas-
+      Triton; docs/kernels.md compares the two). An XLA Vertical-Slash
+      order always uses the expanded layout. Without "xla" in the
+      Vertical-Slash order, the estimate's scores come from the fused
+      Pallas kernel and the chain layout from its Pallas builder.
     dense_threshold: full prefills shorter than this many tokens run dense;
       an int for every kind, or ((PatternKind, int), ...) per kind (kinds
       not listed: 0).
     interpret: run Pallas kernels in interpret mode (CPU tests).
     dense: the dense attention used for dense heads, short inputs and
       decode steps.
-    kernels: the "pallas" backend's sparse kernels: "triton" (Pallas-Triton,
-      A100 and newer, any shape), "mosaic_gpu" (Hopper: wgmma + TMA,
-      warp-specialised; bf16/fp16, D in {64, 128, 256}, T % 64 == 0) or
-      "auto" (see `use_mosaic_gpu`: every sparse kind on Hopper, 1.03-1.38x
-      faster than Triton on an H200). The chain VS layout always uses
-      Triton.
-    vs_layout: Vertical-Slash layout for the "pallas" backend: "expanded"
-      (`vertical_slash_layout`, [B, N, Tb, NS] int32, the faster kernel)
-      or "chain" (`vertical_slash_chain_layout`, O(T) per head: about 15 GB
-      less index memory per layer at 1M tokens, a 1.3-1.6x slower kernel on
-      an H200). The "xla" backend always uses the expanded layout.
-      The "pallas" backend also scores the Vertical-Slash estimate with the
-      fused kernel (`vertical_slash_indices(scores="pallas")`) and builds
-      the chain layout with its kernels (`builder="pallas"`).
   """
 
   pattern_config: PatternConfig | Pattern
   backend: SparseBackend = "xla"
+  implementation: PerKind = ()
+  vs_layout: Literal["expanded", "chain"] = "expanded"
   dense_threshold: Thresholds = 0
   interpret: bool = False
   dense: DenseAttention = DenseAttention()
-  vs_layout: Literal["expanded", "chain"] = "expanded"
-  kernels: Literal["auto", "triton", "mosaic_gpu"] = "auto"
 
   def __post_init__(self):
     if not isinstance(self.pattern_config, (PatternConfig, *PATTERN_TYPES)):
@@ -329,42 +192,48 @@ class MInferenceAttention:
       raise ValueError(
           f"backend must be 'xla' or 'pallas', got {self.backend!r}"
       )
-    _check_thresholds(self.dense_threshold)
+    check_per_kind(self.implementation)
+    check_thresholds(self.dense_threshold)
     if not isinstance(self.dense, DenseAttention):
       raise TypeError(f"dense must be a DenseAttention, got {self.dense!r}")
     if self.vs_layout not in ("expanded", "chain"):
       raise ValueError(
           f"vs_layout must be 'expanded' or 'chain', got {self.vs_layout!r}"
       )
-    if self.kernels not in ("auto", "triton", "mosaic_gpu"):
-      raise ValueError(
-          "kernels must be 'auto', 'triton' or 'mosaic_gpu', got"
-          f" {self.kernels!r}"
-      )
 
-  def use_mosaic_gpu(self, q, kind: PatternKind) -> bool:
-    """Whether the "pallas" backend runs q's `kind` heads with the Mosaic
-    GPU kernel: "mosaic_gpu" always (errors on inputs it cannot take),
-    "triton" never, "auto" for every sparse kind on a Hopper GPU for
-    inputs the kernels take (never in interpret mode). On an H200 the
-    Mosaic GPU kernels are faster than the Triton ones at every measured
-    length, 32K-1M (Vertical-Slash by 1.03-1.16x, docs/kernels.md)."""
-    if self.backend != "pallas" or self.kernels == "triton":
-      return False
-    if self.kernels == "mosaic_gpu":
-      return True
-    if kind is PatternKind.VERTICAL_SLASH:
-      from pallas_kernels.vertical_slash.pallas_mosaic_gpu import MAX_T
+  def _given_order(self, kind: PatternKind) -> tuple[str, ...]:
+    given = dict(self.implementation).get(kind)
+    if given is not None:
+      return given
+    if self.backend == "xla":
+      return (dispatch.XLA,)
+    if self.interpret:  # Mosaic GPU interpret mode only when named
+      return (dispatch.PALLAS_TRITON,)
+    return (dispatch.PALLAS_MOSAIC_GPU, dispatch.PALLAS_TRITON)
 
-      if q.shape[1] > MAX_T:  # its tile headers' packing
-        return False
-    return (kind in (PatternKind.A_SHAPE, PatternKind.BLOCK_SPARSE,
-                     PatternKind.VERTICAL_SLASH)
-            and not self.interpret and _mosaic_gpu_supported(q))
+  def uses_chain_layout(self) -> bool:
+    """Whether Vertical-Slash heads get the chain layout."""
+    return (self.vs_layout == "chain"
+            and dispatch.XLA not in self._given_order(
+                PatternKind.VERTICAL_SLASH))
+
+  def implementation_order(self, kind: PatternKind) -> tuple[str, ...]:
+    """The implementations of `kind`'s op tried, in order.
+
+    `implementation`'s entry for the kind, else the backend's: "xla" ->
+    ("xla",); "pallas" -> ("pallas_mosaic_gpu", "pallas_triton"), or
+    ("pallas_triton",) in interpret mode. Mosaic GPU falls through where it
+    does not take the inputs (off Hopper, dtypes other than bf16/fp16, D not
+    in {64, 128, 256}, T not a multiple of 64, Vertical-Slash T above its
+    `MAX_T`). With the chain layout Vertical-Slash runs ("pallas_triton",).
+    """
+    if kind is PatternKind.VERTICAL_SLASH and self.uses_chain_layout():
+      return (dispatch.PALLAS_TRITON,)
+    return self._given_order(kind)
 
   def threshold_for(self, kind: PatternKind) -> int:
     """Full prefills shorter than this run `kind`'s heads dense."""
-    if _is_static_int(self.dense_threshold):
+    if is_static_int(self.dense_threshold):
       return int(self.dense_threshold)
     return dict(self.dense_threshold).get(kind, 0)
 
@@ -417,27 +286,29 @@ class MInferenceAttention:
       ValueError, TypeError: on inconsistent shapes or dtypes, a layer index
         outside the config, or a config whose head count is not N.
     """
-    _check_inputs(q, k, v, layer_idx, q_offset)
+    check_inputs(q, k, v, layer_idx, q_offset)
     patterns = self.layer_patterns(layer_idx, q.shape[2])
     t = q.shape[1]
-    sparse_kinds = {p.kind for p in patterns if not isinstance(p, Dense)}
-    if not _is_prefill(q, k, q_offset) or all(
+    sparse_kinds = {p.kind for p in patterns if p.kind is not
+                    PatternKind.DENSE}
+    if not is_prefill(q, k, q_offset) or all(
         t < self.threshold_for(kind) for kind in sparse_kinds
     ):  # (also true when every head is dense)
       return self.dense.attend(q, k, v, q_offset=q_offset)
     with jax.named_scope(f"minf_layer{layer_idx}"):
       out, dense_out = None, None
       # Pallas kernels skip inactive heads, so dense heads are cheapest as
-      # full-window A-shape heads; the XLA paths compute every head.
-      fold = t if self.backend == "pallas" else None
-      for group in _group_heads(patterns, fold):
+      # full-window A-shape heads; the XLA path computes every head.
+      fold = (None if dispatch.XLA in self.implementation_order(
+          PatternKind.A_SHAPE) else t)
+      for group in group_heads(patterns, fold):
         o = None
         if (group.kind is not PatternKind.DENSE
             and t >= self.threshold_for(group.kind)):
           try:
             o = self._run_sparse(group, q, k, v)
           except NotImplementedError:
-            o = None  # this backend cannot serve it: dense for these heads
+            o = None  # no implementation serves it here: dense heads
         if o is None:
           if dense_out is None:
             dense_out = self.dense.attend(q, k, v)
@@ -449,97 +320,48 @@ class MInferenceAttention:
           out = jnp.where(select, o, out)  # [B, T, N, D]
       return out
 
-  def _run_sparse(self, group: _Group, q, k, v) -> jax.Array:
-    """Index building plus the sparse path for one group (all N heads)."""
-    pallas = self.backend == "pallas"
+  def _layout(self, group: HeadGroup, q, k):
+    """The group's index layout (all N heads, the others inactive) and the
+    op's config."""
     t = q.shape[1]
     if group.kind is PatternKind.A_SHAPE:
-      from minference_jax.index import a_shape_layout
-
       n_init, n_local = group.values("n_init"), group.values("n_local")
-      with jax.named_scope("minf_a_shape"):
-        layout = a_shape_layout(n_init, n_local)
-        if pallas and self.use_mosaic_gpu(q, group.kind):
-          from pallas_kernels.a_shape.pallas_mosaic_gpu import (
-              a_shape_attention_mgpu,
-          )
-
-          return a_shape_attention_mgpu(q, k, v, layout,
-                                        interpret=self.interpret)
-        if pallas:
-          from pallas_kernels import a_shape_attention
-
-          return a_shape_attention(q, k, v, layout, interpret=self.interpret)
-        from minference_jax.sparse_xla import a_shape_attention_xla
-
-        return a_shape_attention_xla(
-            q, k, v, layout,
-            max_init=min(max(n_init), t), max_local=min(max(n_local), t),
-        )
+      config = None
+      if self.implementation_order(group.kind) == (dispatch.XLA,):
+        config = a_shape.xla.Config(max_init=min(max(n_init), t),
+                                    max_local=min(max(n_local), t))
+      return a_shape_layout(n_init, n_local), config
     if group.kind is PatternKind.VERTICAL_SLASH:
-      from minference_jax.index import (
-          vertical_slash_chain_layout,
-          vertical_slash_indices,
-          vertical_slash_layout,
+      pallas = dispatch.XLA not in self.implementation_order(group.kind)
+      indices = vertical_slash_indices(
+          q, k, group.values("n_vertical"), group.values("n_slash"),
+          group.first().last_q, active=group.active,
+          scores="pallas" if pallas else "xla", interpret=self.interpret,
       )
+      if self.uses_chain_layout():
+        return vertical_slash_chain_layout(
+            indices, t, builder="pallas", interpret=self.interpret), None
+      return vertical_slash_layout(indices, t), None
+    pattern = group.first()
+    return block_sparse_indices(q, k, pattern.top_k, pattern.block,
+                                active=group.active), None
 
-      last_q = next(p.last_q for p, on in zip(group.patterns, group.active)
-                    if on)
-      with jax.named_scope("minf_estimate"):
-        indices = vertical_slash_indices(
-            q, k, group.values("n_vertical"), group.values("n_slash"),
-            last_q, active=group.active,
-            scores="pallas" if pallas else "xla", interpret=self.interpret,
-        )
-        chain = pallas and self.vs_layout == "chain"
-        if chain:
-          layout = vertical_slash_chain_layout(
-              indices, t, builder="pallas", interpret=self.interpret)
-        else:
-          layout = vertical_slash_layout(indices, t)
-      with jax.named_scope("minf_vertical_slash"):
-        if pallas and not chain and self.use_mosaic_gpu(q, group.kind):
-          from pallas_kernels.vertical_slash.pallas_mosaic_gpu import (
-              vertical_slash_attention_mgpu,
-          )
+  def _run_sparse(self, group: HeadGroup, q, k, v) -> jax.Array:
+    """Index building plus the group's op (all N heads)."""
+    kind = group.kind
 
-          return vertical_slash_attention_mgpu(q, k, v, layout,
-                                               interpret=self.interpret)
-        if pallas:
-          from pallas_kernels import vertical_slash_attention
+    def run(layout, config):
+      return _OPS[kind](q, k, v, layout,
+                        implementation=self.implementation_order(kind),
+                        config=config, interpret=self.interpret)
 
-          return vertical_slash_attention(
-              q, k, v, layout, interpret=self.interpret
-          )
-        from minference_jax.sparse_xla import vertical_slash_attention_xla
-
-        return vertical_slash_attention_xla(q, k, v, layout)
-    if group.kind is PatternKind.BLOCK_SPARSE:
-      from minference_jax.index import block_sparse_indices
-
-      pattern = next(p for p, on in zip(group.patterns, group.active) if on)
-      with jax.named_scope("minf_estimate"):
-        layout = block_sparse_indices(
-            q, k, pattern.top_k, pattern.block, active=group.active
-        )
-      with jax.named_scope("minf_block_sparse"):
-        if pallas and self.use_mosaic_gpu(q, group.kind):
-          from pallas_kernels.block_sparse.pallas_mosaic_gpu import (
-              block_sparse_attention_mgpu,
-          )
-
-          return block_sparse_attention_mgpu(q, k, v, layout,
-                                             interpret=self.interpret)
-        if pallas:
-          from pallas_kernels import block_sparse_attention
-
-          return block_sparse_attention(
-              q, k, v, layout, interpret=self.interpret
-          )
-        from minference_jax.sparse_xla import block_sparse_attention_xla
-
-        return block_sparse_attention_xla(q, k, v, layout)
-    raise AssertionError(f"no sparse path for {group.kind}")
+    if kind is PatternKind.A_SHAPE:  # no estimate: per-head bounds only
+      with jax.named_scope(_KERNEL_SCOPES[kind]):
+        return run(*self._layout(group, q, k))
+    with jax.named_scope("minf_estimate"):
+      layout, config = self._layout(group, q, k)
+    with jax.named_scope(_KERNEL_SCOPES[kind]):
+      return run(layout, config)
 
 
 # --------------------------------------------------------------- registry
@@ -549,7 +371,8 @@ _BACKENDS: dict[str, Factory] = {}
 
 def register_backend(name: str, factory: Factory) -> None:
   """Registers `factory(pattern_config, *, dense_threshold, interpret,
-  platform) -> AttentionFn` under `name` for `make_attention`.
+  platform, implementation, dense_implementation, vs_layout) ->
+  AttentionFn` under `name` for `make_attention`.
 
   Raises:
     ValueError: if the name is taken or empty.
@@ -564,38 +387,47 @@ def available_backends() -> tuple[str, ...]:
   return tuple(_BACKENDS)
 
 
-def _dense_factory(pattern_config, *, dense_threshold, interpret, platform):
+def _dense_factory(pattern_config, *, dense_threshold, interpret, platform,
+                   implementation, dense_implementation, vs_layout):
   del pattern_config, dense_threshold, platform  # every head dense
-  return DenseAttention("auto", interpret)
+  del implementation, vs_layout
+  return DenseAttention(implementation=dense_implementation or "auto",
+                        interpret=interpret)
 
 
-def _sparse_factory(backend: SparseBackend, dense_impl: DenseImpl):
-  def factory(pattern_config, *, dense_threshold, interpret, platform):
+def _sparse_factory(backend: SparseBackend, dense_default: DenseImpl):
+  def factory(pattern_config, *, dense_threshold, interpret, platform,
+              implementation, dense_implementation, vs_layout):
     del platform
-    dense = DenseAttention(dense_impl, interpret)
+    dense = DenseAttention(
+        implementation=dense_implementation or dense_default,
+        interpret=interpret)
     if pattern_config is None:
       return dense
     return MInferenceAttention(
-        pattern_config, backend, dense_threshold or 0, interpret, dense
+        pattern_config=pattern_config, backend=backend,
+        implementation=implementation, vs_layout=vs_layout,
+        dense_threshold=dense_threshold or 0, interpret=interpret,
+        dense=dense,
     )
 
   return factory
 
 
-def _auto_factory(pattern_config, *, dense_threshold, interpret, platform):
+def _auto_factory(pattern_config, *, dense_threshold, platform, **options):
   backend = "pallas" if platform == "gpu" else "xla"
   threshold = (
       DEFAULT_DENSE_THRESHOLDS if dense_threshold is None else dense_threshold
   )
   return _sparse_factory(backend, "auto")(
-      pattern_config, dense_threshold=threshold, interpret=interpret,
-      platform=platform,
+      pattern_config, dense_threshold=threshold, platform=platform,
+      **options,
   )
 
 
 register_backend("dense", _dense_factory)
 register_backend("xla", _sparse_factory("xla", "xla"))
-register_backend("pallas", _sparse_factory("pallas", "pallas"))
+register_backend("pallas", _sparse_factory("pallas", "pallas_triton"))
 register_backend("auto", _auto_factory)
 
 
@@ -604,6 +436,8 @@ def make_attention(
     backend: str = "auto",
     *,
     dense_threshold: int | Mapping[str | PatternKind, int] | None = None,
+    implementation: str | Sequence[str] | Mapping | None = None,
+    vs_layout: Literal["expanded", "chain"] = "expanded",
     interpret: bool = False,
     platform: str | None = None,
 ) -> AttentionFn:
@@ -612,13 +446,14 @@ def make_attention(
   Backends:
   - "dense": causal dense attention everywhere (cuDNN on GPU where dtype and
     head dim allow, else the chunked XLA path); the config is ignored.
-  - "xla": the sparse XLA paths (any device); dense heads, decode steps and
-    a `None` config use the chunked XLA dense path.
-  - "pallas": the Pallas kernels (`interpret=True` runs them on CPU); dense
-    heads use the Pallas flash kernel.
+  - "xla": the sparse ops' XLA implementations (any device); dense heads,
+    decode steps and a `None` config use the chunked XLA dense path.
+  - "pallas": the Pallas kernels (Mosaic GPU where it takes the inputs,
+    else Pallas-Triton; `interpret=True` runs Pallas-Triton on CPU); dense
+    heads use the Pallas-Triton flash kernel.
   - "auto": "pallas" on GPU and "xla" elsewhere, with cuDNN/XLA dense, and
     dense attention for prefills shorter than `dense_threshold` (default
-    `DEFAULT_DENSE_THRESHOLDS`, per pattern kind, measured on an H200).
+    `DEFAULT_DENSE_THRESHOLDS`, per pattern kind).
 
   Args:
     pattern_config: per-layer, per-head patterns; a single Pattern for every
@@ -628,6 +463,16 @@ def make_attention(
       int, or a mapping from pattern kind ("a_shape", "vertical_slash",
       "block_sparse" or a PatternKind) to int, kinds not given: 0 (for
       "xla"/"pallas" the default is 0: always sparse).
+    implementation: for an ablation, the implementations each sparse kind
+      tries in order instead of the backend's: a name ("pallas_mosaic_gpu",
+      "pallas_triton", "xla") or a sequence of names for every sparse kind,
+      or a mapping from pattern kind to a name or names; the kind "dense"
+      takes a dense implementation ("auto", "cudnn", "pallas_triton",
+      "xla"). A single name runs that implementation or fails; several
+      fall through to the next where one does not take the inputs.
+    vs_layout: the Vertical-Slash layout, "expanded" or "chain" (O(T) index
+      memory per head; its heads then run Pallas-Triton); see
+      `MInferenceAttention`.
     interpret: run Pallas kernels in interpret mode.
     platform: overrides `jax.default_backend()` for "auto" ("gpu", "cpu").
 
@@ -635,7 +480,8 @@ def make_attention(
     A frozen, hashable callable `attn(q, k, v, *, layer_idx, q_offset=0)`.
 
   Raises:
-    ValueError: on an unknown backend or a negative threshold.
+    ValueError: on an unknown backend, kind, implementation or layout, or a
+      negative threshold.
     TypeError: on a pattern_config of the wrong type.
   """
   if backend not in _BACKENDS:
@@ -649,27 +495,17 @@ def make_attention(
         "pattern_config must be a PatternConfig, a Pattern or None, got"
         f" {type(pattern_config).__name__}"
     )
-  if dense_threshold is not None and not _is_static_int(dense_threshold):
-    if not isinstance(dense_threshold, Mapping):
-      raise ValueError(
-          "dense_threshold must be an int >= 0, a mapping kind -> int or"
-          f" None, got {dense_threshold!r}"
-      )
-    try:
-      dense_threshold = tuple(sorted(
-          ((PatternKind(kind), value) for kind, value in
-           dense_threshold.items()), key=lambda kv: kv[0].value,
-      ))
-    except ValueError as e:
-      raise ValueError(
-          f"dense_threshold has an unknown pattern kind: {e}; kinds:"
-          f" {[k.value for k in PatternKind]}"
-      ) from None
-  if dense_threshold is not None:
-    _check_thresholds(dense_threshold)
+  if vs_layout not in ("expanded", "chain"):
+    raise ValueError(
+        f"vs_layout must be 'expanded' or 'chain', got {vs_layout!r}"
+    )
+  per_kind, dense_implementation = parse_implementation(implementation)
   return _BACKENDS[backend](
       pattern_config,
-      dense_threshold=dense_threshold,
+      dense_threshold=parse_thresholds(dense_threshold),
       interpret=bool(interpret),
       platform=platform or jax.default_backend(),
+      implementation=per_kind,
+      dense_implementation=dense_implementation,
+      vs_layout=vs_layout,
   )

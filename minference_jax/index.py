@@ -1,7 +1,9 @@
-"""Online index building for the sparse patterns (MInference 1.0, exact)."""
+"""Online index building for the sparse patterns (MInference 1.0, exact).
 
-# Vertical-Slash lives in `index_vs`, Block-Sparse in `index_bs`; A-shape
-# needs no estimate, only per-head bounds, built here.
+The public facade of the index builders: the Vertical-Slash estimate lives
+in `index_vs_estimate` and its layouts in `index_vs_layout`, Block-Sparse in
+`index_bs`; A-shape needs no estimate, only per-head bounds, built here.
+"""
 
 from collections.abc import Sequence
 
@@ -10,14 +12,16 @@ from beartype import beartype
 from jaxtyping import jaxtyped
 
 from minference_jax.index_bs import block_sparse_indices as block_sparse_indices
-from minference_jax.index_vs import VerticalSlashIndices as VerticalSlashIndices
-from minference_jax.index_vs import (
-    vertical_slash_chain_layout as vertical_slash_chain_layout,
+from minference_jax.index_vs_estimate import (
+    VerticalSlashIndices as VerticalSlashIndices,
 )
-from minference_jax.index_vs import (
+from minference_jax.index_vs_estimate import (
     vertical_slash_indices as vertical_slash_indices,
 )
-from minference_jax.index_vs import (
+from minference_jax.index_vs_layout import (
+    vertical_slash_chain_layout as vertical_slash_chain_layout,
+)
+from minference_jax.index_vs_layout import (
     vertical_slash_layout as vertical_slash_layout,
 )
 from pallas_kernels.layouts import AShapeLayout

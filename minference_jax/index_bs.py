@@ -8,19 +8,18 @@ import jax.numpy as jnp
 from beartype import beartype
 from jaxtyping import Array, Float, jaxtyped
 
-from minference_jax.index_vs import (
+from minference_jax.index_checks import (
     check_prefill_qk,
     per_head_active,
     per_head_ints,
-    top_sorted_positions,
 )
+from minference_jax.topk import top_sorted_positions
 from pallas_kernels.layouts import BLOCK_SIZE, BlockSparseLayout
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 # From this many query blocks (256K tokens at 64) the per-row radix top-k
-# beats lax.top_k on an H200 (N=32, top-100: 96 vs 164 ms at 512K, 366 vs
-# 636 ms at 1M; lax.top_k 1.5 / 9.4 ms vs radix 6.8 / 10.9 ms at 32K / 128K,
-# experiments/results/bench_kernels_h200_bs_radix.json and _k8.json).
+# (`top_sorted_positions`) selects the key blocks, below it lax.top_k: the
+# faster of the two on a GPU at each length (docs/kernels.md).
 RADIX_MIN_BLOCKS = 4096
 
 

@@ -6,15 +6,15 @@ import numpy as np
 from beartype import beartype
 from jaxtyping import Array, Bool, Float, Int, jaxtyped
 
-from minference_jax.sparse_xla import (
-    dense_logsumexp_xla,
-    selected_logsumexp_xla,
-)
+from pallas_kernels.a_shape.xla import a_shape_logsumexp_xla
+from pallas_kernels.block_sparse.xla import block_sparse_logsumexp_xla
+from pallas_kernels.flash.xla import flash_logsumexp_xla
 from pallas_kernels.layouts import (
     AShapeLayout,
     BlockSparseLayout,
     VerticalSlashLayout,
 )
+from pallas_kernels.vertical_slash.xla import vertical_slash_logsumexp_xla
 
 Layout = VerticalSlashLayout | BlockSparseLayout | AShapeLayout
 
@@ -160,14 +160,23 @@ def density(
   return float(density_per_head(layout_or_mask, seq_len).mean())
 
 
+def _selected_logsumexp(q, k, layout: Layout, max_init, max_local):
+  """[B, T, N] f32 log-sum-exp of the scaled logits over the layout's key
+  set (-inf for rows without keys), by the layout's XLA implementation."""
+  if isinstance(layout, AShapeLayout):
+    return a_shape_logsumexp_xla(q, k, layout, max_init=max_init,
+                                 max_local=max_local)
+  if isinstance(layout, VerticalSlashLayout):
+    return vertical_slash_logsumexp_xla(q, k, layout)
+  return block_sparse_logsumexp_xla(q, k, layout)
+
+
 def _row_recall(q, k, layout_or_mask, max_init, max_local, dense_lse):
   """Per-row dense softmax mass on the computed key set: [B, T, N]."""
   if isinstance(layout_or_mask, (VerticalSlashLayout, BlockSparseLayout,
                                  AShapeLayout)):
-    lse_sel = selected_logsumexp_xla(
-        q, k, layout_or_mask, max_init=max_init, max_local=max_local
-    )
-    lse_all = dense_logsumexp_xla(q, k) if dense_lse is None else dense_lse
+    lse_sel = _selected_logsumexp(q, k, layout_or_mask, max_init, max_local)
+    lse_all = flash_logsumexp_xla(q, k) if dense_lse is None else dense_lse
     return jnp.clip(jnp.exp(lse_sel - lse_all), 0.0, 1.0)
   # Mask version: dense [B, N, T, S] probabilities (test-sized inputs only).
   b, t, n, d = q.shape
@@ -207,8 +216,9 @@ def attention_recall_per_head(
     layout_or_mask: sparse layout, or bool mask [B, N, T, S] / [N, T, S].
     max_init: static bound for A-shape layouts under jit.
     max_local: static bound for A-shape layouts under jit.
-    dense_lse: optional precomputed `dense_logsumexp_xla(q, k)` [B, T, N], to
-      share one dense pass between several layouts.
+    dense_lse: optional precomputed dense log-sum-exp [B, T, N]
+      (`pallas_kernels.flash.xla.flash_logsumexp_xla(q, k)`), to share one
+      dense pass between several layouts.
 
   Returns:
     [N] f32: per head, the mean over batch and rows of the recall.

@@ -20,6 +20,7 @@ leaves, the block size is static, so they pass through `jax.jit` and `vmap`.
 import dataclasses
 
 import jax
+import numpy as np
 from jaxtyping import Array, Int
 
 BLOCK_SIZE = 64  # MInference's BLOCK_M = BLOCK_N = 64 (reference kernel).
@@ -65,7 +66,8 @@ class VerticalSlashChainLayout:
 
   `VerticalSlashLayout` stores every row block's windows, [B, N, Tb, NS]
   (12.8 GB at 1M tokens, 32 heads and NS = 6096). MInference's window merge
-  depends only on the head's slash list (see `minference_jax.index_vs`), so
+  depends only on the head's slash list (see
+  `minference_jax.index_vs_layout`), so
   one successor table per head encodes the windows of every row block; the
   kernel follows it from the row block's end. Verticals are kept once per
   head, with their prefix counts.
@@ -148,3 +150,41 @@ class AShapeLayout:
 
   n_init: Int[Array, "N"]
   n_local: Int[Array, "N"]
+
+
+def compact_layout(layout):
+  """Trims padded index arrays to the largest count actually used (host side).
+
+  Gathering implementations (XLA) do work proportional to the padded width
+  (NS, NV, KB), so a benchmark or demo may call this between index building
+  and attention. It reads counts on the host: not for use under jit.
+
+  Args:
+    layout: any sparse layout (an AShapeLayout is returned unchanged).
+
+  Returns:
+    An equivalent layout whose padded widths equal the maximum counts (>= 1).
+
+  Raises:
+    TypeError: if `layout` is not a VerticalSlashLayout, BlockSparseLayout or
+      AShapeLayout.
+  """
+  if isinstance(layout, VerticalSlashLayout):
+    nb = max(1, int(np.max(np.asarray(layout.block_count), initial=0)))
+    nc = max(1, int(np.max(np.asarray(layout.column_count), initial=0)))
+    return VerticalSlashLayout(
+        layout.block_count,
+        layout.block_offset[..., :nb],
+        layout.column_count,
+        layout.column_index[..., :nc],
+        block_size=layout.block_size,
+    )
+  if isinstance(layout, BlockSparseLayout):
+    nb = max(1, int(np.max(np.asarray(layout.block_count), initial=0)))
+    return BlockSparseLayout(
+        layout.block_count, layout.block_index[..., :nb],
+        block_size=layout.block_size,
+    )
+  if isinstance(layout, AShapeLayout):
+    return layout
+  raise TypeError(f"not a layout: {type(layout).__name__}")

@@ -1,12 +1,18 @@
-"""Plain-JAX references: boolean masks from index layouts, dense masked attention.
+"""Plain-JAX references: boolean masks from index layouts, dense masked
+attention.
 
-Used by tests (kernels and the XLA path are checked against
+Used by tests (every implementation is checked against
 `masked_attention_reference(q, k, v, mask_from_layout)`) and by metrics. The
-masks are dense [B, N, T, S] booleans: only for test-sized inputs.
+masks are dense [B, N, T, S] booleans: test-sized inputs, or a sample of
+query rows (`rows=`) for long sequences.
 """
+
+import functools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float
 
 from pallas_kernels.layouts import (
@@ -17,56 +23,78 @@ from pallas_kernels.layouts import (
 )
 
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+# Query rows of a mask: None for all T rows, else a static sequence of rows.
+Rows = Sequence[int] | np.ndarray | None
 
 
-def causal_mask(t: int, s: int, q_offset: int = 0) -> Bool[Array, "T S"]:
-  """Query t (absolute position q_offset + t) may read keys j <= q_offset + t."""
-  rows = jnp.arange(t)[:, None] + q_offset
+def _rows(t: int, rows: Rows) -> np.ndarray:
+  return np.arange(t) if rows is None else np.asarray(rows, np.int64)
+
+
+def causal_mask(t: int, s: int, q_offset: int = 0, *,
+                rows: Rows = None) -> Bool[Array, "T S"]:
+  """Query t (position q_offset + t) may read keys j <= q_offset + t.
+
+  Returns [T, S], or [R, S] for the query rows `rows`.
+  """
+  r = jnp.asarray(_rows(t, rows))[:, None] + q_offset
   cols = jnp.arange(s)[None, :]
-  return cols <= rows
+  return cols <= r
 
 
-def _row_block_of(t: int, block_size: int) -> jax.Array:
-  return jnp.arange(t) // block_size  # [T]
+def _block_rows(t: int, bs: int, rows: Rows):
+  """(rows, the distinct row blocks holding them, per row the index of its
+  block among those) as int32 arrays."""
+  r = _rows(t, rows)
+  blocks, inverse = np.unique(r // bs, return_inverse=True)
+  return tuple(jnp.asarray(x, jnp.int32) for x in (r, blocks, inverse))
 
 
-def vertical_slash_mask(
-    layout: VerticalSlashLayout, t: int, s: int
-) -> Bool[Array, "B N T S"]:
-  """The exact key set a Vertical-Slash kernel computes (windows + columns)."""
+@functools.partial(jax.jit, static_argnames=("s",))
+def _vertical_slash_rows(layout: VerticalSlashLayout, rows, blocks, inverse,
+                         *, s: int):
   bs = layout.block_size
   nb = layout.block_offset.shape[-1]
   nv = layout.column_index.shape[-1]
-  cols = jnp.arange(s)  # [S]
 
   def per_row_block(count, offsets, col_count, col_index):
     # count: [], offsets: [NS], col_count: [], col_index: [NV] -> [S]
     valid_block = jnp.arange(nb) < count  # [NS]
-    in_window = (cols[None, :] >= offsets[:, None]) & (
-        cols[None, :] < offsets[:, None] + bs
-    )  # [NS, S]
-    window_cover = jnp.any(in_window & valid_block[:, None], axis=0)
+    start = jnp.where(valid_block, jnp.clip(offsets, 0, s), s)
+    end = jnp.where(valid_block, jnp.clip(offsets + bs, 0, s), s)
+    edges = jnp.zeros((s + 1,), jnp.int32).at[start].add(1).at[end].add(-1)
+    window_cover = jnp.cumsum(edges)[:s] > 0  # inside some window
     valid_col = jnp.arange(nv) < col_count  # [NV]
     column_cover = jnp.zeros((s,), bool).at[
         jnp.where(valid_col, col_index, s)
     ].set(True, mode="drop")
-    return window_cover, column_cover
+    return window_cover | column_cover
 
-  fn = jax.vmap(jax.vmap(jax.vmap(per_row_block)))
-  window_cover, column_cover = fn(
-      layout.block_count,
-      layout.block_offset,
-      layout.column_count,
-      layout.column_index,
-  )  # [B, N, Tb, S] each
-  row_block = _row_block_of(t, bs)  # [T]
-  windows = window_cover[:, :, row_block, :]  # [B, N, T, S]
-  columns = column_cover[:, :, row_block, :]
-  return (windows & causal_mask(t, s)[None, None]) | (
-      columns & causal_mask(t, s)[None, None]
-  )
+  cover = jax.vmap(jax.vmap(jax.vmap(per_row_block)))(
+      layout.block_count[:, :, blocks],
+      layout.block_offset[:, :, blocks],
+      layout.column_count[:, :, blocks],
+      layout.column_index[:, :, blocks],
+  )  # [B, N, Rb, S]
+  causal = jnp.arange(s)[None, :] <= rows[:, None]  # [R, S]
+  return cover[:, :, inverse, :] & causal[None, None]  # [B, N, R, S]
 
 
+def vertical_slash_mask(
+    layout: VerticalSlashLayout, t: int, s: int, *, rows: Rows = None
+) -> Bool[Array, "B N T S"]:
+  """The exact key set a Vertical-Slash kernel computes (windows + columns).
+
+  Row r of row block m reads the keys j <= r inside a window
+  [o, o + bs) of `block_offset[..., m, :block_count]` or among the columns
+  `column_index[..., m, :column_count]`. Returns [B, N, T, S], or
+  [B, N, R, S] for the query rows `rows`.
+  """
+  return _vertical_slash_rows(layout, *_block_rows(t, layout.block_size,
+                                                   rows), s=s)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
 def vertical_slash_chain_mask(
     layout: VerticalSlashChainLayout, t: int, s: int
 ) -> Bool[Array, "B N T S"]:
@@ -108,14 +136,13 @@ def vertical_slash_chain_mask(
                 in_axes=(0, 0, 0, None))
   cover = fn(layout.window_next, layout.vertical_prefix, layout.vertical,
              jnp.arange(tb))  # [B, N, Tb, S]
-  rows = cover[:, :, _row_block_of(t, bs), :]  # [B, N, T, S]
+  rows = cover[:, :, jnp.arange(t) // bs, :]  # [B, N, T, S]
   return rows & causal_mask(t, s)[None, None]
 
 
-def block_sparse_mask(
-    layout: BlockSparseLayout, t: int, s: int
-) -> Bool[Array, "B N T S"]:
-  """The exact key set a Block-Sparse kernel computes."""
+@functools.partial(jax.jit, static_argnames=("s",))
+def _block_sparse_rows(layout: BlockSparseLayout, rows, blocks, inverse, *,
+                       s: int):
   bs = layout.block_size
   kb = layout.block_index.shape[-1]
   sb = -(-s // bs)
@@ -128,22 +155,39 @@ def block_sparse_mask(
     return chosen  # [Sb]
 
   chosen = jax.vmap(jax.vmap(jax.vmap(per_row_block)))(
-      layout.block_count, layout.block_index
-  )  # [B, N, Tb, Sb]
-  row_block = _row_block_of(t, bs)
+      layout.block_count[:, :, blocks], layout.block_index[:, :, blocks]
+  )  # [B, N, Rb, Sb]
   col_block = jnp.arange(s) // bs
-  mask = chosen[:, :, row_block][:, :, :, col_block]  # [B, N, T, S]
-  return mask & causal_mask(t, s)[None, None]
+  mask = chosen[:, :, inverse][:, :, :, col_block]  # [B, N, R, S]
+  causal = jnp.arange(s)[None, :] <= rows[:, None]  # [R, S]
+  return mask & causal[None, None]
 
 
-def a_shape_mask(layout: AShapeLayout, t: int, s: int) -> Bool[Array, "1 N T S"]:
-  """Sink keys j < n_init plus local window t - j < n_local, causal."""
-  rows = jnp.arange(t)[:, None]
+def block_sparse_mask(
+    layout: BlockSparseLayout, t: int, s: int, *, rows: Rows = None
+) -> Bool[Array, "B N T S"]:
+  """The exact key set a Block-Sparse kernel computes.
+
+  Row r of row block m reads the keys j <= r of the key blocks
+  `block_index[..., m, :block_count]`. Returns [B, N, T, S], or
+  [B, N, R, S] for the query rows `rows`.
+  """
+  return _block_sparse_rows(layout, *_block_rows(t, layout.block_size, rows),
+                            s=s)
+
+
+def a_shape_mask(layout: AShapeLayout, t: int, s: int, *,
+                 rows: Rows = None) -> Bool[Array, "1 N T S"]:
+  """Sink keys j < n_init plus local window t - j < n_local, causal.
+
+  Returns [1, N, T, S], or [1, N, R, S] for the query rows `rows`.
+  """
+  r = jnp.asarray(_rows(t, rows))[:, None]
   cols = jnp.arange(s)[None, :]
   n_init = layout.n_init[:, None, None]
   n_local = layout.n_local[:, None, None]
-  keep = (cols[None] < n_init) | (rows[None] - cols[None] < n_local)
-  return (keep & causal_mask(t, s)[None])[None]
+  keep = (cols[None] < n_init) | (r[None] - cols[None] < n_local)
+  return (keep & causal_mask(t, s, rows=rows)[None])[None]
 
 
 def masked_attention_reference(

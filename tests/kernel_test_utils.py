@@ -1,7 +1,10 @@
 """Random inputs and random valid index layouts for the kernel tests."""
 
-import numpy as np
+import contextlib
+
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from pallas_kernels.layouts import (
     AShapeLayout,
@@ -19,11 +22,15 @@ def fresh_rng() -> tuple[np.random.Generator, int]:
   return np.random.default_rng(seed), seed
 
 
-def random_qkv(rng, b, t, n, kv, d, dtype):
-  """Random q [B, T, N, D], k/v [B, T, K, D] in `dtype` (never zeros)."""
+def random_qkv(rng, b, t, n, kv, d, dtype=jnp.float32, s=None):
+  """Random q [B, T, N, D], k/v [B, S, K, D] in `dtype` (S = T unless
+  given; never zeros)."""
+  s = t if s is None else s
+
   def draw(shape):
     return jnp.asarray(rng.standard_normal(shape, np.float32), dtype)
-  return draw((b, t, n, d)), draw((b, t, kv, d)), draw((b, t, kv, d))
+
+  return draw((b, t, n, d)), draw((b, s, kv, d)), draw((b, s, kv, d))
 
 
 def random_vs_layout(
@@ -129,10 +136,15 @@ def random_a_shape_layout(rng, n, t, *, inactive=()) -> AShapeLayout:
   )
 
 
+# Jitted: one compile per shape instead of op-by-op dispatch.
+_masked_attention_reference = jax.jit(masked_attention_reference)
+
+
 def reference(q, k, v, mask):
   """The f32 dense masked reference on upcast inputs."""
-  f32 = lambda x: x.astype(jnp.float32)
-  return np.asarray(masked_attention_reference(f32(q), f32(k), f32(v), mask))
+  f32 = lambda x: x.astype(jnp.float32)  # noqa: E731
+  return np.asarray(_masked_attention_reference(f32(q), f32(k), f32(v),
+                                                mask))
 
 
 def assert_close(out, ref, dtype, seed, what=""):
@@ -194,3 +206,31 @@ def lower_for_gpu(fn, args, device_kind: str = "NVIDIA H200"):
   )
   with jax.sharding.use_abstract_mesh(mesh):
     return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",))
+
+
+# name -> (jax.default_backend(), compute capability of device 0)
+FAKE_DEVICES = {"h100": ("gpu", "9.0"), "a100": ("gpu", "8.0"),
+                "cpu": ("cpu", None)}
+
+
+def fake_device(monkeypatch, name: str) -> None:
+  """Makes `jax.default_backend()` and `jax.devices()[0]` look like a device
+  of FAKE_DEVICES (what the implementations' "not supported here" tests
+  read); JAX itself keeps computing on the CPU."""
+  import types
+
+  backend, capability = FAKE_DEVICES[name]
+  monkeypatch.setattr(jax, "default_backend", lambda: backend)
+  if capability is not None:
+    device = types.SimpleNamespace(platform="gpu",
+                                   compute_capability=capability)
+    monkeypatch.setattr(jax, "devices", lambda *args, **kwargs: [device])
+
+
+@contextlib.contextmanager
+def reports_seed(seed: int):
+  """Appends the seed to the message of an assertion failing inside."""
+  try:
+    yield
+  except AssertionError as e:
+    raise AssertionError(f"{e} (seed={seed})") from e

@@ -1,11 +1,12 @@
 """Random inputs and well-formed random layouts for the sparse-path tests,
 with the masked f32 reference they are checked against."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pallas_kernels import reference as ref_lib
+from kernel_test_utils import fresh_rng as fresh_rng
+from kernel_test_utils import random_qkv as random_qkv
+from kernel_test_utils import reference as reference
 from pallas_kernels.layouts import (
     AShapeLayout,
     BlockSparseLayout,
@@ -13,21 +14,6 @@ from pallas_kernels.layouts import (
 )
 
 BS = 64
-masked_attention_reference = jax.jit(ref_lib.masked_attention_reference)
-
-
-def fresh_rng():
-  seed = int(np.random.SeedSequence().entropy % (2**32))
-  return np.random.default_rng(seed), seed
-
-
-def random_qkv(rng, b, t, n, kv, d, dtype=jnp.float32, s=None):
-  s = t if s is None else s
-
-  def draw(shape):
-    return jnp.asarray(rng.standard_normal(shape, np.float32), dtype)
-
-  return draw((b, t, n, d)), draw((b, s, kv, d)), draw((b, s, kv, d))
 
 
 def random_vs_layout(rng, b, n, t, ns, nv, inactive=()):
@@ -89,11 +75,6 @@ def random_a_shape_layout(rng, n, t, inactive=()):
     n_init[h] = n_local[h] = 0
   return AShapeLayout(jnp.asarray(n_init, jnp.int32),
                       jnp.asarray(n_local, jnp.int32))
-
-
-def reference(q, k, v, mask):
-  f32 = lambda x: x.astype(jnp.float32)  # noqa: E731
-  return np.asarray(masked_attention_reference(f32(q), f32(k), f32(v), mask))
 
 
 def assert_close(out, ref, dtype, seed, what):

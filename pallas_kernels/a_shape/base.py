@@ -7,11 +7,12 @@ from pallas_kernels.common import TileConfig
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Config(TileConfig):
-  """Tile sizes and Triton launch knobs of `a_shape_attention` (TileConfig)."""
+  """Tile sizes and Triton launch knobs of `a_shape_attention_triton`
+  (TileConfig)."""
 
   @classmethod
   def get_default(cls, head_dim: int = 128) -> "Config":
-    """Defaults per head dim (H200-tuned for D = 128; see docs/kernels.md)."""
+    """Defaults per head dim (tuned for D = 128; see docs/kernels.md)."""
     if head_dim <= 128:
       return cls(block_q=64, block_k=64, num_warps=4, num_stages=3)
     return cls(block_q=64, block_k=64, num_warps=8, num_stages=2)

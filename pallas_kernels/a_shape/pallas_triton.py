@@ -116,7 +116,7 @@ def _fwd(q, k, v, n_init, n_local, *, config: Config, interpret: bool):
 
 
 @jaxtyped(typechecker=beartype)
-def a_shape_attention(
+def a_shape_attention_triton(
     q: Float[Array, "B T N D"],
     k: Float[Array, "B S K D"],
     v: Float[Array, "B S K D"],

@@ -7,7 +7,7 @@ from pallas_kernels.common import check_launch
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
-  """Launch knobs of `block_sparse_attention`.
+  """Launch knobs of `block_sparse_attention_triton`.
 
   Query and key tiles are the layout's block size (64, MInference's BLOCK_M
   and BLOCK_N).
@@ -25,7 +25,7 @@ class Config:
 
   @classmethod
   def get_default(cls, head_dim: int = 128) -> "Config":
-    """Defaults per head dim (H200-tuned for D = 128; see docs/kernels.md)."""
+    """Defaults per head dim (tuned for D = 128; see docs/kernels.md)."""
     if head_dim <= 128:
       return cls(num_warps=4, num_stages=2)
     return cls(num_warps=8, num_stages=2)

@@ -95,7 +95,7 @@ def _fwd(q, k, v, block_count, block_index, *, block_size: int,
 
 
 @jaxtyped(typechecker=beartype)
-def block_sparse_attention(
+def block_sparse_attention_triton(
     q: Float[Array, "B T N D"],
     k: Float[Array, "B S K D"],
     v: Float[Array, "B S K D"],

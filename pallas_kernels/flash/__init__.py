@@ -1,6 +1,5 @@
-"""Dense causal flash attention (Pallas-Triton)."""
+"""Dense causal attention: cuDNN, Pallas-Triton, XLA."""
 
+from pallas_kernels.flash.api import OP as OP
+from pallas_kernels.flash.api import flash_attention as flash_attention
 from pallas_kernels.flash.base import Config as Config
-from pallas_kernels.flash.pallas_triton import (
-    flash_attention as flash_attention,
-)

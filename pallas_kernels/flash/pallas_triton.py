@@ -77,7 +77,7 @@ def _fwd(q, k, v, *, config: Config, interpret: bool):
 
 
 @jaxtyped(typechecker=beartype)
-def flash_attention(
+def flash_attention_triton(
     q: Float[Array, "B T N D"],
     k: Float[Array, "B S K D"],
     v: Float[Array, "B S K D"],

@@ -1,6 +1,7 @@
-"""Vertical-Slash sparse attention (Pallas-Triton)."""
+"""Vertical-Slash sparse attention: Mosaic GPU, Pallas-Triton, XLA."""
 
-from pallas_kernels.vertical_slash.base import Config as Config
-from pallas_kernels.vertical_slash.pallas_triton import (
+from pallas_kernels.vertical_slash.api import OP as OP
+from pallas_kernels.vertical_slash.api import (
     vertical_slash_attention as vertical_slash_attention,
 )
+from pallas_kernels.vertical_slash.base import Config as Config

@@ -7,7 +7,7 @@ from pallas_kernels.common import check_block, check_launch
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
-  """Launch knobs of `vertical_slash_attention`.
+  """Launch knobs of `vertical_slash_attention_triton`.
 
   The query block is the layout's block size (64 rows, MInference's BLOCK_M);
   key windows are block-size wide by construction of the layout.
@@ -28,7 +28,7 @@ class Config:
 
   @classmethod
   def get_default(cls, head_dim: int = 128) -> "Config":
-    """Defaults per head dim (H200-tuned for D = 128; see docs/kernels.md)."""
+    """Defaults per head dim (tuned for D = 128; see docs/kernels.md)."""
     if head_dim <= 128:
       return cls(block_c=64, num_warps=4, num_stages=2)
     return cls(block_c=64, num_warps=8, num_stages=2)

@@ -109,7 +109,8 @@ def _kernel(next_ref, run_length_ref, run_next_ref, prefix_ref, vertical_ref,
 def chain_fwd(q, k, v, window_next, run_length, run_next, vertical,
               vertical_prefix, *, block_size: int, config: Config,
               interpret: bool):
-  """Validates and launches the chain kernel; see `vertical_slash_attention`."""
+  """Validates and launches the chain kernel; see
+  `vertical_slash_attention_triton`."""
   b, t, n, _, g, d = common.check_qkv(q, k, v, "vertical_slash_attention")
   common.check_block("VerticalSlashChainLayout.block_size", block_size)
   bs = block_size

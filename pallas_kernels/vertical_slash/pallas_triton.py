@@ -7,7 +7,6 @@ import jax.numpy as jnp
 from beartype import beartype
 from jax import lax
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as plt
 from jaxtyping import Array, Float, jaxtyped
 
 from pallas_kernels import common
@@ -125,7 +124,7 @@ def _fwd(q, k, v, block_count, block_offset, column_count, column_index, *,
 
 
 @jaxtyped(typechecker=beartype)
-def vertical_slash_attention(
+def vertical_slash_attention_triton(
     q: Float[Array, "B T N D"],
     k: Float[Array, "B S K D"],
     v: Float[Array, "B S K D"],

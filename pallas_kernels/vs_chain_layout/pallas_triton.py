@@ -1,11 +1,11 @@
 """Pallas-Triton builder of the Vertical-Slash chain layout (O(T) per head).
 
-`minference_jax.index_vs.vertical_slash_chain_layout` builds four
+`minference_jax.index_vs_layout.vertical_slash_chain_layout` builds four
 [B, N, Y] int32 arrays (Y = T + bs + 1) from each head's slash and vertical
 lists; its XLA form scatters histograms and runs full-length cumulative sums
-and a cumulative max along the residue classes: 1.97 ms at T = 1M on an
-H200 for 0.54 GB of output. The arrays are piecewise functions of the two
-short sorted lists, so here every entry is computed where it is stored:
+and a cumulative max along the residue classes. The arrays are piecewise
+functions of the two short sorted lists, so here every entry is computed
+where it is stored:
 
 1. `_table_kernel`, one program per tile of R x bs table indices
    (row p = i // bs, residue c = i % bs):
@@ -29,13 +29,9 @@ short sorted lists, so here every entry is computed where it is stored:
    output).
 
 The outputs equal the XLA builder's bit for bit (the tests compare them on
-random lists, the GPU benchmark at 128K and 1M tokens); the lists must be
-sorted (slash descending, vertical ascending over their counts), as
-`vertical_slash_indices` makes them. Measured on an H200 (T = 1M, 32
-heads; experiments/results/vs_estimate_pallas_h200_s5.md): 0.50 ms (XLA
-builder 1.85 ms in the same run), launch 1 about 0.3 ms of it; a first
-version with a per-element binary search over the whole lists (13 + 10
-dependent gathers per element) took 0.69-0.99 ms.
+random lists); the lists must be sorted (slash descending, vertical
+ascending over their counts), as `vertical_slash_indices` makes them.
+Timings against the XLA builder: docs/kernels.md.
 """
 
 import dataclasses
@@ -63,10 +59,8 @@ class Config:
       <= 32, the width of the adjacency mask); a tile is R * bs entries.
     num_warps: Triton warps per program.
 
-  On an H200 at T = 1M, N = 32, bs = 64, R = 16 with 4 warps was the
-  fastest setting in two sweeps of R in {8, 16, 32} x warps in {2, 4(, 8)}
-  (0.47 and 0.51 ms; the others 0.54-0.71 ms;
-  experiments/results/vs_estimate_pallas_h200_s5.md).
+  The defaults were the fastest setting of a sweep over R and warps at
+  T = 1M, N = 32, bs = 64 (docs/kernels.md).
   """
 
   rows_per_tile: int = 16

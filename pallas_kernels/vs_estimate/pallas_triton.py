@@ -3,9 +3,9 @@
 MInference ranks a head's vertical lines (key columns) and slash lines
 (diagonals) by the softmax of its last L queries against all keys: column
 sums and diagonal sums of P = softmax(q[T - L:] k^T / sqrt(D)) [L, S]. The
-XLA form (`minference_jax.index_vs`) writes the [N, L, S] logits and reads
-them three times (row stats, column sums, diagonal sums); at 1M tokens that
-is most of the estimate. Here two launches read only K, twice:
+XLA form (`minference_jax.index_vs_estimate`) writes the [N, L, S] logits
+and reads them three times (row stats, column sums, diagonal sums); at 1M
+tokens that is most of the estimate. Here two launches read only K, twice:
 
 1. Row stats: per key chunk, the running max m and sum z of exp(logits - m)
    of every (head, row); the chunks are merged in XLA (a few MB).
@@ -19,17 +19,8 @@ is most of the estimate. Here two launches read only K, twice:
    spill Lp columns into the next tile ("tail"), added in XLA.
 
 Both loops first run the tiles that lie before every estimate row without
-masks, then the last ones with them. On an H200 (bf16, N = 32, K = 8,
-D = 128, L = 64; experiments/results/vs_estimate_pallas_h200.md) at T = 1M
-the stats pass took 2.5 ms on the scores pass's 128-key tiles and 2.2 ms
-on 64-key tiles (hence `Config.stats_block_k`), and both passes with the
-XLA epilogue 8.75 ms (10.4 ms before the skewed store, the unmasked loops
-and exp2; the stats pass was then still on 128-key tiles): the second
-pass is still ~2.5x the first, and it is not
-the scratch bytes (storing the 2-byte logits instead of the f32
-probabilities, or skewing on the store instead of the load, changes it by
-< 6% at equal knobs); more likely the three row reductions across warps
-and the barriers per tile.
+masks, then the last ones with them (timings of both passes and of the
+scratch variants: docs/kernels.md).
 
 Logits are rounded to the input dtype before the softmax, as in MInference;
 the softmax and the sums are f32. Query head n reads KV head n // G; the
@@ -66,9 +57,8 @@ class Config:
     num_stages: Triton pipelining depth of the tile loop.
     heads_per_program: query heads of one KV group per program (a power of
       two dividing G). More heads share each K tile but make the register
-      tiles larger; on an H200 one head per program was fastest, and
-      block_k = 128 with 4 warps and 2 stages the fastest knobs with the
-      skewed store (experiments/results/vs_estimate_pallas_h200.json).
+      tiles larger (the defaults: the fastest knobs measured,
+      docs/kernels.md).
     scratch: how the scores pass skews the rows through its scratch:
       "skewed_store" (the f32 probabilities stored at skewed addresses
       into a [R, 2 BK] scratch whose unwritten triangles stay 0, read back
@@ -78,14 +68,10 @@ class Config:
       exp per element read).
     exp2: exponentials as exp2((s - m) log2(e)) (a multiply and the
       hardware exp2) instead of libdevice's expf: the stats pass is
-      ALU-bound and this saves ~12% of it at 1M tokens on an H200, for an
-      extra rounding of ~1e-7 relative per exponent (the max. relative
-      difference to the XLA scores stayed ~2e-7 / 5e-6 there).
+      ALU-bound, and this costs an extra rounding of ~1e-7 relative per
+      exponent.
     stats_block_k, stats_num_stages: block_k and num_stages of launch 1
-      (row stats), which has no scratch and so its own best tile: on an
-      H200 at 1M tokens 64 keys and 3 stages (2.16 ms) beat the scores
-      pass's 128 and 2 (2.47 ms) (experiments/results/
-      vs_estimate_pallas_h200.md).
+      (row stats), which has no scratch and so its own best tile.
   """
 
   block_k: int = 128
@@ -501,8 +487,8 @@ def vs_line_scores(
   With P = softmax_f32(round(q[T - L:] k^T / sqrt(D))) [L, S] per query
   head (causal on the L x L corner, logits rounded to the input dtype):
   vertical[j] = sum_i P[i, j] and slash[o] = sum_i P[i, T - L + i - o].
-  The same numbers as `minference_jax.index_vs`'s XLA scores up to f32
-  summation order; K is read twice and the logits are never stored.
+  The same numbers as `minference_jax.index_vs_estimate`'s XLA scores up to
+  f32 summation order; K is read twice and the logits are never stored.
 
   Args:
     q: [B, T, N, D] queries (float32, bfloat16 or float16).

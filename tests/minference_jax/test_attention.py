@@ -27,6 +27,7 @@ from minference_jax.patterns import (
     VerticalSlash,
 )
 from minference_jax.types import AttentionFn
+from pallas_kernels import dispatch, vertical_slash
 from pallas_kernels.layouts import AShapeLayout
 from pallas_kernels.reference import (
     a_shape_mask,
@@ -101,7 +102,8 @@ def test_factory_backends_satisfy_protocol_and_are_hashable():
   cpu = make_attention(cfg, "auto", platform="cpu", dense_threshold=5)
   assert (cpu.backend, cpu.dense_threshold) == ("xla", 5)
   pallas = make_attention(cfg, "pallas", interpret=True)
-  assert pallas.interpret and pallas.dense.implementation == "pallas"
+  assert pallas.interpret and pallas.dense.implementation == "pallas_triton"
+  assert (pallas.implementation, pallas.vs_layout) == ((), "expanded")
 
 
 def test_factory_rejects_bad_arguments():
@@ -114,9 +116,11 @@ def test_factory_rejects_bad_arguments():
   with pytest.raises(ValueError, match="already registered"):
     attention_lib.register_backend("xla", attention_lib._dense_factory)
   with pytest.raises(ValueError, match="backend must be"):
-    MInferenceAttention(Dense(), backend="cuda")
+    MInferenceAttention(pattern_config=Dense(), backend="cuda")
   with pytest.raises(ValueError, match="implementation must be"):
-    DenseAttention("flash")
+    DenseAttention(implementation="flash")
+  with pytest.raises(TypeError):  # keyword-only fields
+    MInferenceAttention(Dense(), "xla")  # type: ignore[misc]
 
 
 # ------------------------------------------------------------------ dense
@@ -333,12 +337,12 @@ def test_per_kind_thresholds_route_each_kind():
 
 def test_not_implemented_sparse_path_falls_back_to_dense(monkeypatch):
   q, k, v, expected = _mixed_case()
-  from minference_jax import sparse_xla
 
   def unsupported(*args, **kwargs):
     raise NotImplementedError("pretend this head dim is unsupported")
 
-  monkeypatch.setattr(sparse_xla, "vertical_slash_attention_xla", unsupported)
+  monkeypatch.setitem(vertical_slash.OP.implementations, "xla",
+                      dispatch.Implementation(unsupported))
   out = make_attention(PatternConfig(layers=(_MIXED,)), "xla")(
       q, k, v, layer_idx=0
   )
@@ -406,10 +410,12 @@ def test_pallas_interpret_mixed_layer_matches_references():
   # The O(T) chain layout gives the same layer.
   chain = dataclasses.replace(attn, vs_layout="chain")
   _close(chain(q, k, v, layer_idx=0), expected)
+  assert chain == make_attention(cfg, "pallas", interpret=True,
+                                 vs_layout="chain")
   with pytest.raises(ValueError, match="vs_layout must be"):
     dataclasses.replace(attn, vs_layout="runs")
-  with pytest.raises(ValueError, match="kernels must be"):
-    dataclasses.replace(attn, kernels="cuda")
+  with pytest.raises(ValueError, match="implementation must be"):
+    make_attention(cfg, "pallas", implementation="cuda")
   # An all-dense layer runs the Pallas flash kernel.
   dense_cfg = PatternConfig.uniform(Dense(), 1, 6)
   out = make_attention(dense_cfg, "pallas", interpret=True)(
@@ -419,43 +425,21 @@ def test_pallas_interpret_mixed_layer_matches_references():
 
 
 def test_mosaic_gpu_kernels_layer_matches_triton_kernels():
-  """kernels="mosaic_gpu" (Mosaic GPU interpret mode) gives the layer the
-  Triton kernels give, on every sparse kind (bf16, T a multiple of 64, D=64:
-  what the Mosaic GPU kernels take); "auto" picks them only on a Hopper GPU.
-  """
+  """implementation="pallas_mosaic_gpu" (Mosaic GPU interpret mode) gives
+  the layer the Triton kernels give, on every sparse kind (bf16, T a
+  multiple of 64, D=64: what the Mosaic GPU kernels take); the backend's
+  order picks them only outside interpret mode."""
   q, k, v = _qkv(11, t=256, n=6, kv=2, d=64, dtype=jnp.bfloat16)
   cfg = PatternConfig(layers=(_MIXED,))
   triton = make_attention(cfg, "pallas", interpret=True)
-  mosaic = dataclasses.replace(triton, kernels="mosaic_gpu")
-  forced_triton = dataclasses.replace(triton, kernels="triton")
+  mosaic = make_attention(cfg, "pallas", interpret=True,
+                          implementation="pallas_mosaic_gpu")
   for kind in (PatternKind.A_SHAPE, PatternKind.BLOCK_SPARSE,
                PatternKind.VERTICAL_SLASH):
-    assert triton.kernels == "auto" and not triton.use_mosaic_gpu(q, kind)
-    assert mosaic.use_mosaic_gpu(q, kind)
-    assert not forced_triton.use_mosaic_gpu(q, kind)
+    assert triton.implementation_order(kind) == ("pallas_triton",)
+    assert mosaic.implementation_order(kind) == ("pallas_mosaic_gpu",)
   want = triton(q, k, v, layer_idx=0).astype(jnp.float32)
   got = mosaic(q, k, v, layer_idx=0).astype(jnp.float32)
   scale = float(jnp.max(jnp.abs(want)))
   np.testing.assert_allclose(np.asarray(got), np.asarray(want),
                              atol=2e-2 * scale, rtol=0)
-
-
-def test_auto_kernels_on_hopper_pick_mosaic_gpu_within_its_limits(
-    monkeypatch):
-  """On a Hopper GPU (faked), "auto" runs every sparse kind on Mosaic GPU,
-  except Vertical-Slash beyond its kernel's longest sequence."""
-  from pallas_kernels.vertical_slash.pallas_mosaic_gpu import MAX_T
-
-  monkeypatch.setattr(attention_lib, "_mosaic_gpu_supported", lambda q: True)
-  cfg = PatternConfig(layers=(_MIXED,))
-  auto = make_attention(cfg, "pallas")
-  assert auto.kernels == "auto" and not auto.interpret
-  short = jax.ShapeDtypeStruct((1, 4096, 4, 64), jnp.bfloat16)
-  too_long = jax.ShapeDtypeStruct((1, MAX_T + 64, 4, 64), jnp.bfloat16)
-  for kind in (PatternKind.A_SHAPE, PatternKind.BLOCK_SPARSE,
-               PatternKind.VERTICAL_SLASH):
-    assert auto.use_mosaic_gpu(short, kind)
-  assert not auto.use_mosaic_gpu(too_long, PatternKind.VERTICAL_SLASH)
-  assert auto.use_mosaic_gpu(too_long, PatternKind.BLOCK_SPARSE)
-  assert not dataclasses.replace(auto, kernels="triton").use_mosaic_gpu(
-      short, PatternKind.VERTICAL_SLASH)

@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from minference_jax import metrics, sparse_xla
+from minference_jax import metrics
 from pallas_kernels import reference as ref_lib
+from pallas_kernels.flash.xla import flash_logsumexp_xla
 from pallas_kernels.layouts import AShapeLayout, BlockSparseLayout
 from random_layouts import (
     fresh_rng,
@@ -110,7 +111,7 @@ def test_attention_recall_matches_brute_force(kind):
   np.testing.assert_allclose(got_mask, want, atol=2e-6)
   assert got[3] == 0.0
   shared = metrics.attention_recall_per_head(
-      q, k, layout, dense_lse=sparse_xla.dense_logsumexp_xla(q, k)
+      q, k, layout, dense_lse=flash_logsumexp_xla(q, k)
   )
   np.testing.assert_allclose(np.asarray(shared), got, atol=1e-7)
   assert float(metrics.attention_recall(q, k, layout)) == pytest.approx(

@@ -4,7 +4,6 @@ import collections
 import copy
 import dataclasses
 import json
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp

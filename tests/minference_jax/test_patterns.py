@@ -6,7 +6,13 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from minference_jax import AShape, BlockSparse, Dense, PatternKind, VerticalSlash
+from minference_jax import (
+    AShape,
+    BlockSparse,
+    Dense,
+    PatternKind,
+    VerticalSlash,
+)
 
 
 def test_defaults_follow_minference():

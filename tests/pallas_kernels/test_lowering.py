@@ -1,4 +1,5 @@
-"""Cross-lowers every kernel for abstract A100/H200 devices on CPU.
+"""Cross-lowers every Pallas-Triton kernel for abstract A100/H200 devices on
+CPU.
 
 Interpret mode hides GPU-only failures (power-of-two tensor sizes, 2-D dots,
 unsupported primitives). Lowering under an abstract CUDA device runs the full
@@ -15,16 +16,20 @@ import pytest
 
 import kernel_test_utils as ktu
 
-from pallas_kernels.a_shape import a_shape_attention
-from pallas_kernels.block_sparse import block_sparse_attention
-from pallas_kernels.flash import flash_attention
+from pallas_kernels.a_shape.pallas_triton import a_shape_attention_triton
+from pallas_kernels.block_sparse.pallas_triton import (
+    block_sparse_attention_triton,
+)
+from pallas_kernels.flash.pallas_triton import flash_attention_triton
 from pallas_kernels.layouts import (
     AShapeLayout,
     BlockSparseLayout,
     VerticalSlashChainLayout,
     VerticalSlashLayout,
 )
-from pallas_kernels.vertical_slash import vertical_slash_attention
+from pallas_kernels.vertical_slash.pallas_triton import (
+    vertical_slash_attention_triton,
+)
 from pallas_kernels.vertical_slash.tile_steps import tile_steps
 from pallas_kernels.vs_chain_layout import vs_chain_layout
 from pallas_kernels.vs_estimate import Config as EstimateConfig
@@ -48,20 +53,21 @@ def _cases(b, t, n, kv, d, dtype, n_slash=96, n_vert=80, top_k=7):
   k = jax.ShapeDtypeStruct((b, t, kv, d), dtype)
 
   def vs(q, k, v, c, o, cc, ci):
-    return vertical_slash_attention(q, k, v, VerticalSlashLayout(c, o, cc, ci))
+    return vertical_slash_attention_triton(q, k, v,
+                                           VerticalSlashLayout(c, o, cc, ci))
 
   def vs_chain(q, k, v, nxt, run_length, run_next, vert, prefix):
-    return vertical_slash_attention(q, k, v, VerticalSlashChainLayout(
+    return vertical_slash_attention_triton(q, k, v, VerticalSlashChainLayout(
         nxt, run_length, run_next, vert, prefix))
 
   def bsp(q, k, v, c, i):
-    return block_sparse_attention(q, k, v, BlockSparseLayout(c, i))
+    return block_sparse_attention_triton(q, k, v, BlockSparseLayout(c, i))
 
   def ash(q, k, v, ni, nl):
-    return a_shape_attention(q, k, v, AShapeLayout(ni, nl))
+    return a_shape_attention_triton(q, k, v, AShapeLayout(ni, nl))
 
   return [
-      ("flash", flash_attention, (q, k, k)),
+      ("flash", flash_attention_triton, (q, k, k)),
       ("a_shape", ash, (q, k, k, _i32(n), _i32(n))),
       ("vertical_slash", vs, (q, k, k, _i32(b, n, tb), _i32(b, n, tb, n_slash),
                               _i32(b, n, tb), _i32(b, n, tb, n_vert))),
@@ -157,7 +163,8 @@ def test_one_million_tokens_32_heads_use_64_bit_offsets():
 
 @pytest.mark.parametrize("device_kind", ["NVIDIA A100", "NVIDIA H200"])
 @pytest.mark.parametrize("t,n,kv,d,last_q,block_k", [
-    (1000, 4, 2, 128, 64, 64), (333, 6, 2, 96, 50, 128), (200, 2, 1, 64, 16, 16),
+    (1000, 4, 2, 128, 64, 64), (333, 6, 2, 96, 50, 128),
+    (200, 2, 1, 64, 16, 16),
 ])
 @pytest.mark.parametrize("scratch", ["skewed_store", "probs", "logits"])
 def test_vs_estimate_lowers_for_gpu(device_kind, t, n, kv, d, last_q,

@@ -1,35 +1,34 @@
-"""A-shape Pallas kernel (interpret mode) vs the dense masked reference."""
+"""A-shape Pallas-Triton kernel (interpret mode): the op battery with
+smaller tiles on some cases, and the kernel's phases."""
 
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 import kernel_test_utils as ktu
-from pallas_kernels.a_shape import Config, a_shape_attention
+from attention_op_test_base import AttentionOpTestBase
+from pallas_kernels.a_shape import Config
+from pallas_kernels.a_shape.pallas_triton import (
+    a_shape_attention_triton as a_shape_attention,
+)
 from pallas_kernels.layouts import AShapeLayout
 from pallas_kernels.reference import a_shape_mask
 
 SMALL = Config(block_q=32, block_k=16, num_warps=4, num_stages=2)
-
-CASES = [
-    (1, 200, 4, 2, 64, jnp.float32, SMALL),
-    (2, 130, 4, 1, 96, jnp.float32, Config(block_q=64, block_k=32)),
-    (1, 50, 2, 2, 128, jnp.bfloat16, None),
-    (1, 300, 4, 4, 128, jnp.bfloat16, SMALL),
-    (1, 96, 2, 1, 256, jnp.float32, None),
-]
+# Tile configs per battery case (others: the default config).
+CONFIGS = {
+    "b1-t200-n4-k2-d64-float32": SMALL,
+    "b2-t130-n4-k1-d96-float32": Config(block_q=64, block_k=32),
+    "b1-t300-n4-k4-d128-bfloat16": SMALL,
+}
 
 
-@pytest.mark.parametrize("b,t,n,kv,d,dtype,config", CASES)
-def test_matches_reference(b, t, n, kv, d, dtype, config):
-  rng, seed = ktu.fresh_rng()
-  q, k, v = ktu.random_qkv(rng, b, t, n, kv, d, dtype)
-  layout = ktu.random_a_shape_layout(rng, n, t, inactive=(1,))
-  out = a_shape_attention(q, k, v, layout, config=config, interpret=True)
-  assert out.shape == q.shape and out.dtype == q.dtype
-  want = ktu.reference(q, k, v, a_shape_mask(layout, t, t))
-  ktu.assert_close(out, want, dtype, seed, f"T={t} D={d} {layout}")
-  assert not np.asarray(out[:, :, 1].astype(jnp.float32)).any()
+class TestPallasTriton(AttentionOpTestBase):
+  OP = "a_shape"
+  IMPLEMENTATION = "pallas_triton"
+  INTERPRET = True
+
+  def config(self, case):
+    return CONFIGS.get(case.id)
 
 
 def test_minference_like_sizes_use_unmasked_window_tiles():

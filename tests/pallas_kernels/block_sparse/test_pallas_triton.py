@@ -1,33 +1,23 @@
-"""Block-Sparse Pallas kernel (interpret mode) vs the dense masked reference."""
+"""Block-Sparse Pallas-Triton kernel (interpret mode): the op battery,
+a dense layout with other launch knobs, the index builder's layouts."""
 
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 import kernel_test_utils as ktu
-from pallas_kernels.block_sparse import Config, block_sparse_attention
+from attention_op_test_base import AttentionOpTestBase
+from pallas_kernels.block_sparse import Config
+from pallas_kernels.block_sparse.pallas_triton import (
+    block_sparse_attention_triton as block_sparse_attention,
+)
 from pallas_kernels.layouts import BlockSparseLayout
 from pallas_kernels.reference import block_sparse_mask
 
-CASES = [
-    (1, 200, 4, 2, 64, jnp.float32, 3),
-    (2, 130, 4, 1, 96, jnp.float32, 2),
-    (1, 50, 2, 2, 128, jnp.bfloat16, 1),
-    (1, 400, 4, 4, 128, jnp.bfloat16, 5),
-    (1, 128, 2, 1, 256, jnp.float32, 2),
-]
 
-
-@pytest.mark.parametrize("b,t,n,kv,d,dtype,top_k", CASES)
-def test_matches_reference(b, t, n, kv, d, dtype, top_k):
-  rng, seed = ktu.fresh_rng()
-  q, k, v = ktu.random_qkv(rng, b, t, n, kv, d, dtype)
-  layout = ktu.random_bs_layout(rng, b, n, t, top_k, inactive=(0,))
-  out = block_sparse_attention(q, k, v, layout, interpret=True)
-  assert out.shape == q.shape and out.dtype == q.dtype
-  want = ktu.reference(q, k, v, block_sparse_mask(layout, t, t))
-  ktu.assert_close(out, want, dtype, seed, f"T={t} D={d}")
-  assert not np.asarray(out[:, :, 0].astype(jnp.float32)).any()
+class TestPallasTriton(AttentionOpTestBase):
+  OP = "block_sparse"
+  IMPLEMENTATION = "pallas_triton"
+  INTERPRET = True
 
 
 def test_dense_block_layout_equals_causal_and_other_launch_knobs():

@@ -1,29 +1,30 @@
-"""Dense causal flash kernel (interpret mode) vs the dense masked reference."""
+"""Dense causal Pallas-Triton flash kernel (interpret mode): the op battery
+with other tiles on some cases, and its input checks."""
 
 import jax.numpy as jnp
 import pytest
 
 import kernel_test_utils as ktu
-from pallas_kernels.flash import Config, flash_attention
+from attention_op_test_base import AttentionOpTestBase
+from pallas_kernels.flash import Config
+from pallas_kernels.flash.pallas_triton import (
+    flash_attention_triton as flash_attention,
+)
 
-CASES = [
-    (1, 200, 4, 2, 64, jnp.float32, Config(block_q=64, block_k=32)),
-    (2, 130, 4, 1, 96, jnp.float32, None),
-    (1, 50, 2, 2, 128, jnp.bfloat16, None),
-    (1, 300, 4, 4, 128, jnp.float16, Config(block_q=32, block_k=64)),
-    (1, 96, 2, 1, 256, jnp.float32, None),
-]
+# Tile configs per battery case (others: the default config).
+CONFIGS = {
+    "b1-t200-n4-k2-d64-float32": Config(block_q=64, block_k=32),
+    "b1-t300-n4-k4-d128-float16": Config(block_q=32, block_k=64),
+}
 
 
-@pytest.mark.parametrize("b,t,n,kv,d,dtype,config", CASES)
-def test_matches_reference(b, t, n, kv, d, dtype, config):
-  rng, seed = ktu.fresh_rng()
-  q, k, v = ktu.random_qkv(rng, b, t, n, kv, d, dtype)
-  out = flash_attention(q, k, v, config=config, interpret=True)
-  assert out.shape == q.shape and out.dtype == q.dtype
-  causal = jnp.tril(jnp.ones((t, t), bool))[None, None]
-  ktu.assert_close(out, ktu.reference(q, k, v, causal), dtype, seed,
-                   f"T={t} D={d}")
+class TestPallasTriton(AttentionOpTestBase):
+  OP = "flash"
+  IMPLEMENTATION = "pallas_triton"
+  INTERPRET = True
+
+  def config(self, case):
+    return CONFIGS.get(case.id)
 
 
 def test_bad_inputs_raise():

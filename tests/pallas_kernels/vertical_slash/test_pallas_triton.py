@@ -1,26 +1,27 @@
-"""Vertical-Slash Pallas kernel (interpret mode) vs the dense reference."""
+"""Vertical-Slash Pallas-Triton kernels (interpret mode): the op battery,
+each phase of the expanded-layout kernel, and the chain-layout kernel."""
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import kernel_test_utils as ktu
+from attention_op_test_base import AttentionOpTestBase
 from pallas_kernels.layouts import VerticalSlashLayout
 from pallas_kernels.reference import (
     vertical_slash_chain_mask,
     vertical_slash_mask,
 )
-from pallas_kernels.vertical_slash import Config, vertical_slash_attention
+from pallas_kernels.vertical_slash import Config
+from pallas_kernels.vertical_slash.pallas_triton import (
+    vertical_slash_attention_triton as vertical_slash_attention,
+)
 
-# (B, T, N, K, D, dtype, NS, NV): T not a multiple of 64 and T < 64, GQA
-# ratios 1/2/4, head dims 64/96/128/256, f32 (tight) and bf16.
-CASES = [
-    (1, 200, 4, 2, 64, jnp.float32, 5, 70),
-    (2, 130, 4, 1, 96, jnp.float32, 3, 20),
-    (1, 50, 2, 2, 128, jnp.bfloat16, 2, 10),
-    (1, 320, 4, 4, 128, jnp.bfloat16, 6, 130),
-    (1, 128, 2, 1, 256, jnp.float32, 2, 8),
-]
+
+class TestPallasTriton(AttentionOpTestBase):
+  OP = "vertical_slash"
+  IMPLEMENTATION = "pallas_triton"
+  INTERPRET = True
 
 
 def _exercised(layout, t):
@@ -36,19 +37,6 @@ def _exercised(layout, t):
     masked += int(np.sum(wins + bs - 1 > r0))
   full_chunks = int(np.sum(np.asarray(layout.column_count) // 64))
   return free, masked, full_chunks
-
-
-@pytest.mark.parametrize("b,t,n,kv,d,dtype,ns,nv", CASES)
-def test_matches_reference(b, t, n, kv, d, dtype, ns, nv):
-  rng, seed = ktu.fresh_rng()
-  q, k, v = ktu.random_qkv(rng, b, t, n, kv, d, dtype)
-  inactive = (n - 1,)
-  layout = ktu.random_vs_layout(rng, b, n, t, ns, nv, inactive=inactive)
-  out = vertical_slash_attention(q, k, v, layout, interpret=True)
-  assert out.shape == q.shape and out.dtype == q.dtype
-  want = ktu.reference(q, k, v, vertical_slash_mask(layout, t, t))
-  ktu.assert_close(out, want, dtype, seed, f"T={t} D={d}")
-  assert not np.asarray(out[:, :, n - 1].astype(jnp.float32)).any()
 
 
 def test_exercises_every_phase():

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import kernel_test_utils as ktu
-from minference_jax import index_vs
+from minference_jax import index_vs_layout
 from minference_jax.index import (
     VerticalSlashIndices,
     vertical_slash_chain_layout,
@@ -103,4 +103,5 @@ def test_bad_arguments():
       Config(rows_per_tile=rows)
   with pytest.raises(ValueError, match="num_warps"):
     Config(num_warps=3)
-  assert index_vs.vertical_slash_chain_layout is vertical_slash_chain_layout
+  assert (index_vs_layout.vertical_slash_chain_layout
+          is vertical_slash_chain_layout)

@@ -1,8 +1,9 @@
 """Fused Vertical-Slash estimate scores (interpret mode) vs the XLA scores.
 
-`index_vs.line_scores_xla` is the plain-JAX reference (itself checked against
-the NumPy estimate in test_index.py); the kernel must give the same column
-and diagonal sums up to f32 summation order, and the same selected lines.
+`index_vs_estimate.line_scores_xla` is the plain-JAX reference (itself
+checked against the NumPy estimate in test_index_vs_estimate.py); the kernel
+must give the same column and diagonal sums up to f32 summation order, and
+the same selected lines.
 """
 
 import dataclasses
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 import kernel_test_utils as ktu
-from minference_jax import index_vs
+from minference_jax import index_vs_estimate as estimate
 from pallas_kernels.vs_estimate import Config, vs_line_scores
 
 # b, t, n, kv, d, last_q, dtype, config: chunks of several tiles and of one,
@@ -45,7 +46,7 @@ def test_scores_match_xla(b, t, n, kv, d, last_q, dtype, config, scratch,
   k = k * 2  # sharper softmax: lines with very different mass
   vertical, slash = vs_line_scores(q, k, last_q, config=config,
                                    interpret=True)
-  want_v, want_s = index_vs.line_scores_xla(q, k, last_q)
+  want_v, want_s = estimate.line_scores_xla(q, k, last_q)
   assert vertical.shape == slash.shape == (b, n, t)
   assert vertical.dtype == slash.dtype == jnp.float32
   for name, got, want in (("vertical", vertical, want_v),
@@ -69,13 +70,13 @@ def test_selected_lines_are_a_top_k_of_the_xla_scores():
   b, t, n, kv, d = 1, 650, 4, 2, 64
   q, k, _ = ktu.random_qkv(rng, b, t, n, kv, d, jnp.bfloat16)
   nv, ns = (40, 60, 35, 80), (70, 50, 90, 60)
-  got = index_vs.vertical_slash_indices(q, k, nv, ns, 64, scores="pallas",
+  got = estimate.vertical_slash_indices(q, k, nv, ns, 64, scores="pallas",
                                         interpret=True)
-  want = index_vs.vertical_slash_indices(q, k, nv, ns, 64)
-  ref_v, ref_s = map(np.asarray, index_vs.line_scores_xla(q, k, 64))
+  want = estimate.vertical_slash_indices(q, k, nv, ns, 64)
+  ref_v, ref_s = map(np.asarray, estimate.line_scores_xla(q, k, 64))
   cols = np.arange(t)
-  ref_v = np.where(cols < index_vs.VS_MIN_VERTICAL, np.inf, ref_v)
-  ref_s = np.where(cols < index_vs.VS_FORCED_SLASH_OFFSETS, np.inf, ref_s)
+  ref_v = np.where(cols < estimate.VS_MIN_VERTICAL, np.inf, ref_v)
+  ref_s = np.where(cols < estimate.VS_FORCED_SLASH_OFFSETS, np.inf, ref_s)
   np.testing.assert_array_equal(got.vertical_count, want.vertical_count)
   np.testing.assert_array_equal(got.slash_count, want.slash_count)
   for h in range(n):
@@ -120,4 +121,4 @@ def test_rejects_bad_arguments():
     vs_line_scores(q, k, 16, config=Config(heads_per_program=4),
                    interpret=True)
   with pytest.raises(ValueError, match="scores"):
-    index_vs.vertical_slash_indices(q, k, 30, 50, scores="cuda")
+    estimate.vertical_slash_indices(q, k, 30, 50, scores="cuda")

@@ -1,0 +1,84 @@
+"""Input checks shared by the online index builders."""
+
+import jax.numpy as jnp
+
+
+def check_prefill_qk(q, k) -> tuple[int, int, int, int, int]:
+  """Validates a full-prefill q/k pair; returns (B, T, N, D, K).
+
+  Raises:
+    TypeError: q or k is not a floating-point array.
+    ValueError: wrong ranks, batch or head-dim mismatch, N % K != 0, T != S.
+  """
+  for name, x, dims in (("q", q, "[B, T, N, D]"), ("k", k, "[B, S, K, D]")):
+    if not hasattr(x, "ndim") or x.ndim != 4:
+      shape = getattr(x, "shape", type(x).__name__)
+      raise ValueError(f"{name} must be 4-D {dims}, got shape {shape}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      raise TypeError(f"{name} must be floating point, got {x.dtype}")
+  b, t, n, d = q.shape
+  if k.shape[0] != b:
+    raise ValueError(f"batch mismatch: q{q.shape} vs k{k.shape}")
+  if k.shape[3] != d:
+    raise ValueError(f"head dim mismatch: q{q.shape} vs k{k.shape}")
+  kv_heads = k.shape[2]
+  if kv_heads == 0 or n % kv_heads:
+    raise ValueError(
+        f"query heads N={n} (q{q.shape}) must be a multiple of KV heads"
+        f" K={kv_heads} (k{k.shape})"
+    )
+  if k.shape[1] != t:
+    raise ValueError(
+        f"index building needs a full prefill (T == S); got q{q.shape},"
+        f" k{k.shape}"
+    )
+  if t == 0:
+    raise ValueError(f"empty sequence: q{q.shape}")
+  return b, t, n, d, kv_heads
+
+
+def check_int(name: str, value, minimum: int) -> int:
+  if isinstance(value, bool) or not isinstance(value, int):
+    raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+  if value < minimum:
+    raise ValueError(f"{name} must be >= {minimum}, got {value}")
+  return value
+
+
+def per_head_ints(name: str, value, n_heads: int) -> tuple[int, ...]:
+  """An int or a per-query-head sequence of ints -> a tuple of N ints >= 0.
+
+  Raises:
+    TypeError: a value is not an int (bools are rejected).
+    ValueError: a negative value, or a sequence whose length is not N.
+  """
+  if isinstance(value, (list, tuple)):
+    if len(value) != n_heads:
+      raise ValueError(
+          f"{name} has {len(value)} per-head values; expected one per query"
+          f" head (N={n_heads})"
+      )
+    return tuple(
+        check_int(f"{name}[{i}]", x, 0) for i, x in enumerate(value)
+    )
+  return (check_int(name, value, 0),) * n_heads
+
+
+def per_head_active(active, n_heads: int) -> tuple[bool, ...]:
+  """None (all heads) or a per-query-head sequence of bools -> tuple of N."""
+  if active is None:
+    return (True,) * n_heads
+  if not isinstance(active, (list, tuple)):
+    raise TypeError(
+        f"active must be None or a tuple of bools, got {type(active).__name__}"
+    )
+  if len(active) != n_heads:
+    raise ValueError(
+        f"active has {len(active)} entries; expected one per query head"
+        f" (N={n_heads})"
+    )
+  if not all(isinstance(a, bool) for a in active):
+    raise TypeError(f"active must hold Python bools, got {active}")
+  return tuple(active)
+
+
