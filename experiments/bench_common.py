@@ -29,7 +29,7 @@ from pallas_kernels.layouts import (
 )
 from pallas_kernels.reference import masked_attention_reference
 
-# experiments/gpu_check_kernels.py reads its options through this name.
+
 parse_cli = config.parse_cli
 
 

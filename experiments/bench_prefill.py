@@ -34,11 +34,9 @@ from tqdm import tqdm
 
 from experiments import bench_common
 from experiments.config import ConfigError, command, parse_cli, save_resolved
-from experiments.model_head_indices import (
-    HeadIndices,
-    load_slice,
-    model_head_indices,
-)
+from experiments.index_sets import HeadIndices, vs_indices_path
+from experiments.model_indices import model_head_indices
+from experiments.model_slice import load_slice
 from experiments.prefill import accounting, cases, ops, report, weights
 from experiments.prefill.pieces import (
     DecoderPieces,
@@ -123,8 +121,8 @@ def validate(cfg: PrefillConfig) -> Setup:
                           and Path(cfg.replay.slice_path).is_file()):
         raise ConfigError(
             f"case {case.label!r}: no recorded index sets for T={missing} in"
-            f" {list(cfg.replay.index_dirs)}; record them with `python -m"
-            " experiments.model_head_indices --seq-len ...` or set"
+            f" {list(cfg.replay.index_dirs)}; record them with `minference-jax"
+            " model-indices seq_lens=[...]` or set"
             " replay.record_missing=true with replay.slice_path present")
     if case.executor == "model" and case.layers is not None:
       raise ConfigError(f"case {case.label!r}: executor 'model' runs every"
@@ -147,7 +145,7 @@ def _patterns_budget(source) -> tuple[int, int]:
 def _recorded_budget(cfg: PrefillConfig, t: int) -> tuple[int, int]:
   """The line budgets of the recording a replay case reads at T."""
   path = find_recording(cfg.replay.index_dirs, t)
-  if path is None:  # recorded at model_head_indices' defaults
+  if path is None:  # recorded at model-indices' defaults
     return 1000, 6096
   meta = HeadIndices.load(path).meta
   return int(meta["n_vertical"]), int(meta["n_slash"])
@@ -197,9 +195,9 @@ def _recorded(cfg: PrefillConfig, t: int) -> HeadIndices:
           flush=True)
     if cfg.replay.slice_path not in _SLICES:
       _SLICES[cfg.replay.slice_path] = load_slice(cfg.replay.slice_path)
-    res, _ = model_head_indices(_SLICES[cfg.replay.slice_path], t,
-                                interpret=cfg.interpret)
-    path = res.save(out / f"model_head_indices_T{t}.npz")
+    res, _, _ = model_head_indices(_SLICES[cfg.replay.slice_path], t,
+                                   interpret=cfg.interpret)
+    path = res.save(vs_indices_path(out, t))
   return HeadIndices.load(path)
 
 

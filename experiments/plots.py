@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 from beartype import beartype  # noqa: E402
 from jaxtyping import Array, Float, jaxtyped  # noqa: E402
 
-from minference_jax.sparse_xla import dense_logsumexp_xla  # noqa: E402
+from pallas_kernels.flash.xla import flash_logsumexp_xla  # noqa: E402
 from pallas_kernels.layouts import (  # noqa: E402
     AShapeLayout,
     BlockSparseLayout,
@@ -72,7 +72,7 @@ def block_mean_attention(
   """Mean causal attention probability per block x block tile.
 
   Chunked over query blocks (never a full [T, S] map): the softmax
-  normaliser comes from `dense_logsumexp_xla`, then each chunk's
+  normaliser comes from `flash_logsumexp_xla`, then each chunk's
   probabilities are averaged over tiles. Full prefill (query t at position t).
 
   Args:
@@ -86,7 +86,7 @@ def block_mean_attention(
     [B, N, ceil(T / block), ceil(S / block)] f32 tile means (a tile's mean
     over all its block * block entries, masked ones counted as 0).
   """
-  lse = dense_logsumexp_xla(q, k)
+  lse = flash_logsumexp_xla(q, k)
   return _block_means(q, k, lse, block=block, rows_per_chunk=rows_per_chunk)
 
 

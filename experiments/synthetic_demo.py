@@ -6,8 +6,8 @@ synthetic Q/K/V via the XLA path (CPU).
 
 Builds realistic synthetic queries/keys (`experiments.synthetic`), runs
 dense attention and A-shape, Vertical-Slash and Block-Sparse (online index
-building from `minference_jax.index`, attention from
-`minference_jax.sparse_xla`), prints one table per pattern (per head: density,
+building from `minference_jax.index`, attention from the XLA implementations
+of `pallas_kernels`), prints one table per pattern (per head: density,
 attention recall, output error vs dense; index-build and attention times,
 compile time apart) and writes a PNG of the selected index sets over the
 block-averaged attention map of a few heads. Writes under `out_dir` the PNG,
@@ -47,14 +47,10 @@ from experiments.config import (
 )
 from experiments.synthetic import SyntheticSpec, synthetic_qkv
 from minference_jax import index, metrics
-from minference_jax.sparse_xla import (
-    a_shape_attention_xla,
-    block_sparse_attention_xla,
-    compact_layout,
-    dense_attention_xla,
-    dense_logsumexp_xla,
-    vertical_slash_attention_xla,
-)
+from pallas_kernels import a_shape, block_sparse, flash, vertical_slash
+from pallas_kernels.a_shape.xla import Config as AShapeXlaConfig
+from pallas_kernels.flash.xla import flash_logsumexp_xla
+from pallas_kernels.layouts import compact_layout
 
 REFERENCE_LEN = 131072  # the prompt length MInference's budgets are sized for
 DEFAULT_CONFIG = CONFIGS_DIR / "experiments" / "synthetic_demo.yaml"
@@ -137,9 +133,18 @@ def _pattern_runs(q, k, v, b: Budgets, n_heads: int, seq_len: int):
     return index.a_shape_layout((a_init,) * n_heads, (a_local,) * n_heads)
 
   def a_attn(q, k, v, layout):
-    return a_shape_attention_xla(
-        q, k, v, layout, max_init=a_init, max_local=a_local
+    return a_shape.a_shape_attention(
+        q, k, v, layout, implementation="xla",
+        config=AShapeXlaConfig(max_init=a_init, max_local=a_local),
     )
+
+  def vs_attn(q, k, v, layout):
+    return vertical_slash.vertical_slash_attention(q, k, v, layout,
+                                                   implementation="xla")
+
+  def bs_attn(q, k, v, layout):
+    return block_sparse.block_sparse_attention(q, k, v, layout,
+                                               implementation="xla")
 
   def vs_index(q, k):
     indices = index.vertical_slash_indices(q, k, b.n_vertical, b.n_slash)
@@ -150,9 +155,8 @@ def _pattern_runs(q, k, v, b: Budgets, n_heads: int, seq_len: int):
 
   return [
       (f"A-shape {a_init}+{a_local}", a_index, a_attn),
-      (f"Vertical-Slash {b.n_vertical}/{b.n_slash}", vs_index,
-       vertical_slash_attention_xla),
-      (f"Block-Sparse top-{b.top_k}", bs_index, block_sparse_attention_xla),
+      (f"Vertical-Slash {b.n_vertical}/{b.n_slash}", vs_index, vs_attn),
+      (f"Block-Sparse top-{b.top_k}", bs_index, bs_attn),
   ]
 
 
@@ -187,9 +191,11 @@ def run(cfg: SyntheticDemoConfig, config_file: str | None = None) -> dict:
     q, k, v = jax.block_until_ready((data.q, data.k, data.v))
     gen_s = time.perf_counter() - t0
     progress.update(task, advance=1, description="dense attention")
-    dense_out, dense_c, dense_s = _timed(dense_attention_xla, q, k, v)
+    dense_out, dense_c, dense_s = _timed(
+        lambda q, k, v: flash.flash_attention(q, k, v, implementation="xla"),
+        q, k, v)
     progress.update(task, advance=1, description="dense log-sum-exp")
-    dense_lse = jax.block_until_ready(dense_logsumexp_xla(q, k))
+    dense_lse = jax.block_until_ready(flash_logsumexp_xla(q, k))
     progress.advance(task)
 
     for name, build, attend in _pattern_runs(q, k, v, budgets, cfg.heads, t):

@@ -8,16 +8,12 @@ estimate choosing them. Both use the public entry points named here
 entry points is fixed in this file alone.
 """
 
-import dataclasses
-import inspect
 from collections.abc import Sequence
 
 import jax
 
-from experiments.config import ConfigError
 from minference_jax import (
     DenseAttention,
-    MInferenceAttention,
     PatternConfig,
     PatternKind,
     VerticalSlash,
@@ -31,9 +27,13 @@ from minference_jax.index import (
     vertical_slash_layout,
 )
 from minference_jax.types import AttentionFn
+from pallas_kernels.vertical_slash import vertical_slash_attention
 
 _BACKEND = {"auto": "auto", "triton": "pallas", "mosaic_gpu": "pallas",
             "xla": "xla"}
+# The benchmark's short names -> the ops' implementation names.
+_LIBRARY_NAMES = {"triton": "pallas_triton",
+                  "mosaic_gpu": "pallas_mosaic_gpu", "xla": "xla"}
 
 
 def hopper_gpu() -> bool:
@@ -76,28 +76,17 @@ def build_attention(
     dense_threshold: None: make_attention's default ("auto") or 0.
     interpret: Pallas interpret mode.
 
-  Raises:
-    ConfigError: when this library version cannot pin the implementation.
   """
   backend = _BACKEND[implementation]
   if patterns is None:
     if implementation == "xla":
-      return DenseAttention("xla", interpret)
+      return DenseAttention(implementation="xla", interpret=interpret)
     return make_attention(None, "dense", interpret=interpret)
   if dense_threshold is None and backend != "auto":
     dense_threshold = 0
-  kwargs = dict(dense_threshold=dense_threshold, interpret=interpret)
-  if implementation not in ("triton", "mosaic_gpu"):
-    return make_attention(patterns, backend, **kwargs)
-  if "implementation" in inspect.signature(make_attention).parameters:
-    return make_attention(patterns, backend, implementation=implementation,
-                          **kwargs)
-  attention = make_attention(patterns, backend, **kwargs)
-  if isinstance(attention, MInferenceAttention) and any(
-      f.name == "kernels" for f in dataclasses.fields(attention)):
-    return dataclasses.replace(attention, kernels=implementation)
-  raise ConfigError(f"cannot pin implementation {implementation!r} with"
-                    " this make_attention; use 'auto'")
+  return make_attention(patterns, backend, dense_threshold=dense_threshold,
+                        implementation=_LIBRARY_NAMES.get(implementation),
+                        interpret=interpret)
 
 
 # ---------------------------------------------------------- index builds
@@ -155,23 +144,13 @@ def vs_kernel(q, k, v, layout, *, implementation: str, interpret: bool):
   Args:
     implementation: "triton", "mosaic_gpu" or "xla" (resolved, not "auto").
   """
-  if implementation == "xla":
-    from minference_jax.sparse_xla import vertical_slash_attention_xla
-
-    return vertical_slash_attention_xla(q, k, v, layout)
-  if implementation == "mosaic_gpu":
-    from pallas_kernels.vertical_slash.pallas_mosaic_gpu import (
-        vertical_slash_attention_mgpu,
-    )
-
-    return vertical_slash_attention_mgpu(q, k, v, layout,
-                                         interpret=interpret)
-  from pallas_kernels import vertical_slash_attention
-
-  return vertical_slash_attention(q, k, v, layout, interpret=interpret)
+  return vertical_slash_attention(
+      q, k, v, layout, implementation=_LIBRARY_NAMES[implementation],
+      interpret=interpret)
 
 
 def dense_kernel(q, k, v, *, implementation: str, interpret: bool):
   """Causal dense attention (cuDNN on GPU where it applies, else XLA)."""
   impl = "xla" if implementation == "xla" else "auto"
-  return DenseAttention(impl, interpret).attend(q, k, v)
+  return DenseAttention(implementation=impl,
+                        interpret=interpret).attend(q, k, v)

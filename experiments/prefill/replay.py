@@ -1,6 +1,6 @@
 """Vertical-Slash lines recorded from a real model, replayed in a larger one.
 
-`experiments.model_head_indices` records, per (layer, head) of a real model
+`minference-jax model-indices` records, per (layer, head) of a real model
 (SmolLM2-135M: the first 15 of its 30 layers, 9 query / 3 KV heads) run on
 T tokens of real text, the lines MInference's online estimate selects. A
 benchmark of another geometry (LLaMA-3-8B: 32 layers, 32 / 8 heads) needs
@@ -36,7 +36,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.model_head_indices import HeadIndices
+from experiments.index_sets import HeadIndices, vs_indices_path
 from experiments.prefill import ops
 from minference_jax import VerticalSlash
 from minference_jax.index import VerticalSlashIndices
@@ -116,7 +116,7 @@ class ReplayedLines:
 def find_recording(index_dirs, seq_len: int) -> Path | None:
   """The first `model_head_indices_T<T>.npz` in index_dirs, or None."""
   for d in index_dirs:
-    path = Path(d) / f"model_head_indices_T{seq_len}.npz"
+    path = vs_indices_path(d, seq_len)
     if path.is_file():
       return path
   return None

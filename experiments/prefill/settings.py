@@ -29,7 +29,7 @@ class ModelSpec:
   Attributes:
     source: "preset" (a `ModelConfig.preset` geometry with random weights
       drawn on the device, random token ids), "slice" (a model slice of
-      `experiments.model_head_indices`: a real model's first layers and
+      `experiments.model_slice`: a real model's first layers and
       real text) or "checkpoint" (`models.load_model(path)`: a GGUF file or
       an HF checkpoint, with `tokens_file`'s token ids).
     preset: the preset name (source "preset"), e.g. "llama3_8b_1048k".

@@ -3,7 +3,7 @@
 Random weights are drawn on the default device, one jitted draw per
 parameter, directly in the target dtype (no float32 copy of the model and
 no host-to-device copy: 8B parameters are 16 GB in bf16, 32 GB in f32).
-A model slice (`experiments.model_head_indices`) brings real weights and
+A model slice (`experiments.model_slice`) brings real weights and
 real text.
 """
 
@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.model_head_indices import ModelSlice, load_slice
+from experiments.model_slice import ModelSlice, load_slice
 from models import ModelConfig, Params, param_shapes
 
 

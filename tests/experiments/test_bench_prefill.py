@@ -12,7 +12,7 @@ import pytest
 
 from experiments import bench_prefill
 from experiments.config import ConfigError, load_config
-from experiments.model_head_indices import HeadIndices
+from experiments.index_sets import HeadIndices
 from experiments.prefill import accounting, replay
 from experiments.prefill.settings import CaseSpec, PrefillConfig
 from minference_jax import VerticalSlash

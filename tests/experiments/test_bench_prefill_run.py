@@ -16,7 +16,7 @@ import pytest
 
 from experiments import bench_prefill
 from experiments.config import load_config
-from experiments.model_head_indices import HeadIndices
+from experiments.index_sets import HeadIndices
 from experiments.prefill import cases, replay, weights
 from experiments.prefill.pieces import DecoderPieces, LayerwisePrefill
 from experiments.prefill.settings import CaseSpec, ModelSpec, PrefillConfig

@@ -6,7 +6,7 @@ import pytest
 
 from experiments import synthetic
 from minference_jax import metrics
-from minference_jax.sparse_xla import compact_layout
+from pallas_kernels.layouts import compact_layout
 from experiments.synthetic import (
     SyntheticSpec,
     gaussian_qkv,

@@ -38,7 +38,7 @@ def test_minference_attention_is_sliced_to_a_layers_heads():
 
 
 def test_head_independent_and_unknown_attentions():
-  dense = DenseAttention("xla")
+  dense = DenseAttention(implementation="xla")
   assert attention_for_heads(dense, 0, 2, layer_idx=5) is dense
   one = make_attention(VerticalSlash(8, 8), backend="xla")
   assert attention_for_heads(one, 2, 4, layer_idx=0) is one

@@ -50,7 +50,7 @@ def test_prefill_estimate_tracks_xla_for_a_chunked_model():
   tokens = jax.ShapeDtypeStruct((1, t), jnp.int32)
   compiled = forward_jit.lower(
       params, tokens, None, None, None, config=config,
-      attention=DenseAttention("xla"), q_offset=0, logits_for="last",
+      attention=DenseAttention(implementation="xla"), q_offset=0, logits_for="last",
       chunk_size=chunk, rope_seq_len=None).compile()
   weights = config.num_params() * 2
   xla = _xla(compiled, weights)
