@@ -65,6 +65,7 @@ from experiments.index_sets import (
 )
 from experiments.synthetic import synthetic_qkv
 from minference_jax import index
+from pallas_kernels.a_shape.xla import Config as AShapeXlaConfig
 from pallas_kernels.layouts import AShapeLayout
 
 warnings.filterwarnings("ignore", message="The Pallas Triton backend")
@@ -277,7 +278,8 @@ def _pairs(pattern, layout, t, b, config):
     return bc.vs_tile_pairs(layout)
   if pattern == "block_sparse":
     return bc.bs_tile_pairs(layout)
-  bq, bk = (config.block_q, config.block_k) if config else (64, 64)
+  bq, bk = ((config.block_q, config.block_k)
+            if hasattr(config, "block_q") else (64, 64))
   return bc.a_shape_tile_pairs(layout, t, b, bq, bk)
 
 
@@ -347,7 +349,11 @@ def _kernel_runs(cfg, pattern, configs):
   for impl in cfg.kernel_impls:
     if impl in kernel_impls.VS_STEP_KEYS and pattern != "vertical_slash":
       continue  # a Vertical-Slash kernel only
-    for c in (configs[pattern] if impl == "triton" else [None]):
+    default = None
+    if pattern == "a_shape" and impl == "xla":  # static window bounds
+      n_init, n_local = cfg.a_shape_sizes
+      default = AShapeXlaConfig(max_init=n_init, max_local=n_local)
+    for c in (configs[pattern] if impl == "triton" else [default]):
       runs.append((impl, c, kernel_impls.kernel_fn(
           pattern, impl, head_dim=cfg.head_dim, config=c,
           interpret=cfg.interpret)))

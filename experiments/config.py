@@ -177,7 +177,8 @@ def load_config(cls: type[C], path: str | Path | None,
     path: a YAML file, or None for the dataclass defaults.
     overrides: `key=value` strings (dotted keys for nested fields); values
       are parsed as YAML, except that a text field (`str`, `str | None`)
-      takes the text as typed unless it is YAML's null.
+      whose value YAML reads as another type (`yes: no`, `1e3`) takes the
+      text as typed.
 
   Raises:
     ConfigError: on an unreadable file, a malformed override, an unknown
@@ -193,7 +194,8 @@ def load_config(cls: type[C], path: str | Path | None,
       parsed = yaml.safe_load(value) if value else ""
     except yaml.YAMLError:
       parsed = value
-    if parsed is not None and _is_text_field(cls, key):
+    if (parsed is not None and not isinstance(parsed, str)
+        and _is_text_field(cls, key)):
       parsed = value  # `prompt=yes: no` stays the text the user typed
     _set_dotted(raw, key, parsed)
   return _build(cls, raw)

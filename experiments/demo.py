@@ -123,7 +123,8 @@ def answer_with_timings(model: CausalLM, ids: Sequence[int], tokenizer,
   prefill = forward_jit.lower(
       model.params, prompt, None, cache, None, config=model.config,
       attention=model.attention, q_offset=0, logits_for="last",
-      chunk_size=model.chunk_size, rope_seq_len=length).compile()
+      chunk_size=model.chunk_size, rope_seq_len=length,
+      partitioning=model.partitioning).compile()
   compiled = time.perf_counter()
   jax.block_until_ready(prefill(model.params, prompt, None, cache, None))
   ran = time.perf_counter()

@@ -6,8 +6,8 @@ time), split over a mesh as models/sharded.py runs it:
     map to (tensor axis: heads, KV heads when they split, MLP width,
     vocabulary), the rest replicated;
   * outside attention, T / sequence tokens per device: residual, q, k, v,
-    the attention output, cos/sin, and one chunk's MLP temporaries over
-    I / tensor columns;
+    the attention output, cos/sin, the sequence-chunked copies and one
+    chunk's MLP temporaries over I / tensor columns;
   * inside attention (DeepSpeed-Ulysses), the whole sequence for N / P query
     heads (P = sequence x tensor) and the device's KV heads (one replicated
     head when K < P), next to the sequence-sharded inputs they came from,
@@ -113,15 +113,16 @@ def estimate_sharded_prefill_memory(
   else:
     gathered = 0
   workspace = 2 * heads * VS_LAST_Q * seq_len * 4
-  chunk = local if chunk_size is None else min(chunk_size, local)
+  # The phases of models.memory.estimate_prefill_memory on the device's
+  # tokens (sequence-chunked copies, SwiGLU temporaries per [c, I] column).
+  chunked = chunk_size is not None and chunk_size < local
+  chunk = min(chunk_size, local) if chunked else local
   mlp_cols = c.intermediate_size // mesh_config.size("mlp")
-  chunk_tmp = chunk * (c.hidden_size * 4 + mlp_cols * (2 * b + 3 * 4))
-  attention_phase = x + q + kv + o + rope + gathered
-  mlp_phase = x + o + x + chunk_tmp
-  if attention_phase + workspace > mlp_phase:
-    activations = attention_phase
-  else:
-    activations, workspace = mlp_phase, 0
+  chunk_tmp = chunk * (c.hidden_size * 4 + mlp_cols * (3 * b + 5))
+  projection_phase = x + rope + q + kv + ((x + q + kv) if chunked else 0)
+  attention_phase = x + q + kv + o + rope + gathered + workspace
+  mlp_phase = x + o + x + ((x + o) if chunked else 0) + chunk_tmp
+  activations = max(projection_phase, attention_phase, mlp_phase) - workspace
   cache = 0
   if keep_kv_cache:
     cache = (seq_len * c.kv_bytes_per_token(b)) // (seq * kv_split)
