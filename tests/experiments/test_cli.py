@@ -262,7 +262,9 @@ def test_bench_kernels_writes_results_and_config(tmp_path):
     pytest.skip("the per-op entry points (implementation=) have not landed;"
                 " the kernel row records their TypeError")
   assert "error" not in row, row["error"]
-  assert 0 < row["density"] <= 1 and row["kernel_ms"] > 0
+  # Density counts whole 64 x 64 tiles over the causal area: above 1 at
+  # T = 128, where the diagonal tiles' upper halves dominate.
+  assert row["density"] > 0 and row["kernel_ms"] > 0
 
 
 def test_check_kernels_runs_pytest_and_refuses_an_empty_run(tmp_path,
