@@ -17,6 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from experiments.config import ConfigError, to_plain
 from experiments.search import (
     BASELINE_NAMES,
+    REPO_DIR,
     SearchConfig,
     fingerprint,
     git_revision,
@@ -52,12 +53,13 @@ def apply_rope_scaling(config: ModelConfig, kind: str,
   YaRN keeps the trained length as its original length."""
   if kind == "none":
     return config
-  original = config.max_position_embeddings
+  trained = config.max_position_embeddings
+  yarn = kind == "yarn"
   rope = dataclasses.replace(
       config.rope, kind=kind, factor=float(factor),
-      original_max_position_embeddings=(original if kind == "yarn" else
-                                        config.rope.original_max_position_embeddings),
-      max_position_embeddings=(int(original * factor) if kind == "yarn"
+      original_max_position_embeddings=(
+          trained if yarn else config.rope.original_max_position_embeddings),
+      max_position_embeddings=(int(trained * factor) if yarn
                                else config.rope.max_position_embeddings))
   return dataclasses.replace(config, rope=rope)
 
@@ -128,7 +130,7 @@ def run_command(cfg: SearchConfig, config_path: str | None,
   tokens = np.stack([s.tokens for s in samples])  # [B, T]
   run_info = {
       "command": "minference-jax search " + shlex.join(argv),
-      "config_file": config_path, "resolved": to_plain(cfg),
+      "config_file": _relative(config_path), "resolved": to_plain(cfg),
       "git": git_revision(), "jax": jax.__version__,
       "device": jax.devices()[0].device_kind,
       "started": datetime.datetime.now(datetime.UTC).isoformat(
@@ -220,6 +222,18 @@ def run_command(cfg: SearchConfig, config_path: str | None,
     for p in write_report(cfg.results, stem, summary, validation, info,
                           searched):
       console.print(f"wrote {p}")
+
+
+def _relative(path: str | None) -> str | None:
+  """A path relative to the checkout when inside it, else its name (no
+  machine paths in results)."""
+  if path is None:
+    return None
+  p = Path(path).resolve()
+  try:
+    return str(p.relative_to(REPO_DIR))
+  except ValueError:
+    return p.name
 
 
 def _dense(res) -> float:

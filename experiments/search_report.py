@@ -62,19 +62,19 @@ def search_summary(layers: Mapping[str, dict], config: PatternConfig,
     e = layers[str(i)]
     win = e["winner"]
     heads = range(len(win))
-    pick = lambda name: np.asarray(_nan(e[name]), np.float64)[:, win, heads]
-    tiles, covered, recall = pick("tiles"), pick("covered"), pick("recall")
-    error = pick("output_error")
+    pick = lambda x: np.asarray(_nan(x), np.float64)[win, heads]  # [N]
+    recall = pick(e["recall"]["mean"])
+    error = (pick(e["output_error"]["mean"]) if e["output_error"]
+             else None)
     per_layer.append({
         "layer": i,
         "kinds": [p.kind.value for p in config.layers[i]],
         "budgets": [budget_label(p) for p in config.layers[i]],
-        "kernel_density": float(tiles.mean() / dense),
-        "density": float(covered.mean() / area),
+        "kernel_density": float(pick(e["tiles"]).mean() / dense),
+        "density": float(pick(e["covered"]).mean() / area),
         "recall": float(recall.mean()),
-        "min_head_recall": float(recall.mean(axis=0).min()),
-        "output_error": (None if np.isnan(error).all()
-                         else float(np.nanmean(error))),
+        "min_head_recall": float(recall.min()),
+        "output_error": None if error is None else float(error.mean()),
         "target_kernel_density": e["target_tiles"] / dense,
         "seconds": e["seconds"],
     })
@@ -102,24 +102,22 @@ def validation_summary(validation: Mapping[str, dict], num_layers: int,
   area = seq_len * (seq_len + 1) / 2
   dense = dense_tiles(seq_len)
   names = validation["0"]["configs"]
-  out = {name: {"recall_per_layer": []} for name in names}
-  stacks = {key: [] for key in ("recall", "output_error", "covered",
-                                "tiles")}
-  for i in range(num_layers):
-    e = validation[str(i)]
-    for key in stacks:
-      stacks[key].append(np.asarray(_nan(e[key]), np.float64))  # [B, C, N]
-  arr = {k: np.stack(v) for k, v in stacks.items()}  # [L, B, C, N]
+  table = lambda key, agg=None: np.stack([np.asarray(_nan(
+      validation[str(i)][key][agg] if agg else validation[str(i)][key]),
+      np.float64) for i in range(num_layers)])  # [L, C, N]
+  recall, worst = table("recall", "mean"), table("recall", "worst")
+  error, tiles, covered = (table("output_error", "mean"), table("tiles"),
+                           table("covered"))
+  out = {}
   for c, name in enumerate(names):
     out[name] = {
-        "recall": float(arr["recall"][:, :, c].mean()),
-        "min_layer_recall": float(arr["recall"][:, :, c].mean(
-            axis=(1, 2)).min()),
-        "output_error": float(arr["output_error"][:, :, c].mean()),
-        "kernel_density": float(arr["tiles"][:, :, c].mean() / dense),
-        "density": float(arr["covered"][:, :, c].mean() / area),
-        "recall_per_layer": arr["recall"][:, :, c].mean(axis=(1, 2)).round(
-            4).tolist(),
+        "recall": float(recall[:, c].mean()),
+        "worst_prompt_recall": float(worst[:, c].mean()),
+        "min_layer_recall": float(recall[:, c].mean(axis=1).min()),
+        "output_error": float(error[:, c].mean()),
+        "kernel_density": float(tiles[:, c].mean() / dense),
+        "density": float(covered[:, c].mean() / area),
+        "recall_per_layer": recall[:, c].mean(axis=1).round(4).tolist(),
     }
   return out
 
@@ -137,7 +135,8 @@ def plot_head_map(config: PatternConfig, path: str | Path,
   for i, row in enumerate(config.layers):
     for h, p in enumerate(row):
       ranks = sorted(sizes[p.kind])
-      t = ranks.index(_budget_size(p)) / max(len(ranks) - 1, 1)
+      t = (ranks.index(_budget_size(p)) / (len(ranks) - 1)
+           if len(ranks) > 1 else 1.0)
       base = np.asarray(to_rgb(KIND_COLORS[p.kind]))
       image[i, h] = base + (1 - base) * 0.7 * (1 - t)  # light: small
   fig, ax = plt.subplots(figsize=(1.0 + 0.75 * heads, 0.8 + 0.3 * layers))
@@ -152,15 +151,14 @@ def plot_head_map(config: PatternConfig, path: str | Path,
   ax.set_ylabel("layer")
   handles = [plt.Rectangle((0, 0), 1, 1, color=KIND_COLORS[k])
              for k in KIND_COLORS if k in sizes]
-  ax.legend(handles, [f"{k.value} (light: small budget)"
-                      for k in KIND_COLORS if k in sizes],
-            loc="upper center", bbox_to_anchor=(0.5, -0.6 / layers * 10),
-            fontsize=6, ncol=3, frameon=False)
+  fig.legend(handles, [f"{k.value} (lighter: smaller budget)"
+                       for k in KIND_COLORS if k in sizes],
+             loc="lower center", fontsize=6, ncol=3, frameon=False)
   ax.set_title(title, fontsize=8)
-  fig.tight_layout()
+  fig.tight_layout(rect=(0, 0.035, 1, 1))
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=150)
+  fig.savefig(path, dpi=110)
   plt.close(fig)
   return path
 
@@ -195,10 +193,12 @@ def markdown(summary: dict, validation: dict | None, info: Mapping) -> str:
             f" recall {summary['mean_recall']:.3f}.", ""]
   if validation:
     lines += [f"## Held-out validation ({info.get('held_out')})", "",
-              "| config | mean recall | min layer recall | output error |"
-              " kernel density | density |", "|---|---|---|---|---|---|"]
+              "| config | mean recall | worst-prompt recall | min layer"
+              " recall | output error | kernel density | density |",
+              "|---|---|---|---|---|---|---|"]
     for name, row in validation.items():
       lines.append(f"| {name} | {row['recall']:.4f} |"
+                   f" {row['worst_prompt_recall']:.4f} |"
                    f" {row['min_layer_recall']:.4f} |"
                    f" {row['output_error']:.4f} |"
                    f" {row['kernel_density']:.3f} | {row['density']:.3f} |")

@@ -68,64 +68,87 @@ def decode_pattern(entry: Sequence) -> Pattern:
   raise ValueError(f"unknown pattern kind {kind!r} in a search record")
 
 
-def _finite(x) -> Any:
-  """Nested lists with NaN / inf as None (strict JSON)."""
+def _finite(x, digits: int | None = None) -> Any:
+  """Nested lists with NaN / inf as None (strict JSON), floats rounded to
+  `digits` significant digits."""
   if isinstance(x, np.ndarray):
     x = x.tolist()
   if isinstance(x, list):
-    return [_finite(v) for v in x]
-  if isinstance(x, float) and not math.isfinite(x):
-    return None
+    return [_finite(v, digits) for v in x]
+  if isinstance(x, float):
+    if not math.isfinite(x):
+      return None
+    return float(f"{x:.{digits}g}") if digits else x
   return x
 
 
-def _array(x) -> np.ndarray:
-  return np.asarray(_none_to_nan(x), np.float64)
-
-
-def _none_to_nan(x):
+def _nan(x):
   if isinstance(x, list):
-    return [_none_to_nan(v) for v in x]
+    return [_nan(v) for v in x]
   return math.nan if x is None else x
 
 
+def _mean_worst(x: np.ndarray, higher_is_better: bool) -> dict:
+  """Mean and worst over the samples axis of [B, C, N] (JSON)."""
+  worst = x.min(axis=0) if higher_is_better else x.max(axis=0)
+  return {"mean": _finite(x.mean(axis=0), 6), "worst": _finite(worst, 6)}
+
+
+def metrics_entry(recall, error, tiles, covered) -> dict:
+  """[B, C, N] metrics as per (candidate, head) aggregates (JSON)."""
+  error = np.asarray(error)
+  return {
+      "recall": _mean_worst(np.asarray(recall), True),
+      "output_error": (None if np.isnan(error).all()
+                       else _mean_worst(error, False)),
+      "tiles": _finite(np.asarray(tiles, np.float64).mean(axis=0), 6),
+      "covered": _finite(np.asarray(covered, np.float64).mean(axis=0), 8),
+  }
+
+
 def layer_entry(res: LayerSearch, seconds: float) -> dict:
-  """One layer's search result as JSON."""
+  """One layer's search result as JSON: patterns, winners, and per
+  (candidate, head) the mean and worst over the calibration samples."""
   return {
       "seq_len": res.seq_len,
       "target_tiles": res.target_tiles,
       "candidates": [encode_pattern(p) for p in res.candidates],
       "adjusted": [[encode_pattern(p) for p in row] for row in res.adjusted],
-      "tiles": _finite(res.tiles),
-      "recall": _finite(res.recall),
-      "output_error": _finite(res.output_error),
-      "covered": _finite(res.covered),
-      "loss": _finite(res.loss),
       "winner": [int(c) for c in res.winner],
+      "loss": _finite(res.loss, 6),
+      **metrics_entry(res.recall, res.output_error, res.tiles, res.covered),
       "baselines": [[encode_pattern(p) for p in row] for row in res.baselines],
-      "baseline_tiles": _finite(res.baseline_tiles),
+      "baseline_tiles": _finite(res.baseline_tiles, 6),
       "seconds": round(seconds, 3),
   }
 
 
 def winner_score(entry: Mapping, objective: str, aggregate: str) -> list:
   """Per head, the winner's aggregated objective (recall or error)."""
-  metric = _array(entry["recall"] if objective == "recall"
-                  else entry["output_error"])  # [B, C, N]
-  if aggregate == "mean":
-    agg = metric.mean(axis=0)
-  else:
-    agg = metric.min(axis=0) if objective == "recall" else metric.max(
-        axis=0)
-  return [float(agg[c, h]) for h, c in enumerate(entry["winner"])]
+  metric = entry["recall" if objective == "recall" else "output_error"]
+  table = np.asarray(_nan(metric[aggregate]), np.float64)  # [C, N]
+  return [float(table[c, h]) for h, c in enumerate(entry["winner"])]
 
 
 # --------------------------------------------------------------- record
+def _dumps(data: dict) -> str:
+  """The record as JSON: one line per layer entry, the rest indented."""
+  parts = []
+  for key, value in data.items():
+    if key in ("layers", "validation") and value:
+      rows = ",\n".join(
+          f"  {json.dumps(k)}: {json.dumps(v, separators=(',', ':'))}"
+          for k, v in value.items())
+      parts.append(f" {json.dumps(key)}: {{\n{rows}\n }}")
+    else:
+      text = json.dumps(value, indent=1).replace("\n", "\n ")
+      parts.append(f" {json.dumps(key)}: {text}")
+  return "{\n" + ",\n".join(parts) + "\n}\n"
+
+
 def _write_atomic(path: Path, data: Any) -> None:
   tmp = path.with_name(path.name + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump(data, f, indent=1)
-    f.write("\n")
+  tmp.write_text(_dumps(data))
   os.replace(tmp, path)
 
 
@@ -324,8 +347,8 @@ def run_validation(
   """Scores several pattern configs on held-out prompts, layer by layer.
 
   Each finished layer's metrics go to the record's "validation" section
-  (recall, output error, kernel tiles, covered pairs per sample, config
-  and head), so this pass resumes too.
+  (per config and head: recall and output error, mean and worst over the
+  prompts; mean kernel tiles and covered pairs), so this pass resumes too.
   """
   names = list(configs)
   todo = {i for i in range(model_config.num_layers)
@@ -340,10 +363,8 @@ def run_validation(
     seconds = time.perf_counter() - start
     record.put("validation", layer, {
         "configs": names,
-        "recall": _finite(np.asarray(scores.recall)),
-        "output_error": _finite(np.asarray(scores.output_error)),
-        "covered": _finite(np.asarray(scores.covered)),
-        "tiles": _finite(np.asarray(tiles)),
+        **metrics_entry(scores.recall, scores.output_error, tiles,
+                        scores.covered),
         "seconds": round(seconds, 3),
     })
     if on_layer is not None:

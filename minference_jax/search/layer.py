@@ -280,6 +280,16 @@ def search_layer(
   arrays, cost, at_floor = adjust_candidates(est, rows + extra, space, tgt,
                                              n, t)
   c = len(rows)
+  # A candidate still over the target at the low end of its range cannot
+  # reach it on that head (without ChangeSpace, costs are as written).
+  feasible = np.ones((c, n), bool)
+  if space.adjust:
+    feasible = ~(at_floor[:c] & (cost[:c] > tgt * (1 + space.tolerance)))
+  if not feasible.any(axis=0).all():
+    bad = int(np.flatnonzero(~feasible.any(axis=0))[0])
+    raise ValueError(
+        f"head {bad}: every candidate's minimum cost exceeds the target"
+        f" {tgt:.0f} tiles (costs {cost[:c, bad].round(0).tolist()})")
   cand = PatternArrays(arrays.kind[:c], arrays.first[:c], arrays.second[:c])
   keysets = build_keysets(est, cand, t)
   scores, out = score_keysets(
@@ -291,16 +301,7 @@ def search_layer(
   per_sample = error if settings.objective == "output" else 1.0 - recall
   loss = (per_sample.mean(axis=0) if settings.aggregate == "mean"
           else per_sample.max(axis=0))
-  # A candidate still over the target at the low end of its range cannot
-  # reach it on that head (without ChangeSpace, costs are as written).
-  if space.adjust:
-    over = at_floor[:c] & (cost[:c] > tgt * (1 + space.tolerance))
-    loss = np.where(over, np.inf, loss)
-  if not np.isfinite(loss).any(axis=0).all():
-    bad = int(np.flatnonzero(~np.isfinite(loss).any(axis=0))[0])
-    raise ValueError(
-        f"head {bad}: every candidate's minimum cost exceeds the target"
-        f" {tgt:.0f} tiles (costs {cost[:c, bad].round(0).tolist()})")
+  loss = np.where(feasible, loss, np.inf)
   adjusted = _to_patterns(arrays)
   return LayerSearch(
       seq_len=t,
