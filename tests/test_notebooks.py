@@ -11,7 +11,7 @@ nbclient = pytest.importorskip("nbclient", reason="nbclient not installed")
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
-@pytest.mark.slow  # ~1.5 min on 2 idle cores (loads SmolLM2, 4K prompt)
+@pytest.mark.slow  # ~35 s on 2 cores (loads SmolLM2, one 4K prompt)
 def test_pattern_analysis_notebook_runs():
   path = NOTEBOOKS / "pattern_analysis.ipynb"
   nb = nbformat.read(path, as_version=4)

@@ -160,6 +160,9 @@ class LayerSearch:
     return tuple(self.adjusted[c][h] for h, c in enumerate(self.winner))
 
 
+_kernel_tiles_jit = jax.jit(kernel_tiles, static_argnums=2)
+
+
 def _adjust(est, rows, bounds, space: SearchSpace, target, n_heads,
             seq_len):
   """ChangeSpace for `rows` (one kind group): arrays [C, N], cost [C, N]."""
@@ -167,7 +170,7 @@ def _adjust(est, rows, bounds, space: SearchSpace, target, n_heads,
   data = any(isinstance(p, VerticalSlash) for p in rows)
   if not space.adjust:
     if data:
-      cost = jnp.mean(kernel_tiles(est, start, seq_len).astype(
+      cost = jnp.mean(_kernel_tiles_jit(est, start, seq_len).astype(
           jnp.float32), axis=0)
     else:
       cost = static_tiles(start, seq_len).astype(jnp.float32)

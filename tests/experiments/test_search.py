@@ -10,11 +10,18 @@ import pytest
 from experiments import search
 from experiments.search_data import make_samples
 from experiments.search_pipeline import apply_rope_scaling, minference_export
+from experiments.search_report import (
+    search_summary,
+    validation_summary,
+    write_report,
+)
 from experiments.search_run import (
     RecordMismatch,
     SearchRecord,
     assemble_config,
+    baseline_config,
     run_search,
+    run_validation,
 )
 from experiments.searched_configs import (
     check_geometry,
@@ -109,7 +116,6 @@ def _without_time(record):
           for i, e in record.layers.items()}
 
 
-@pytest.mark.slow  # ~25 s on 2 idle cores (compiling one layer's search)
 def test_resume_after_a_kill_gives_the_same_config(tiny_model, tmp_path):
   whole = _search(tiny_model, tmp_path / "whole.search.json")
 
@@ -135,6 +141,30 @@ def test_resume_after_a_kill_gives_the_same_config(tiny_model, tmp_path):
     assemble_config(whole, 3, 9, "output", "mean")
   with pytest.raises(ValueError, match="no result for layer 3"):
     assemble_config(whole, 4, n, "output", "mean")
+
+
+def test_held_out_validation_and_report(tiny_model, tmp_path):
+  config, params, tokens = tiny_model
+  record = _search(tiny_model, tmp_path / "r.search.json")
+  searched = assemble_config(record, 3, config.num_heads, "output", "mean",
+                             model="tiny")
+  configs = {"searched": searched,
+             "block_sparse": baseline_config(record, 0, 3)}
+  run_validation(config, params, tokens[::-1].copy(), record, configs,
+                 SearchSettings(key_chunk=128))
+  table = validation_summary(record.data["validation"], 3, 256)
+  assert list(table) == ["searched", "block_sparse"]
+  for row in table.values():
+    assert 0 < row["recall"] <= 1 and row["output_error"] >= 0
+    assert 0 < row["density"] <= row["kernel_density"] * 1.01 + 0.05
+  summary = search_summary(record.layers, searched, 256)
+  assert sum(summary["kind_share"].values()) == pytest.approx(1.0)
+  assert len(summary["layers"]) == 3
+  files = write_report(tmp_path / "res", "search_tiny", summary, table,
+                       {"model": "tiny", "command": "test"}, searched)
+  assert [f.name for f in files] == ["search_tiny.json", "search_tiny.md",
+                                     "search_tiny_map.png"]
+  assert "| searched |" in files[1].read_text()
 
 
 # ---------------------------------------------------- MInference format
@@ -198,6 +228,15 @@ def test_default_config_lookup_checks_the_geometry():
       "smollm2-135m-instruct")
   assert model_key("llama-3-8b") is None
   assert default_pattern_config("llama-3-8b", ModelConfig.tiny()) is None
+  smol = default_pattern_config(None, ModelConfig.smollm2_135m())
+  assert (smol.num_layers, smol.num_heads) == (30, 9)
+  assert smol.model == "SmolLM2-135M-Instruct" and smol.scores is not None
+  # The committed MInference-format file is this config's export.
+  export = search.REPO_DIR / "configs/patterns/smollm2-135m-instruct.json"
+  minf = export.with_name("smollm2-135m-instruct.minference.json")
+  assert json.loads(minf.read_text()) == minference_export(smol)[0]
+  with pytest.raises(ValueError, match="but the model has 2 layers"):
+    default_pattern_config(None, ModelConfig.tiny())
   config = PatternConfig.uniform(VerticalSlash(30, 100), 30, 9)
   assert check_geometry(config, ModelConfig.smollm2_135m(), "x") is config
   with pytest.raises(ValueError, match="30 layers x 9 heads, but the model"
