@@ -137,7 +137,7 @@ def _kernel_a_shape_tiles(n_init, n_local, t):
   return total
 
 
-@pytest.mark.parametrize("t", [64, 300, 1000])
+@pytest.mark.parametrize("t", [300, 1000])
 def test_static_costs_count_the_kernels_tiles(t):
   rng, seed = fresh_rng()
   for n_init, n_local in [(0, 0), (0, 1), (128, 64), (*rng.integers(
@@ -145,7 +145,7 @@ def test_static_costs_count_the_kernels_tiles(t):
     assert int(a_shape_tiles(n_init, n_local, t)) == _kernel_a_shape_tiles(
         n_init, n_local, t), (seed, n_init, n_local)
   tb = -(-t // 64)
-  for top_k in (1, 3, tb, tb + 5):
+  for top_k in (1, 3, tb + 5):
     q = jnp.asarray(rng.standard_normal((1, t, 2, 8)), jnp.float32)
     layout = block_sparse_indices(q, q, top_k)
     assert int(block_sparse_tiles(top_k, t)) == int(
@@ -253,11 +253,11 @@ def _dense_scores(q, k, v, masks):
   return rec, err, masks.sum((-2, -1))
 
 
-@pytest.mark.parametrize("row_blocks,key_chunk", [(1, 64), (3, 512)])
-def test_streamed_scores_match_dense_softmax(layer, row_blocks, key_chunk):
+def test_streamed_scores_match_dense_softmax(layer):
+  """Tiles of 3 query blocks over 128-key chunks: several chunks per tile,
+  a partial last tile and a partial last chunk (T = 300)."""
   seed, q, k, v, _, ks = layer
-  scores, out = score_keysets(q, k, v, ks, row_blocks=row_blocks,
-                              key_chunk=key_chunk)
+  scores, out = score_keysets(q, k, v, ks, row_blocks=3, key_chunk=128)
   rec, err, cov = _dense_scores(q, k, v, keyset_masks(ks, T))
   np.testing.assert_allclose(scores.recall, rec, atol=2e-5, err_msg=str(seed))
   np.testing.assert_allclose(scores.output_error, err, rtol=1e-3, atol=2e-5,
@@ -274,7 +274,8 @@ def test_streamed_scores_match_dense_softmax(layer, row_blocks, key_chunk):
 
 def test_recall_only_skips_the_output_error(layer):
   _, q, k, v, _, ks = layer
-  scores, _ = score_keysets(q, k, v, ks, output=False, key_chunk=64)
+  scores, _ = score_keysets(q, k, v, ks, output=False, row_blocks=3,
+                           key_chunk=128)
   assert np.isnan(np.asarray(scores.output_error)).all()
-  full, _ = score_keysets(q, k, v, ks, key_chunk=64)
+  full, _ = score_keysets(q, k, v, ks, row_blocks=3, key_chunk=128)
   np.testing.assert_allclose(scores.recall, full.recall, rtol=1e-6)
