@@ -15,6 +15,7 @@ COMMANDS = {
              "SmolLM2 needle-in-a-haystack, dense vs sparse (CPU)"),
     "synthetic-demo": ("experiments.synthetic_demo",
                        "every pattern on synthetic Q/K/V"),
+    "search": ("experiments.search", "offline kernel-aware pattern search"),
     "generate": ("experiments.generate",
                  "greedy generation for any prompt and model"),
     "bench-kernels": ("experiments.bench_kernels",

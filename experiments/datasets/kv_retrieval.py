@@ -90,3 +90,38 @@ def kv_retrieval_for_length(
     mid = (lo + hi) // 2
     lo, hi = (mid, hi) if size(mid) <= target_tokens else (lo, mid)
   return make_kv_retrieval_prompt(lo, seed, depth)
+
+
+def middle_truncate(ids: Sequence[int], length: int) -> list[int]:
+  """The first length // 2 and the last length - length // 2 ids (as
+  MInference's and InfiniteBench's scripts shorten long prompts: the
+  instruction at the start and the question at the end survive).
+
+  Raises:
+    ValueError: on length < 1.
+  """
+  if length < 1:
+    raise ValueError(f"length must be >= 1, got {length}")
+  ids = list(ids)
+  if len(ids) <= length:
+    return ids
+  head = length // 2
+  return ids[:head] + ids[len(ids) - (length - head):]
+
+
+def kv_retrieval_tokens(encode: Callable[[str], Sequence[int]], length: int,
+                        seed: int) -> list[int]:
+  """A KV-retrieval prompt of exactly `length` tokens: the smallest number
+  of pairs past the fitted prompt whose encoding reaches `length`,
+  middle-truncated (MInference searched on a middle-truncated
+  InfiniteBench KV-retrieval prompt).
+
+  Raises:
+    ValueError: if even one pair does not fit.
+  """
+  pairs = kv_retrieval_for_length(encode, length, seed).num_pairs
+  while True:
+    pairs += 1
+    ids = encode(make_kv_retrieval_prompt(pairs, seed).text)
+    if len(ids) >= length:
+      return middle_truncate(ids, length)
