@@ -172,6 +172,9 @@ def test_generate_saves_its_config_and_answer(tiny_model, tmp_path,
   from experiments import generate
 
   monkeypatch.setattr(generate, "load_model", lambda path, dtype: tiny_model)
+  monkeypatch.setattr(generate, "model_geometry",
+                      lambda path: tiny_model.config)
+  monkeypatch.setattr(generate, "load_tokenizer", lambda path: _Tokenizer())
   prompt = tmp_path / "prompt.txt"
   prompt.write_text("where is the key?")
   cli.main(["generate", f"prompt_file={prompt}", "chat=true", "backend=dense",
