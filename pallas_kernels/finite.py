@@ -16,12 +16,17 @@ n // G; query t sits at position q_offset + t):
                               does for some key j <= q_offset + t.
 These are the rows whose dense causal attention reads a non-finite value;
 a sparse pattern marks the same rows whether or not its key set holds that
-key, so sparse output is non-finite wherever dense output is. Other rows
-are returned bit for bit as the implementation computed them.
+key, so sparse output is non-finite wherever dense output is. Every other
+row is exactly what the implementation gives with each non-finite entry
+replaced by 0 (entries that row never reads), hence finite. To keep them
+so, the implementations get v with its non-finite entries zeroed: a masked
+key's weight is 0, and 0 x NaN would otherwise leak a NaN value into rows
+of the same tile (or, in XLA's dense attention, every row) that do not
+read it. Masked logits are selected away, so q and k need no such step.
 
-Cost: one reduction over q, k and v each (a read of the inputs, which XLA
-fuses into one pass per array and shares between the ops of a layer) and
-one elementwise select over the output; no change to any kernel.
+Cost: one reduction over q, k and v each and one select over v (reads of
+the inputs, which XLA fuses and shares between the ops of a layer), and
+one select over the output; no change to any kernel.
 """
 
 import functools
@@ -63,6 +68,7 @@ def non_finite_rows(
   return bad_q | jnp.repeat(reads_bad, g, axis=2)  # [B, T, N]
 
 
+@jax.jit
 def mark_rows(out: Float[Array, "B T N D"],
               rows: Bool[Array, "B T N"]) -> Float[Array, "B T N D"]:
   """`out` with the flagged rows set to NaN (the others unchanged)."""
@@ -70,22 +76,22 @@ def mark_rows(out: Float[Array, "B T N D"],
 
 
 @functools.partial(jax.jit, static_argnames=("q_offset",))
-def propagate_non_finite(
-    out: Float[Array, "B T N D"],
+def guard_inputs(
     q: Float[Array, "B T N D"],
     k: Float[Array, "B S K D"],
     v: Float[Array, "B S K D"],
     *,
     q_offset: int = 0,
-) -> Float[Array, "B T N D"]:
-  """Applies the rule (module docstring) to an attention output.
+) -> tuple[Bool[Array, "B T N"], Float[Array, "B S K D"]]:
+  """The rows the rule flags and v with its non-finite entries zeroed (the
+  value an implementation is given; bit-identical for finite v).
 
   Args:
-    out: [B, T, N, D] the implementation's output.
-    q, k, v: its inputs.
+    q, k, v: an op's inputs ([B, T, N, D], [B, S, K, D] twice).
     q_offset: static position of q[:, 0].
 
   Returns:
-    `out`, NaN in the rows `non_finite_rows` flags, bit-identical elsewhere.
+    ([B, T, N] bool rows, [B, S, K, D] v).
   """
-  return mark_rows(out, non_finite_rows(q, k, v, q_offset=q_offset))
+  rows = non_finite_rows(q, k, v, q_offset=q_offset)
+  return rows, jnp.where(jnp.isfinite(v), v, jnp.zeros((), v.dtype))

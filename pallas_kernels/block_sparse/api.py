@@ -89,6 +89,7 @@ def block_sparse_attention(
   """
   q, k, v = dispatch.entry_arrays(OP.name, q, k, v)
   dispatch.check_layout_type(OP.name, layout, (BlockSparseLayout,))
+  rows, v = finite.guard_inputs(q, k, v)
   out = OP(q, k, v, layout, implementation=implementation, config=config,
            interpret=interpret)
-  return finite.propagate_non_finite(out, q, k, v)
+  return finite.mark_rows(out, rows)

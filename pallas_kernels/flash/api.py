@@ -123,6 +123,7 @@ def flash_attention(
     raise ValueError(
         f"flash_attention: q_offset={q_offset} must be >= 0 with q_offset +"
         f" T <= S; got T={q.shape[1]}, S={k.shape[1]}")
+  rows, v = finite.guard_inputs(q, k, v, q_offset=q_offset)
   out = OP(q, k, v, q_offset=q_offset, implementation=implementation,
            config=config, interpret=interpret)
-  return finite.propagate_non_finite(out, q, k, v, q_offset=q_offset)
+  return finite.mark_rows(out, rows)

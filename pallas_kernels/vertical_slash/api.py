@@ -107,6 +107,7 @@ def vertical_slash_attention(
   q, k, v = dispatch.entry_arrays(OP.name, q, k, v)
   dispatch.check_layout_type(OP.name, layout, (VerticalSlashLayout,
                                                VerticalSlashChainLayout))
+  rows, v = finite.guard_inputs(q, k, v)
   out = OP(q, k, v, layout, implementation=implementation, config=config,
            interpret=interpret)
-  return finite.propagate_non_finite(out, q, k, v)
+  return finite.mark_rows(out, rows)
