@@ -25,7 +25,6 @@ from minference_jax.attention_inputs import (
     parse_thresholds,
 )
 from minference_jax.head_groups import HeadGroup, group_heads
-from minference_jax.index_checks import bs_estimate_finite, vs_estimate_finite
 from minference_jax.index import (
     a_shape_layout,
     block_sparse_indices,
@@ -33,6 +32,7 @@ from minference_jax.index import (
     vertical_slash_indices,
     vertical_slash_layout,
 )
+from minference_jax.index_checks import bs_estimate_finite, vs_estimate_finite
 from minference_jax.pattern_config import PatternConfig
 from minference_jax.patterns import (
     PATTERN_TYPES,

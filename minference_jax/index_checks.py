@@ -83,8 +83,6 @@ def per_head_active(active, n_heads: int) -> tuple[bool, ...]:
   return tuple(active)
 
 
-
-
 # ------------------------------------------------- non-finite estimate input
 def vs_estimate_finite(q, k, last_q: int):
   """Whether each head's Vertical-Slash estimate reads only finite values.

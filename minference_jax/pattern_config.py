@@ -465,8 +465,6 @@ class PatternConfig:
       json.dump(self.to_minference_json(**kwargs), f)
 
 
-
-
 def load_pattern_config(path: str | os.PathLike, *,
                         num_layers: int | None = None,
                         num_heads: int | None = None) -> PatternConfig:

@@ -175,7 +175,6 @@ def no_config(op: str, name: str, config: Any) -> None:
                     f" {config!r}")
 
 
-
 def entry_arrays(op: str, q, k, v) -> tuple[jax.Array, jax.Array, jax.Array]:
   """q, k, v as JAX arrays (NumPy arrays are converted), checked for the
   shapes and dtypes every implementation shares.
