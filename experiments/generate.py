@@ -152,9 +152,17 @@ def read_patterns(cfg: GenerateConfig, config: ModelConfig
 
 
 def prompt_ids(cfg: GenerateConfig, tok) -> list[int]:
-  """The prompt's token ids (chat template applied with `chat`)."""
+  """The prompt's token ids (chat template applied with `chat`).
+
+  Raises:
+    ConfigError: chat=true for a tokenizer without a chat template.
+  """
   prompt = (cfg.prompt if cfg.prompt is not None
             else Path(cfg.prompt_file).read_text())
+  if cfg.chat and getattr(tok, "chat_template", "") is None:
+    raise ConfigError(f"chat=true but the tokenizer of"
+                      f" {cfg.model or 'the bundled model'} has no chat"
+                      " template")
   if cfg.chat:
     return tok.apply_chat_template([{"role": "user", "content": prompt}],
                                    add_generation_prompt=True, tokenize=True)

@@ -32,6 +32,7 @@ from experiments.eval.config import (
 from experiments.eval.records import ResultsFile, case_key, digest
 from experiments.eval.scoring import score
 from models import CausalLM, LoadedModel, ModelConfig, load_model
+from models.loading import load_tokenizer
 
 DIAGNOSTICS_TASK = "diagnostics/attention"
 DIAGNOSTICS_PROBE = "niah/needle"  # the prompt the diagnostics measure
@@ -390,6 +391,10 @@ def run_eval(cfg: EvalConfig, loaded: LoadedModel | None = None, *,
   out = cfg.output_path
   out.mkdir(parents=True, exist_ok=True)
   save_resolved(cfg, out / "resolved_config.yaml")
+  if loaded is None and cfg.model.chat:  # before the weights
+    if load_tokenizer(cfg.model.path).chat_template is None:
+      raise ConfigError("model.chat is true but the tokenizer has no chat"
+                        " template")
   if loaded is None:
     log(f"loading {cfg.model.path or 'the bundled SmolLM2-135M-Instruct'}"
         f" ({cfg.model.dtype})")

@@ -121,6 +121,8 @@ def test_generate_refuses_patterns_of_another_model(ckpt, tmp_path,
   assert f"pattern config {empty} is empty" in err
   err = _one_error(capsys, base + ["minference_format=true"])
   assert "minference_format=true needs patterns=PATH" in err
+  err = _one_error(capsys, base + ["chat=true"])
+  assert f"chat=true but the tokenizer of {ckpt} has no chat template" in err
 
 
 def test_generate_warns_that_prefill_chunks_run_dense(ckpt, tmp_path,
