@@ -167,6 +167,41 @@ class BenchConfig:
     if self.max_repeats < self.min_repeats:
       raise ValueError(f"max_repeats ({self.max_repeats}) < min_repeats"
                        f" ({self.min_repeats})")
+    ignored = self.ignored_keys()
+    if ignored:
+      raise ValueError("; ".join(ignored))
+
+  def ignored_keys(self) -> list[str]:
+    """Keys set away from their defaults that nothing here reads."""
+    kinds = {spec.partition(":")[0] for spec in self.patterns}
+    sources = {spec.partition(":")[2] or self.index_source
+               for spec in self.patterns if not spec.startswith("a_shape")}
+    changed = {f.name for f in dataclasses.fields(self)
+               if getattr(self, f.name) != f.default}
+    reads = {
+        "vs_budget": ("vertical_slash" in kinds, "no vertical_slash pattern"),
+        "vs_configs": ("vertical_slash" in kinds
+                       and "triton" in self.kernel_impls,
+                       "no vertical_slash pattern on kernel_impls 'triton'"),
+        "bs_top_k": ("block_sparse" in kinds, "no block_sparse pattern"),
+        "bs_configs": ("block_sparse" in kinds
+                       and "triton" in self.kernel_impls,
+                       "no block_sparse pattern on kernel_impls 'triton'"),
+        "a_shape_sizes": ("a_shape" in kinds, "no a_shape pattern"),
+        "a_shape_configs": ("a_shape" in kinds
+                            and "triton" in self.kernel_impls,
+                            "no a_shape pattern on kernel_impls 'triton'"),
+        "index_source": (bool(kinds - {"a_shape"}),
+                         "A-shape takes no index source"),
+        "model_indices_dir": ("model" in sources,
+                              "no pattern reads index sets of source"
+                              " 'model'"),
+        "crossover_kv_heads": (bool(self.crossover_lens),
+                               "crossover_lens is empty"),
+        "dense_max_len": (self.dense, "dense is false"),
+    }
+    return [f"{key} has no effect: {why}" for key, (read, why) in
+            reads.items() if key in changed and not read]
 
   def triton_configs(self) -> dict[str, list]:
     """op -> the Pallas-Triton configs to time ([None]: the default)."""

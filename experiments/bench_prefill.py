@@ -35,6 +35,11 @@ from tqdm import tqdm
 from experiments import bench_common
 from experiments.config import ConfigError, command, parse_cli, save_resolved
 from experiments.index_sets import HeadIndices, vs_indices_path
+from experiments.model_context import (
+    check_context,
+    model_geometry,
+    with_rope_scaling,
+)
 from experiments.model_indices import model_head_indices
 from experiments.model_slice import load_slice
 from experiments.prefill import accounting, cases, ops, report, weights
@@ -73,7 +78,8 @@ def _model_config(cfg: PrefillConfig):
     for path in (spec.path, spec.tokens_file):
       if path and not Path(path).exists():
         raise ConfigError(f"model: {path} does not exist")
-    return None, None  # read with the weights (load_model)
+    # The geometry only: the weights load after every check.
+    return model_geometry(spec.path, "model.path"), None
   try:
     base = ModelConfig.preset(spec.preset)
     overrides = dict(spec.overrides)
@@ -97,15 +103,24 @@ def validate(cfg: PrefillConfig) -> Setup:
     ConfigError: anything a user must fix (one line each).
   """
   config, model_slice = _model_config(cfg)
-  loaded = None
-  if config is None:
-    loaded = load_model(cfg.model.path, cfg.model.dtype)
-    config = loaded.config
+  config = with_rope_scaling(config, cfg.model.rope_scaling,
+                             "model.rope_scaling")
+  check_context(config, max(cfg.seq_lens),
+                what=f"seq_lens up to {max(cfg.seq_lens)}",
+                scaling_key="model.rope_scaling",
+                allow_key="model.beyond_context",
+                allowed=cfg.model.beyond_context)
+  # A slice runs the first layers of a model: pattern configs are the full
+  # model's.
+  full_layers = (int(model_slice.meta.get("full_num_layers",
+                                          config.num_layers))
+                 if model_slice is not None else config.num_layers)
   sources, layers, skipped = {}, {}, {}
   for case in cfg.cases:
     layers[case.label] = cases.run_layers(case, config.num_layers)
     try:
-      sources[case.label] = cases.pattern_source(cfg, case, config)
+      sources[case.label] = cases.pattern_source(cfg, case, config,
+                                                 full_layers)
     except ConfigError as e:
       if not case.optional:
         raise
@@ -127,7 +142,7 @@ def validate(cfg: PrefillConfig) -> Setup:
     if case.executor == "model" and case.layers is not None:
       raise ConfigError(f"case {case.label!r}: executor 'model' runs every"
                         " layer; drop layers or use 'layerwise'")
-  return Setup(config, sources, layers, model_slice, loaded, skipped)
+  return Setup(config, sources, layers, model_slice, None, skipped)
 
 
 # ---------------------------------------------------------------- memory
@@ -303,7 +318,8 @@ def bench_weights_bytes(params) -> int:
 
 def _load_params(cfg: PrefillConfig, setup: Setup):
   dtype = jnp.dtype(cfg.model.dtype)
-  if setup.loaded is not None:
+  if cfg.model.source == "checkpoint":
+    setup.loaded = load_model(cfg.model.path, cfg.model.dtype)
     return setup.loaded.params
   if setup.model_slice is not None:
     return setup.model_slice.params(dtype)

@@ -18,6 +18,7 @@ import functools
 import sys
 import types
 import typing
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -159,6 +160,7 @@ def read_yaml(path: str | Path) -> dict:
   except yaml.YAMLError as e:
     raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
   if raw is None:
+    warn(f"config file {path} is empty: every key takes its default")
     return {}
   if not isinstance(raw, dict):
     raise ConfigError(
@@ -277,19 +279,35 @@ def save_resolved(cfg: Any, path: str | Path) -> Path:
 
 
 # ------------------------------------------------------------ commands
+def warn(message: str) -> None:
+  """One line on stderr: an option that has no effect, or a run that goes
+  on despite something the user should know."""
+  print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _warning_line(message, category, filename, lineno, file=None,
+                  line=None) -> None:
+  del category, filename, lineno, file, line
+  warn(str(message))
+
+
 def command(main: Callable[..., Any]) -> Callable[..., Any]:
   """Decorates a command's `main(argv)`: a user's mistake (ConfigError,
-  a missing file) prints one line on stderr and exits with status 2."""
+  a missing file) prints one line on stderr and exits with status 2; the
+  library's warnings (e.g. an option that has no effect) print as one
+  `warning:` line each."""
 
   @functools.wraps(main)
   def wrapped(*args, **kwargs):
-    try:
-      return main(*args, **kwargs)
-    except ConfigError as e:
-      print(f"error: {e}", file=sys.stderr)
-      raise SystemExit(2) from None
-    except FileNotFoundError as e:
-      print(f"error: {e.filename or e}: no such file", file=sys.stderr)
-      raise SystemExit(2) from None
+    with warnings.catch_warnings():
+      warnings.showwarning = _warning_line
+      try:
+        return main(*args, **kwargs)
+      except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+      except FileNotFoundError as e:
+        print(f"error: {e.filename or e}: no such file", file=sys.stderr)
+        raise SystemExit(2) from None
 
   return wrapped

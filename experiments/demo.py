@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -29,10 +30,16 @@ from rich.table import Table
 
 from experiments.config import (
     CONFIGS_DIR,
+    ConfigError,
     command,
     parse_cli,
     repo_relative,
     save_resolved,
+)
+from experiments.model_context import (
+    check_context,
+    model_geometry,
+    with_rope_scaling,
 )
 from experiments.needle import make_needle_prompt
 from experiments.plots import (
@@ -45,7 +52,14 @@ from minference_jax import VerticalSlash
 from minference_jax.attention import make_attention
 from minference_jax.index import vertical_slash_indices, vertical_slash_layout
 from minference_jax.metrics import attention_recall_per_head, density_per_head
-from models import CausalLM, forward_jit, generate_greedy, load_model
+from models import (
+    CausalLM,
+    ModelConfig,
+    forward_jit,
+    generate_greedy,
+    load_model,
+)
+from models.loading import load_tokenizer
 
 DEFAULT_CONFIG = CONFIGS_DIR / "experiments" / "demo.yaml"
 
@@ -62,6 +76,8 @@ class DemoConfig:
     max_new_tokens: generation budget per answer.
     heads_to_plot: query heads drawn in the attention-pattern PNGs.
     plot_layers: layers with a PNG each.
+    rope_scaling: an HF `rope_scaling` mapping (e.g. {rope_type: dynamic,
+      factor: 2}) for prompts past the model's 8K context; None: none.
     out_dir: folder for the PNGs, demo.json and demo.config.yaml.
   """
 
@@ -73,6 +89,7 @@ class DemoConfig:
   max_new_tokens: int = 16
   heads_to_plot: tuple[int, ...] = (0, 4, 8)
   plot_layers: tuple[int, ...] = (2, 15, 28)
+  rope_scaling: dict[str, Any] | None = None
   out_dir: str = "outputs"
 
   def __post_init__(self):
@@ -170,24 +187,50 @@ def layer_statistics(model: CausalLM, ids: Sequence[int],
   return rows, maps, covers
 
 
+def check_plots(cfg: DemoConfig, config: ModelConfig) -> None:
+  """The plotted layers and heads exist in the model.
+
+  Raises:
+    ConfigError: naming the key, the value and the model's count.
+  """
+  for key, values, count, what in (
+      ("plot_layers", cfg.plot_layers, config.num_layers, "layers"),
+      ("heads_to_plot", cfg.heads_to_plot, config.num_heads,
+       "query heads")):
+    bad = [i for i in values if i >= count]
+    if bad:
+      raise ConfigError(f"{key}: {bad} out of range; the model has {count}"
+                        f" {what} (0..{count - 1})")
+
+
 def run(cfg: DemoConfig, config_file: str | None = None) -> dict:
-  """Runs the demo (module docstring) and returns what demo.json holds."""
+  """Runs the demo (module docstring) and returns what demo.json holds.
+
+  The plotted layers and heads and the prompt's length are checked
+  against the model before its weights load.
+  """
   console = Console()
   out = Path(cfg.out_dir)
+  geometry = with_rope_scaling(model_geometry(None), cfg.rope_scaling)
+  check_plots(cfg, geometry)
+  tok = load_tokenizer(None)
+  needle = make_needle_prompt(cfg.sentences, cfg.depth, cfg.seed)
+  text = f"{needle.haystack}\n\n{needle.question} Answer with the number."
+  ids = tok.apply_chat_template([{"role": "user", "content": text}],
+                                add_generation_prompt=True, tokenize=True)
+  check_context(geometry, len(ids) + cfg.max_new_tokens,
+                what=f"the needle prompt of sentences={cfg.sentences}"
+                     f" ({len(ids)} tokens) plus max_new_tokens="
+                     f"{cfg.max_new_tokens}")
   save_resolved(cfg, out / "demo.config.yaml")
   t0 = time.perf_counter()
   loaded = load_model(None, "float32")
-  config, tok = loaded.config, loaded.tokenizer
+  config = with_rope_scaling(loaded.config, cfg.rope_scaling)
   console.print(
       f"[bold]model[/] SmolLM2-135M-Instruct GGUF ({loaded.path.name}) loaded"
       f" and dequantised in {time.perf_counter() - t0:.1f} s:"
       f" {config.num_layers} layers, {config.num_heads} query /"
       f" {config.num_kv_heads} KV heads, head dim {config.head_dim}")
-
-  needle = make_needle_prompt(cfg.sentences, cfg.depth, cfg.seed)
-  text = f"{needle.haystack}\n\n{needle.question} Answer with the number."
-  ids = tok.apply_chat_template([{"role": "user", "content": text}],
-                                add_generation_prompt=True, tokenize=True)
   pattern = VerticalSlash(cfg.n_vertical, cfg.n_slash)
   console.print(f"prompt: {len(ids)} tokens, needle at depth "
                 f"{needle.depth:.2f}: [italic]{needle.needle}[/]")
@@ -230,7 +273,7 @@ def run(cfg: DemoConfig, config_file: str | None = None) -> dict:
                 f"{np.mean([r['recall'] for r in rows]):.3f}", "")
   console.print(stats)
 
-  heads = [h for h in cfg.heads_to_plot if h < config.num_heads]
+  heads = list(cfg.heads_to_plot)  # checked against the model above
   pngs = []
   for layer in sorted(maps):
     pngs.append(str(plot_attention_patterns(

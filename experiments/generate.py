@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from rich.console import Console
@@ -32,10 +32,18 @@ from experiments.config import (
     parse_cli,
     repo_relative,
     save_resolved,
+    warn,
+)
+from experiments.model_context import (
+    check_context,
+    model_geometry,
+    with_rope_scaling,
 )
 from minference_jax.attention import make_attention
-from minference_jax.pattern_config import PatternConfig
-from models import CausalLM, generate_greedy, load_model
+from minference_jax.pattern_config import PatternConfig, load_pattern_config
+from minference_jax.pattern_entries import read_json_file
+from models import CausalLM, ModelConfig, generate_greedy, load_model
+from models.loading import load_tokenizer
 
 DEFAULT_CONFIG = CONFIGS_DIR / "experiments" / "generate.yaml"
 
@@ -52,11 +60,14 @@ class GenerateConfig:
       None for the bundled SmolLM2-135M-Instruct.
     patterns: a pattern config JSON (ours, or MInference's with
       `minference_format`); None runs every head dense.
-    minference_format: read `patterns` as MInference's JSON format.
+    minference_format: the file is MInference's format (checked: the
+      format is recognised either way; only with `patterns`).
     backend: make_attention's backend.
     max_new_tokens: generation budget.
     prefill_chunk: prompt tokens per prefill call (None: one call).
-    dtype: parameter dtype.
+    dtype: parameter dtype (GGUF and safetensors alike).
+    rope_scaling: an HF `rope_scaling` mapping (e.g. {rope_type: dynamic,
+      factor: 2}) to run past the model's context; None keeps its own.
     out_dir: folder for generate.json and generate.config.yaml.
   """
 
@@ -70,6 +81,7 @@ class GenerateConfig:
   max_new_tokens: int = 32
   prefill_chunk: int | None = None
   dtype: Literal["float32", "bfloat16"] = "float32"
+  rope_scaling: dict[str, Any] | None = None
   out_dir: str = "outputs"
 
   def __post_init__(self):
@@ -80,6 +92,24 @@ class GenerateConfig:
           f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
     if self.prefill_chunk is not None and self.prefill_chunk < 1:
       raise ValueError(f"prefill_chunk must be >= 1, got {self.prefill_chunk}")
+    if self.minference_format and not self.patterns:
+      raise ValueError("minference_format=true needs patterns=PATH (there"
+                       " is no pattern file to read)")
+
+
+def ignored_options(cfg: GenerateConfig) -> list[str]:
+  """Options that have no effect with the others (printed as warnings)."""
+  out = []
+  if cfg.prefill_chunk is not None and cfg.patterns and (
+      cfg.backend != "dense"):
+    out.append(f"prefill_chunk={cfg.prefill_chunk}: only the first chunk"
+               " runs the sparse patterns; later chunks (q_offset > 0) run"
+               " dense, as in MInference (drop prefill_chunk to prefill"
+               " the whole prompt sparsely)")
+  if cfg.patterns and cfg.backend == "dense":
+    out.append(f"patterns={cfg.patterns} is ignored: backend 'dense' runs"
+               " every head dense")
+  return out
 
 
 def check_files(cfg: GenerateConfig) -> None:
@@ -94,32 +124,75 @@ def check_files(cfg: GenerateConfig) -> None:
       raise ConfigError(f"{key}: {path} does not exist")
 
 
+def read_patterns(cfg: GenerateConfig, config: ModelConfig
+                  ) -> PatternConfig | None:
+  """The pattern config, checked against the model's layers and heads.
+
+  Raises:
+    ConfigError: naming the file: unreadable, malformed, the other format
+      than `minference_format` says, or another geometry.
+  """
+  if not cfg.patterns:
+    return None
+  try:
+    is_minference = isinstance(read_json_file(cfg.patterns, lambda d: d),
+                               list)
+  except ValueError as e:
+    raise ConfigError(f"patterns: {e}") from None
+  if is_minference != cfg.minference_format:
+    raise ConfigError(
+        f"patterns: {cfg.patterns} is in "
+        f"{'MInference' if is_minference else 'our'} format; set"
+        f" minference_format={str(is_minference).lower()}")
+  try:
+    return load_pattern_config(cfg.patterns, num_layers=config.num_layers,
+                               num_heads=config.num_heads)
+  except ValueError as e:
+    raise ConfigError(f"patterns: {e}") from None
+
+
+def prompt_ids(cfg: GenerateConfig, tok) -> list[int]:
+  """The prompt's token ids (chat template applied with `chat`).
+
+  Raises:
+    ConfigError: chat=true for a tokenizer without a chat template.
+  """
+  prompt = (cfg.prompt if cfg.prompt is not None
+            else Path(cfg.prompt_file).read_text())
+  if cfg.chat and getattr(tok, "chat_template", "") is None:
+    raise ConfigError(f"chat=true but the tokenizer of"
+                      f" {cfg.model or 'the bundled model'} has no chat"
+                      " template")
+  if cfg.chat:
+    return tok.apply_chat_template([{"role": "user", "content": prompt}],
+                                   add_generation_prompt=True, tokenize=True)
+  return tok.encode(prompt)
+
+
 def run(cfg: GenerateConfig, config_file: str | None = None) -> dict:
-  """Generates (module docstring) and returns what generate.json holds."""
+  """Generates (module docstring) and returns what generate.json holds.
+
+  Everything a user can get wrong (files, the pattern config against the
+  model, the prompt against the model's context) is checked before the
+  weights load.
+  """
   check_files(cfg)
+  for message in ignored_options(cfg):
+    warn(message)
   console = Console()
+  config = with_rope_scaling(model_geometry(cfg.model), cfg.rope_scaling)
+  patterns = read_patterns(cfg, config)
+  attn = make_attention(patterns, backend=cfg.backend)
+  tok = load_tokenizer(cfg.model)
+  ids = prompt_ids(cfg, tok)
+  check_context(config, len(ids) + cfg.max_new_tokens,
+                what=f"the prompt ({len(ids)} tokens) plus max_new_tokens="
+                     f"{cfg.max_new_tokens}")
   out = Path(cfg.out_dir)
   save_resolved(cfg, out / "generate.config.yaml")
   loaded = load_model(cfg.model, cfg.dtype)
-  tok = loaded.tokenizer
-  prompt = (cfg.prompt if cfg.prompt is not None
-            else Path(cfg.prompt_file).read_text())
-  if cfg.chat:
-    ids = tok.apply_chat_template([{"role": "user", "content": prompt}],
-                                  add_generation_prompt=True, tokenize=True)
-  else:
-    ids = tok.encode(prompt)
-  patterns = None
-  if cfg.patterns:
-    try:
-      patterns = (PatternConfig.load_minference_json(cfg.patterns)
-                  if cfg.minference_format else
-                  PatternConfig.load_json(cfg.patterns))
-    except (ValueError, KeyError, TypeError) as e:
-      raise ConfigError(f"patterns: {cfg.patterns} is not a valid pattern "
-                        f"config: {e}") from None
-  attn = make_attention(patterns, backend=cfg.backend)
-  model = CausalLM(loaded.config, loaded.params, attention=attn)
+  model = CausalLM(with_rope_scaling(loaded.config, cfg.rope_scaling),
+                   loaded.params, attention=attn)
   console.print(f"prompt: {len(ids)} tokens; attention: {cfg.backend}"
                 f"{' with ' + cfg.patterns if cfg.patterns else ''}")
   bar = tqdm(total=cfg.max_new_tokens, desc="decode", disable=None)

@@ -239,7 +239,8 @@ def load_model_head_indices(
 
   return VerticalSlashIndices(
       vertical=take(res.vertical), vertical_count=take(res.vertical_count),
-      slash=take(res.slash), slash_count=take(res.slash_count))
+      slash=take(res.slash), slash_count=take(res.slash_count),
+      seq_len=res.seq_len)
 
 
 # ------------------------------------------------------------- summaries

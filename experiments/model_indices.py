@@ -55,7 +55,13 @@ from experiments.index_sets import (
     summarize,
     vs_indices_path,
 )
-from experiments.model_slice import DEFAULT_SLICE, ModelSlice, load_slice
+from experiments.model_context import check_context, with_rope_scaling
+from experiments.model_slice import (
+    DEFAULT_SLICE,
+    ModelSlice,
+    load_slice,
+    slice_header,
+)
 from minference_jax.attention import make_attention
 from minference_jax.index import block_sparse_indices, vertical_slash_indices
 from minference_jax.pattern_config import PatternConfig
@@ -302,6 +308,11 @@ class ModelIndicesConfig:
     interpret: Pallas interpret mode.
     bs_heads: heads whose Block-Sparse sets to keep (0: none).
     bs_top_k: Block-Sparse key blocks per query block.
+    rope_scaling: an HF `rope_scaling` mapping applied to the slice's model
+      (None: its own RoPE).
+    beyond_context: record at lengths past the model's context with its
+      own RoPE (the index-set studies do; said so at the start); otherwise
+      such lengths are refused.
   """
 
   slice: str = str(DEFAULT_SLICE)
@@ -317,6 +328,8 @@ class ModelIndicesConfig:
   interpret: bool = False
   bs_heads: int = 32
   bs_top_k: int = 100
+  rope_scaling: dict[str, Any] | None = None
+  beyond_context: bool = False
 
   def __post_init__(self):
     if not self.seq_lens or min(self.seq_lens) < 1:
@@ -343,14 +356,21 @@ def run(cfg: ModelIndicesConfig) -> list[dict]:
     raise ConfigError(f"slice: {cfg.slice} does not exist; make it with "
                       "`python scripts/export_model_slice.py` (needs the "
                       "SmolLM2 GGUF)")
+  config, total = slice_header(cfg.slice)
+  if max(cfg.seq_lens) > total:
+    raise ConfigError(f"seq_lens: {max(cfg.seq_lens)} is longer than the "
+                      f"slice's text ({total} tokens)")
+  config = with_rope_scaling(config, cfg.rope_scaling)
+  check_context(config, max(cfg.seq_lens),
+                what=f"seq_lens up to {max(cfg.seq_lens)}",
+                allow_key="beyond_context", allowed=cfg.beyond_context)
   out = Path(cfg.out_dir)
   save_resolved(cfg, out / "model_indices.config.yaml")
   begin = time.perf_counter()
   model_slice = load_slice(cfg.slice)
-  total = len(model_slice.tokens)
-  if max(cfg.seq_lens) > total:
-    raise ConfigError(f"seq_lens: {max(cfg.seq_lens)} is longer than the "
-                      f"slice's text ({total} tokens)")
+  model_slice = dataclasses.replace(
+      model_slice, config=with_rope_scaling(model_slice.config,
+                                            cfg.rope_scaling))
   dtype = jnp.dtype(cfg.dtype)
   params = model_slice.params(dtype)
   c = model_slice.config

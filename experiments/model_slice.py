@@ -210,6 +210,29 @@ def save_slice(path: str | Path, model_slice: ModelSlice,
   return path
 
 
+def slice_header(path: str | Path) -> tuple[ModelConfig, int]:
+  """(the slice's config, its token count) without reading its weights.
+
+  Raises:
+    FileNotFoundError, ValueError: as `load_slice`.
+  """
+  path = Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(
+        f"model slice {path} not found; make it with `python"
+        " scripts/export_model_slice.py` (needs the SmolLM2 GGUF)"
+    )
+  with np.load(path, allow_pickle=False) as z:
+    meta = json.loads(str(z["meta"]))
+    if meta.get("format") != SLICE_FORMAT:
+      raise ValueError(
+          f"{path} is not a {SLICE_FORMAT} file (format"
+          f" {meta.get('format')!r})"
+      )
+    n_tokens = int(z["tokens"].shape[0])
+  return ModelConfig.from_dict(meta["config"]), n_tokens
+
+
 def load_slice(path: str | Path) -> ModelSlice:
   """Reads a ModelSlice npz (numpy only; no gguf needed).
 

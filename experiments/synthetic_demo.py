@@ -89,8 +89,9 @@ class SyntheticDemoConfig:
                        f"kv_heads ({self.kv_heads})")
     if self.budget_scale is not None and self.budget_scale <= 0:
       raise ValueError(f"budget_scale must be > 0, got {self.budget_scale}")
-    if self.plot_heads < 0:
-      raise ValueError(f"plot_heads must be >= 0, got {self.plot_heads}")
+    if not 0 <= self.plot_heads <= self.heads:
+      raise ValueError(f"plot_heads must be in [0, heads={self.heads}], got"
+                       f" {self.plot_heads}")
 
 
 @dataclasses.dataclass(frozen=True)

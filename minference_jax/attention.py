@@ -1,6 +1,7 @@
 """The attention seam: a factory of AttentionFn objects, dense or MInference."""
 
 import dataclasses
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Callable, Literal
 
@@ -11,11 +12,13 @@ from jaxtyping import Array, Float
 from minference_jax.attention_inputs import (
     DENSE_IMPLEMENTATIONS,
     DenseImpl,
+    IgnoredOptionWarning,
     PerKind,
     Thresholds,
     check_inputs,
     check_per_kind,
     check_thresholds,
+    ignored_options,
     is_prefill,
     is_static_int,
     parse_implementation,
@@ -29,12 +32,19 @@ from minference_jax.index import (
     vertical_slash_indices,
     vertical_slash_layout,
 )
+from minference_jax.index_checks import bs_estimate_finite, vs_estimate_finite
 from minference_jax.pattern_config import PatternConfig
-from minference_jax.patterns import PATTERN_TYPES, Pattern, PatternKind
+from minference_jax.patterns import (
+    PATTERN_TYPES,
+    Pattern,
+    PatternKind,
+    VerticalSlash,
+)
 from minference_jax.types import AttentionFn
 from pallas_kernels import a_shape, dispatch
 from pallas_kernels.a_shape import a_shape_attention
 from pallas_kernels.block_sparse import block_sparse_attention
+from pallas_kernels.finite import mark_rows
 from pallas_kernels.flash import flash_attention
 from pallas_kernels.vertical_slash import vertical_slash_attention
 
@@ -85,6 +95,10 @@ class DenseAttention:
           f"implementation must be one of {DENSE_IMPLEMENTATIONS}, got"
           f" {self.implementation!r}"
       )
+
+  def check_model(self, *, num_layers: int, num_heads: int) -> None:
+    """Dense attention serves any model."""
+    del num_layers, num_heads
 
   def implementation_order(self) -> tuple[str, ...]:
     """The `flash_attention` implementations tried, in order."""
@@ -237,6 +251,19 @@ class MInferenceAttention:
       return int(self.dense_threshold)
     return dict(self.dense_threshold).get(kind, 0)
 
+  def check_model(self, *, num_layers: int, num_heads: int) -> None:
+    """Raises ValueError unless the pattern config has exactly the model's
+    layers and query heads per layer (a single Pattern fits any model)."""
+    cfg = self.pattern_config
+    if not isinstance(cfg, PatternConfig):
+      return
+    if cfg.num_layers != num_layers or cfg.num_heads != num_heads:
+      raise ValueError(
+          f"the pattern config has {cfg.num_layers} layers x"
+          f" {cfg.num_heads} heads but the model has {num_layers} layers x"
+          f" {num_heads} query heads"
+          + (f" (config for {cfg.model!r})" if cfg.model else ""))
+
   def layer_patterns(
       self, layer_idx: int, num_heads: int
   ) -> tuple[Pattern, ...]:
@@ -347,7 +374,13 @@ class MInferenceAttention:
                                 active=group.active), None
 
   def _run_sparse(self, group: HeadGroup, q, k, v) -> jax.Array:
-    """Index building plus the group's op (all N heads)."""
+    """Index building plus the group's op (all N heads).
+
+    The op makes the rows that read a non-finite value NaN
+    (`pallas_kernels.finite`); here, additionally, the rows whose layout
+    was estimated from a NaN or inf (`estimate_finite_rows`), which the
+    index builders leave without keys rather than rank by NaN scores.
+    """
     kind = group.kind
 
     def run(layout, config):
@@ -361,7 +394,22 @@ class MInferenceAttention:
     with jax.named_scope("minf_estimate"):
       layout, config = self._layout(group, q, k)
     with jax.named_scope(_KERNEL_SCOPES[kind]):
-      return run(layout, config)
+      o = run(layout, config)
+    return mark_rows(o, ~estimate_finite_rows(group.first(), q, k))
+
+
+def estimate_finite_rows(pattern: Pattern, q, k) -> jax.Array:
+  """[B, T, N] bool: rows whose online estimate under `pattern` read only
+  finite values (Vertical-Slash: the head's last `last_q` query rows and
+  its KV head's keys decide every row; Block-Sparse: the row block's query
+  rows and the key blocks up to it decide the block's rows)."""
+  t = q.shape[1]
+  if isinstance(pattern, VerticalSlash):
+    ok = vs_estimate_finite(q, k, min(pattern.last_q, t))  # [B, N]
+    return jnp.broadcast_to(ok[:, None, :], q.shape[:3])
+  ok = bs_estimate_finite(q, k, pattern.block)  # [B, N, Tb]
+  rows = jnp.repeat(ok, pattern.block, axis=2)[:, :, :t]  # [B, N, T]
+  return jnp.swapaxes(rows, 1, 2)
 
 
 # --------------------------------------------------------------- registry
@@ -479,6 +527,12 @@ def make_attention(
   Returns:
     A frozen, hashable callable `attn(q, k, v, *, layer_idx, q_offset=0)`.
 
+  Warns:
+    IgnoredOptionWarning: for each option that has no effect with the
+      others (e.g. a pattern_config with backend "dense", vs_layout "chain"
+      with an XLA Vertical-Slash order, interpret=True where no Pallas
+      kernel runs, an implementation for a kind the config lacks).
+
   Raises:
     ValueError: on an unknown backend, kind, implementation or layout, or a
       negative threshold.
@@ -500,12 +554,20 @@ def make_attention(
         f"vs_layout must be 'expanded' or 'chain', got {vs_layout!r}"
     )
   per_kind, dense_implementation = parse_implementation(implementation)
-  return _BACKENDS[backend](
+  threshold = parse_thresholds(dense_threshold)
+  attention = _BACKENDS[backend](
       pattern_config,
-      dense_threshold=parse_thresholds(dense_threshold),
+      dense_threshold=threshold,
       interpret=bool(interpret),
       platform=platform or jax.default_backend(),
       implementation=per_kind,
       dense_implementation=dense_implementation,
       vs_layout=vs_layout,
   )
+  if isinstance(attention, (DenseAttention, MInferenceAttention)):
+    for message in ignored_options(
+        attention, pattern_config, backend=backend, per_kind=per_kind,
+        dense_threshold=threshold, vs_layout=vs_layout,
+        interpret=bool(interpret)):
+      warnings.warn(message, IgnoredOptionWarning, stacklevel=2)
+  return attention

@@ -196,3 +196,69 @@ def parse_thresholds(dense_threshold) -> Thresholds | None:
   if dense_threshold is not None:
     check_thresholds(dense_threshold)
   return dense_threshold
+
+
+class IgnoredOptionWarning(UserWarning):
+  """An option of `make_attention` has no effect with the others given."""
+
+
+def ignored_options(attention: Any, pattern_config: Any, *, backend: str,
+                    per_kind: PerKind, dense_threshold: Any, vs_layout: str,
+                    interpret: bool) -> list[str]:
+  """What the built attention ignores of what `make_attention` was given.
+
+  Args:
+    attention: the built DenseAttention or MInferenceAttention.
+    pattern_config: the config given (a PatternConfig, a Pattern or None).
+    backend: the backend name given.
+    per_kind: the parsed per-kind implementation orders given.
+    dense_threshold: the parsed threshold given (None: not given).
+    vs_layout: the layout given.
+    interpret: the interpret flag given.
+
+  Returns:
+    One sentence per ignored option (empty: everything takes effect).
+  """
+  out = []
+  if not hasattr(attention, "pattern_config"):  # every head runs dense
+    why = (f"backend {backend!r} runs every head dense" if pattern_config
+           is not None else "pattern_config is None: every head runs dense")
+    if pattern_config is not None:
+      out.append(f"pattern_config is ignored: {why}")
+    if per_kind:
+      kinds = [k.value for k, _ in per_kind]
+      out.append(f"implementation for {kinds} is ignored: {why}")
+    if dense_threshold is not None:
+      out.append(f"dense_threshold is ignored: {why}")
+    if vs_layout != "expanded":
+      out.append(f"vs_layout={vs_layout!r} is ignored: {why}")
+    orders = [attention.implementation_order()]
+  else:
+    cfg = attention.pattern_config
+    kinds = ({cfg.kind} if not hasattr(cfg, "layers")
+             else {p.kind for layer in cfg.layers for p in layer})
+    kinds.discard(PatternKind.DENSE)
+    for kind, _ in per_kind:
+      if kind not in kinds:
+        out.append(f"implementation[{kind.value!r}] is ignored: the pattern"
+                   f" config has no {kind.value} heads")
+    if dense_threshold is not None and not is_static_int(dense_threshold):
+      for kind, _ in dense_threshold:
+        if kind not in kinds and kind is not PatternKind.DENSE:
+          out.append(f"dense_threshold[{kind.value!r}] is ignored: the"
+                     f" pattern config has no {kind.value} heads")
+    if vs_layout == "chain":
+      if PatternKind.VERTICAL_SLASH not in kinds:
+        out.append("vs_layout='chain' is ignored: the pattern config has no"
+                   " vertical_slash heads")
+      elif not attention.uses_chain_layout():
+        out.append("vs_layout='chain' is ignored: the Vertical-Slash"
+                   " implementations include 'xla', which takes the expanded"
+                   " layout only")
+    orders = ([attention.dense.implementation_order()]
+              + [attention.implementation_order(k) for k in kinds])
+  pallas = (dispatch.PALLAS_TRITON, dispatch.PALLAS_MOSAIC_GPU)
+  if interpret and not any(n in pallas for order in orders for n in order):
+    out.append(f"interpret=True is ignored: no Pallas kernel runs (the"
+               f" implementations tried are {sorted({*sum(orders, ())})})")
+  return out

@@ -9,6 +9,7 @@ from beartype import beartype
 from jaxtyping import Array, Float, jaxtyped
 
 from minference_jax.index_checks import (
+    bs_estimate_finite,
     check_prefill_qk,
     per_head_active,
     per_head_ints,
@@ -76,9 +77,13 @@ def _bs_jit(q, k, counts, block, radix):
       one_head,
       (jnp.arange(n), q_pool, jnp.asarray(counts, jnp.int32)),
   )  # [N, B, Tb, KB], [N, Tb]
+  # A row block whose estimate read a NaN or inf keeps no blocks (count 0,
+  # which no finite estimate of an active head gives; padding: its block).
+  ok = bs_estimate_finite(q, k, block)  # [B, N, Tb]
   return BlockSparseLayout(
-      block_count=jnp.broadcast_to(count[None], (b, n, nb)),
-      block_index=jnp.moveaxis(index, 0, 1),
+      block_count=jnp.where(ok, count[None], 0),
+      block_index=jnp.where(ok[..., None], jnp.moveaxis(index, 0, 1),
+                            rows[:, None]),
       block_size=block,
   )
 
@@ -108,6 +113,12 @@ def block_sparse_indices(
     top_k: blocks per row, an int or a static per-query-head tuple.
     block: static block size (64 for the kernels).
     active: static per-head tuple of bools; inactive heads get counts 0.
+
+  Non-finite input: a row block whose estimate reads a NaN or inf (in its
+  own query rows, or a key of a block <= m of its KV head) keeps no blocks
+  (count 0, which a finite estimate never gives an active head), so no
+  selection is ranked by NaN scores; `MInferenceAttention` makes those
+  rows' output NaN.
 
   Returns:
     BlockSparseLayout with block_index [B, N, Tb, KB], KB = the largest

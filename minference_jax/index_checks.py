@@ -1,5 +1,6 @@
 """Input checks shared by the online index builders."""
 
+import jax
 import jax.numpy as jnp
 
 
@@ -82,3 +83,54 @@ def per_head_active(active, n_heads: int) -> tuple[bool, ...]:
   return tuple(active)
 
 
+# ------------------------------------------------- non-finite estimate input
+def vs_estimate_finite(q, k, last_q: int):
+  """Whether each head's Vertical-Slash estimate reads only finite values.
+
+  The estimate of query head n reads its last `last_q` query rows and every
+  key of KV head n // G (a non-finite key makes every softmax row of the
+  estimate NaN), so one NaN or inf there decides the lines of all the
+  head's rows.
+
+  Args:
+    q: [B, T, N, D]; k: [B, S, K, D]; last_q: static, <= T.
+
+  Returns:
+    [B, N] bool, True where the estimate's inputs are all finite.
+  """
+  t, n = q.shape[1], q.shape[2]
+  g = n // k.shape[2]
+  q_ok = jnp.all(jnp.isfinite(q[:, t - last_q:]), axis=(1, 3))  # [B, N]
+  k_ok = jnp.all(jnp.isfinite(k), axis=(1, 3))  # [B, K]
+  return q_ok & jnp.repeat(k_ok, g, axis=1)
+
+
+def bs_estimate_finite(q, k, block: int):
+  """Whether each query block's Block-Sparse estimate reads only finite
+  values.
+
+  Row block m of query head n ranks the key blocks c <= m by its pooled
+  query block against their pooled key blocks (KV head n // G), so a NaN
+  or inf in its own query rows or in a key of any block c <= m decides its
+  selection.
+
+  Args:
+    q: [B, T, N, D]; k: [B, S, K, D] (S == T); block: static block size.
+
+  Returns:
+    [B, N, Tb] bool, True where the row block's estimate inputs are finite.
+  """
+  b, t, n, _ = q.shape
+  kv = k.shape[2]
+  nb = -(-t // block)
+  pad = ((0, 0), (0, nb * block - t), (0, 0))
+
+  def block_ok(x):  # [B, T, H, D] -> [B, Tb, H]
+    ok = jnp.pad(jnp.all(jnp.isfinite(x), axis=-1), pad, constant_values=True)
+    return jnp.all(ok.reshape(b, nb, block, x.shape[2]), axis=2)
+
+  k_bad = ~block_ok(k)  # [B, Sb, K]
+  k_prefix_ok = ~jax.lax.cummax(k_bad.astype(jnp.int32), axis=1).astype(
+      bool)  # [B, Tb, K]: every key block <= m finite
+  ok = block_ok(q) & jnp.repeat(k_prefix_ok, n // kv, axis=2)  # [B, Tb, N]
+  return jnp.moveaxis(ok, 1, 2)

@@ -22,6 +22,7 @@ from minference_jax.index_checks import (
     check_prefill_qk,
     per_head_active,
     per_head_ints,
+    vs_estimate_finite,
 )
 from minference_jax.patterns import (
     VS_FORCED_SLASH_OFFSETS,
@@ -51,12 +52,17 @@ class VerticalSlashIndices:
     slash:          Int[B, N, NS], diagonal offsets (row - column) in
                     [0, S), strictly descending.
     slash_count:    Int[B, N], values in [0, NS].
+    seq_len:        static S the lines were selected for (None when
+                    unknown, e.g. indices built by hand); the layout
+                    builders refuse another seq_len.
   """
 
   vertical: Int[Array, "B N NV"]
   vertical_count: Int[Array, "B N"]
   slash: Int[Array, "B N NS"]
   slash_count: Int[Array, "B N"]
+  seq_len: int | None = dataclasses.field(
+      default=None, metadata=dict(static=True))
 
 
 def _diagonal_sums(probs: jax.Array) -> jax.Array:
@@ -181,11 +187,17 @@ def _vs_indices_jit(q, k, v_counts, s_counts, last_q, scores, interpret):
   slash = jnp.where(cols < VS_FORCED_SLASH_OFFSETS, jnp.inf, slash)
   v_cnt = jnp.asarray(v_counts, jnp.int32)  # [N]
   s_cnt = jnp.asarray(s_counts, jnp.int32)
+  # A head whose estimate read a NaN or inf gets no lines (counts 0, which
+  # no finite estimate of an active head gives), never lines ranked by NaN.
+  ok = vs_estimate_finite(q, k, last_q)  # [B, N]
+  keep = lambda x, pad: jnp.where(ok[..., None], x, pad)  # noqa: E731
   return VerticalSlashIndices(
-      vertical=top_sorted_positions(vertical, v_cnt, nv, descending=False),
-      vertical_count=jnp.broadcast_to(v_cnt, (b, n)),
-      slash=top_sorted_positions(slash, s_cnt, ns, descending=True),
-      slash_count=jnp.broadcast_to(s_cnt, (b, n)),
+      vertical=keep(top_sorted_positions(vertical, v_cnt, nv,
+                                         descending=False), t - 1),
+      vertical_count=jnp.where(ok, v_cnt, 0),
+      slash=keep(top_sorted_positions(slash, s_cnt, ns, descending=True), 0),
+      slash_count=jnp.where(ok, s_cnt, 0),
+      seq_len=t,
   )
 
 
@@ -216,6 +228,12 @@ def vertical_slash_indices(
   Ties go to the smaller column / offset (so a slash budget below 100 keeps
   offsets 0..ks-1 of the forced ones, and offset 0 is always kept).
 
+  Non-finite input: a head whose estimate reads a NaN or inf (in its last
+  L query rows, or any key of its KV head) gets counts 0 (a finite
+  estimate gives an active head at least min(T, 30) columns), so no layout
+  is built from NaN scores; `MInferenceAttention` makes that head's output
+  NaN.
+
   Args:
     q: [B, T, N, D] queries (RoPE applied).
     k: [B, S, K, D] keys, S == T (full prefill), N % K == 0.
@@ -233,7 +251,7 @@ def vertical_slash_indices(
 
   Returns:
     VerticalSlashIndices with NV / NS = the largest clamped budget over the
-    active heads (at least 1).
+    active heads (at least 1) and seq_len = T.
 
   Raises:
     TypeError: non-int budgets or last_q, non-bool `active`, non-float q/k.

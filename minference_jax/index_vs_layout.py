@@ -14,6 +14,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from beartype import beartype
 from jaxtyping import jaxtyped
 
@@ -133,6 +134,31 @@ def _check_layout_inputs(indices: VerticalSlashIndices, seq_len, block_size):
           f"indices.{name} has shape {c.shape}; expected [B, N] ="
           f" {v.shape[:2]}"
       )
+  _check_seq_len(indices, seq_len)
+
+
+def _check_seq_len(indices: VerticalSlashIndices, seq_len: int) -> None:
+  """Raises ValueError when seq_len is not the T the indices were built for:
+  their recorded seq_len, or (concrete indices) a selected line beyond it."""
+  if indices.seq_len is not None:
+    if indices.seq_len != seq_len:
+      raise ValueError(
+          f"seq_len={seq_len} does not match the indices, which were"
+          f" selected for T={indices.seq_len}")
+    return
+  try:
+    lines = [(np.asarray(getattr(indices, f)), np.asarray(getattr(
+        indices, f"{f}_count"))) for f in ("vertical", "slash")]
+  except (jax.errors.ConcretizationTypeError,
+          jax.errors.TracerArrayConversionError):
+    return  # traced (under jit): only the recorded seq_len is checked
+  for name, (values, count) in zip(("vertical", "slash"), lines):
+    valid = np.arange(values.shape[-1]) < count[..., None]
+    top = int(np.max(values, where=valid, initial=-1))
+    if top >= seq_len:
+      raise ValueError(
+          f"seq_len={seq_len} does not match the indices: they select"
+          f" {name} line {top}, which needs T > {top}")
 
 
 @functools.partial(jax.jit, static_argnames=("seq_len", "block_size"))
@@ -334,7 +360,8 @@ def vertical_slash_layout(
   Raises:
     TypeError: seq_len / block_size not ints.
     ValueError: inconsistent or empty index shapes, non-positive seq_len or
-      block_size.
+      block_size, a seq_len other than the indices' (their `seq_len`, or a
+      selected line >= seq_len).
   """
   _check_layout_inputs(indices, seq_len, block_size)
   return _vs_layout_jit(indices, seq_len=seq_len, block_size=block_size)

@@ -42,7 +42,7 @@ from jaxtyping import Array, Float
 
 from minference_jax.attention import DenseAttention, MInferenceAttention
 from minference_jax.pattern_config import PatternConfig
-from minference_jax.types import AttentionFn
+from minference_jax.types import AttentionFn, check_attention_fits
 
 
 @runtime_checkable
@@ -167,6 +167,11 @@ class UlyssesAttention:
     if num_kv_heads % p and p % num_kv_heads:
       raise ValueError(f"K={num_kv_heads} KV heads and the {p} head-parallel "
                        f"devices ({where}) must divide one another")
+
+  def check_model(self, *, num_layers: int, num_heads: int) -> None:
+    """The wrapped attention's check (see `types.check_attention_fits`)."""
+    check_attention_fits(self.attention, num_layers=num_layers,
+                         num_heads=num_heads)
 
   def __call__(
       self,

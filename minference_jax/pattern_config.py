@@ -4,9 +4,24 @@ import collections
 import dataclasses
 import json
 import os
-import re
 from typing import Any, Literal
 
+from minference_jax.pattern_entries import (
+    FIELDS,
+    HEAD_KEY,
+    MINF_BLOCK_SPARSE as MINF_BLOCK_SPARSE,
+    MINF_BLOCK_SPARSE_TOP_K as MINF_BLOCK_SPARSE_TOP_K,
+    MINF_STREAM_LLM as MINF_STREAM_LLM,
+    MINF_VERTICAL_SLASH as MINF_VERTICAL_SLASH,
+    Score as Score,
+    check_head_extent,
+    head_label,
+    is_int,
+    is_score,
+    parse_minference_head,
+    parse_named_head,
+    read_json_file,
+)
 from minference_jax.patterns import (
     MINFERENCE_DEFAULT_VS,
     PATTERN_TYPES,
@@ -20,41 +35,6 @@ from minference_jax.patterns import (
 
 FORMAT_NAME = "minference-jax/pattern-config"
 FORMAT_VERSION = 1
-
-# MInference's pattern names (`minference/modules/minference_forward.py`).
-MINF_VERTICAL_SLASH = "vertical_and_slash"
-MINF_STREAM_LLM = "stream_llm"
-MINF_BLOCK_SPARSE = "block_sparse"
-# MInference's block-sparse kernel uses a fixed top-k of 100 64x64 blocks and
-# ignores the two numbers stored in the config.
-MINF_BLOCK_SPARSE_TOP_K = 100
-
-Score = int | float | None
-
-_HEAD_KEY = re.compile(r"0|[1-9][0-9]*")
-# Named fields of each pattern kind in our JSON (besides "kind").
-_FIELDS = {
-    PatternKind.DENSE: (),
-    PatternKind.A_SHAPE: ("n_init", "n_local"),
-    PatternKind.VERTICAL_SLASH: ("n_vertical", "n_slash", "last_q"),
-    PatternKind.BLOCK_SPARSE: ("top_k", "block"),
-}
-_CLASSES = {cls.kind: cls for cls in PATTERN_TYPES}
-# Fields that may be left out of our JSON (they have standard defaults).
-_OPTIONAL_FIELDS = ("last_q", "block")
-_OPTIONAL_HEAD_FIELDS = ("score", "defaulted", "minference_sizes")
-
-
-def _is_int(x: Any) -> bool:
-  return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_score(x: Any) -> bool:
-  return x is None or (isinstance(x, (int, float)) and not isinstance(x, bool))
-
-
-def _where(layer: int, head: int) -> str:
-  return f"layer {layer}, head {head}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +83,7 @@ class PatternConfig:
       for h, pattern in enumerate(layer):
         if not isinstance(pattern, PATTERN_TYPES):
           raise TypeError(
-              f"{_where(l, h)}: expected a Pattern, got"
+              f"{head_label(l, h)}: expected a Pattern, got"
               f" {type(pattern).__name__}"
           )
     if self.scores is not None:
@@ -115,9 +95,10 @@ class PatternConfig:
         if not isinstance(row, tuple) or len(row) != num_heads:
           raise ValueError(f"scores[{l}] must be a tuple of {num_heads} scores")
         for h, score in enumerate(row):
-          if not _is_score(score):
+          if not is_score(score):
             raise TypeError(
-                f"{_where(l, h)}: score must be an int, a float or None, got"
+                f"{head_label(l, h)}: score must be an int, a float or"
+                " None, got"
                 f" {type(score).__name__}"
             )
     if self.model is not None and not isinstance(self.model, str):
@@ -130,10 +111,11 @@ class PatternConfig:
       self._check_index(l, h)
       if not isinstance(self.layers[l][h], BlockSparse):
         raise ValueError(
-            f"{_where(l, h)}: minference_sizes only apply to BlockSparse heads"
+            f"{head_label(l, h)}: minference_sizes only apply to"
+            " BlockSparse heads"
         )
-      if not (_is_int(v) and _is_int(s) and v >= 0 and s >= 0):
-        raise ValueError(f"{_where(l, h)}: sizes must be ints >= 0")
+      if not (is_int(v) and is_int(s) and v >= 0 and s >= 0):
+        raise ValueError(f"{head_label(l, h)}: sizes must be ints >= 0")
     keys = [(l, h) for l, h, _, _ in self.minference_sizes]
     if sorted(set(keys)) != keys:
       raise ValueError(
@@ -150,9 +132,9 @@ class PatternConfig:
     return len(self.layers[0])
 
   def _check_index(self, layer: int, head: int) -> None:
-    if not (_is_int(layer) and 0 <= layer < self.num_layers):
+    if not (is_int(layer) and 0 <= layer < self.num_layers):
       raise ValueError(f"layer={layer!r} out of range [0, {self.num_layers})")
-    if not (_is_int(head) and 0 <= head < self.num_heads):
+    if not (is_int(head) and 0 <= head < self.num_heads):
       raise ValueError(f"head={head!r} out of range [0, {self.num_heads})")
 
   def pattern_for(self, layer: int, head: int) -> Pattern:
@@ -185,7 +167,7 @@ class PatternConfig:
       ValueError: if num_layers or num_heads is not a positive int.
     """
     for name, value in (("num_layers", num_layers), ("num_heads", num_heads)):
-      if not _is_int(value) or value < 1:
+      if not is_int(value) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return cls(layers=((pattern,) * num_heads,) * num_layers, **kwargs)
 
@@ -223,7 +205,7 @@ class PatternConfig:
       out_row = []
       for h, pattern in enumerate(row):
         entry: dict[str, Any] = {"kind": pattern.kind.value}
-        for field in _FIELDS[pattern.kind]:
+        for field in FIELDS[pattern.kind]:
           entry[field] = getattr(pattern, field)
         if self.scores is not None:
           entry["score"] = self.scores[l][h]
@@ -273,21 +255,21 @@ class PatternConfig:
     layers = data.get("layers")
     if not isinstance(layers, list):
       raise ValueError("layers must be a list of per-layer lists")
-    if not _is_int(num_layers) or num_layers != len(layers):
+    if not is_int(num_layers) or num_layers != len(layers):
       raise ValueError(
           f"num_layers={num_layers!r} but the file has {len(layers)} layers"
       )
     patterns, scores = [], []
     any_score, defaulted, sizes = False, [], []
     for l, row in enumerate(layers):
-      if not isinstance(row, list) or not _is_int(num_heads) or len(
+      if not isinstance(row, list) or not is_int(num_heads) or len(
           row
       ) != num_heads:
         n = len(row) if isinstance(row, list) else type(row).__name__
         raise ValueError(f"layer {l}: expected {num_heads!r} heads, got {n}")
       p_row, s_row = [], []
       for h, entry in enumerate(row):
-        pattern, extras = _parse_named_head(entry, l, h)
+        pattern, extras = parse_named_head(entry, l, h)
         p_row.append(pattern)
         any_score |= "score" in extras
         s_row.append(extras.get("score"))
@@ -313,9 +295,13 @@ class PatternConfig:
 
   @classmethod
   def load_json(cls, path: str | os.PathLike) -> "PatternConfig":
-    """Reads our versioned JSON form from `path` (see `from_json_dict`)."""
-    with open(path) as f:
-      return cls.from_json_dict(json.load(f))
+    """Reads our versioned JSON form from `path` (see `from_json_dict`).
+
+    Raises:
+      FileNotFoundError: no such file.
+      ValueError: naming the file: empty, not JSON, or not a valid config.
+    """
+    return read_json_file(path, cls.from_json_dict)
 
   # -------------------------------------------------------- MInference JSON
   @classmethod
@@ -355,7 +341,8 @@ class PatternConfig:
     Raises:
       ValueError: on a malformed file (wrong top-level type, unknown pattern
         name, wrong entry length, non-integer or negative sizes, bad head
-        key, head out of range), naming the layer and head; or on a missing
+        key, head out of range, or with num_heads=None a head key above
+        what most layers hold), naming the layer and head; or on a missing
         head with `missing="error"`.
     """
     if missing not in ("default", "error"):
@@ -374,7 +361,7 @@ class PatternConfig:
         )
       heads = {}
       for key, entry in layer.items():
-        if not isinstance(key, str) or not _HEAD_KEY.fullmatch(key):
+        if not isinstance(key, str) or not HEAD_KEY.fullmatch(key):
           raise ValueError(
               f"layer {l}, head {key!r}: head keys must be decimal strings"
           )
@@ -384,8 +371,9 @@ class PatternConfig:
     if num_heads is None:
       if seen == 0:
         raise ValueError("no heads in any layer: pass num_heads")
+      check_head_extent(parsed)
       num_heads = seen
-    elif not _is_int(num_heads) or num_heads < 1:
+    elif not is_int(num_heads) or num_heads < 1:
       raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
     patterns, scores, defaulted, sizes = [], [], [], []
     default = VerticalSlash(*MINFERENCE_DEFAULT_VS)
@@ -394,18 +382,19 @@ class PatternConfig:
       for h in sorted(heads):
         if h >= num_heads:
           raise ValueError(
-              f"{_where(l, h)}: head index out of range for"
+              f"{head_label(l, h)}: head index out of range for"
               f" num_heads={num_heads}"
           )
       for h in range(num_heads):
         if h not in heads:
           if missing == "error":
-            raise ValueError(f"{_where(l, h)}: head missing from the file")
+            raise ValueError(
+                f"{head_label(l, h)}: head missing from the file")
           p_row.append(default)
           s_row.append(None)
           defaulted.append((l, h))
           continue
-        pattern, v, s, score = _parse_minference_head(heads[h], l, h)
+        pattern, v, s, score = parse_minference_head(heads[h], l, h)
         if isinstance(pattern, BlockSparse):
           sizes.append((l, h, v, s))
         p_row.append(pattern)
@@ -455,7 +444,7 @@ class PatternConfig:
           entry = [MINF_BLOCK_SPARSE, v, s]
         else:
           raise ValueError(
-              f"{_where(l, h)}: {pattern} has no MInference equivalent"
+              f"{head_label(l, h)}: {pattern} has no MInference equivalent"
           )
         layer[str(h)] = entry + [score]
       out.append(layer)
@@ -465,9 +454,10 @@ class PatternConfig:
   def load_minference_json(
       cls, path: str | os.PathLike, **kwargs
   ) -> "PatternConfig":
-    """Reads a MInference config file (see `from_minference_json`)."""
-    with open(path) as f:
-      return cls.from_minference_json(json.load(f), **kwargs)
+    """Reads a MInference config file (see `from_minference_json`); errors
+    as `load_json`."""
+    return read_json_file(
+        path, lambda data: cls.from_minference_json(data, **kwargs))
 
   def save_minference_json(self, path: str | os.PathLike, **kwargs) -> None:
     """Writes MInference's format to `path` (see `to_minference_json`)."""
@@ -475,91 +465,37 @@ class PatternConfig:
       json.dump(self.to_minference_json(**kwargs), f)
 
 
-def _parse_named_head(
-    entry: Any, layer: int, head: int
-) -> tuple[Pattern, dict[str, Any]]:
-  """One head of our JSON -> (pattern, optional extras)."""
-  where = _where(layer, head)
-  if not isinstance(entry, dict):
-    raise ValueError(f"{where}: expected an object, got {type(entry).__name__}")
-  kind_name = entry.get("kind")
-  try:
-    kind = PatternKind(kind_name)
-  except ValueError:
-    known = [k.value for k in PatternKind]
-    raise ValueError(
-        f"{where}: unknown kind {kind_name!r}, expected one of {known}"
-    ) from None
-  fields = _FIELDS[kind]
-  unknown = set(entry) - {"kind", *fields, *_OPTIONAL_HEAD_FIELDS}
-  if unknown:
-    raise ValueError(f"{where}: unknown fields {sorted(unknown)} for {kind}")
-  kwargs = {}
-  for field in fields:
-    if field not in entry and field not in _OPTIONAL_FIELDS:
-      raise ValueError(f"{where}: {kind.value} needs the field {field!r}")
-    if field in entry:
-      if not _is_int(entry[field]):
-        raise ValueError(
-            f"{where}: {field} must be an int, got {entry[field]!r}"
-        )
-      kwargs[field] = entry[field]
-  try:
-    pattern = _CLASSES[kind](**kwargs)
-  except (TypeError, ValueError) as e:
-    raise ValueError(f"{where}: {e}") from None
-  extras: dict[str, Any] = {}
-  if "score" in entry:
-    if not _is_score(entry["score"]):
-      raise ValueError(f"{where}: score must be a number or null")
-    extras["score"] = entry["score"]
-  if "defaulted" in entry:
-    if not isinstance(entry["defaulted"], bool):
-      raise ValueError(f"{where}: defaulted must be true or false")
-    extras["defaulted"] = entry["defaulted"]
-  if "minference_sizes" in entry:
-    sizes = entry["minference_sizes"]
-    if (
-        kind is not PatternKind.BLOCK_SPARSE
-        or not isinstance(sizes, list)
-        or len(sizes) != 2
-        or not all(_is_int(x) and x >= 0 for x in sizes)
-    ):
-      raise ValueError(
-          f"{where}: minference_sizes must be [v, s] (ints >= 0) on a"
-          " block_sparse head"
-      )
-    extras["minference_sizes"] = tuple(sizes)
-  return pattern, extras
+def load_pattern_config(path: str | os.PathLike, *,
+                        num_layers: int | None = None,
+                        num_heads: int | None = None) -> PatternConfig:
+  """Reads a pattern config file in either format, for a model.
 
+  Our versioned JSON (an object with "format") or MInference's (a list of
+  per-layer objects; read with `num_heads`, so a head key beyond the
+  model's heads is named). Given the model's layer and head counts, a
+  config of another shape is refused.
 
-def _parse_minference_head(
-    entry: Any, layer: int, head: int
-) -> tuple[Pattern, int, int, Score]:
-  """One MInference `[pattern, v, s, score]` entry -> (pattern, v, s, score)."""
-  where = _where(layer, head)
-  if not isinstance(entry, list) or len(entry) != 4:
-    n = len(entry) if isinstance(entry, list) else type(entry).__name__
-    raise ValueError(f"{where}: expected [pattern, v, s, score], got {n}")
-  name, v, s, score = entry
-  for label, size in (("v", v), ("s", s)):
-    if not _is_int(size):
-      raise ValueError(f"{where}: size {label}={size!r} is not an integer")
-    if size < 0:
-      raise ValueError(f"{where}: size {label}={size} is negative")
-  if not _is_score(score):
-    raise ValueError(f"{where}: score {score!r} is not a number or null")
-  try:
-    if name == MINF_VERTICAL_SLASH:
-      pattern = VerticalSlash(n_vertical=v, n_slash=s)
-    elif name == MINF_STREAM_LLM:
-      pattern = AShape(n_init=v, n_local=s)
-    elif name == MINF_BLOCK_SPARSE:
-      pattern = BlockSparse(top_k=MINF_BLOCK_SPARSE_TOP_K)
-    else:
-      known = [MINF_VERTICAL_SLASH, MINF_STREAM_LLM, MINF_BLOCK_SPARSE]
-      raise ValueError(f"unknown pattern {name!r}, expected one of {known}")
-  except (TypeError, ValueError) as e:
-    raise ValueError(f"{where}: {e}") from None
-  return pattern, v, s, score
+  Args:
+    path: the JSON file.
+    num_layers: the model's layers (None: not checked).
+    num_heads: the model's query heads per layer (None: not checked;
+      inferred for a MInference file).
 
+  Raises:
+    FileNotFoundError: no such file.
+    ValueError: naming the file: empty, not JSON, malformed (naming layer
+      and head), or layer / head counts other than the model's.
+  """
+
+  def parse(data):
+    if isinstance(data, dict):
+      return PatternConfig.from_json_dict(data)
+    return PatternConfig.from_minference_json(data, num_heads=num_heads)
+
+  cfg = read_json_file(path, parse)
+  for what, have, want in (("layers", cfg.num_layers, num_layers),
+                           ("heads per layer", cfg.num_heads, num_heads)):
+    if want is not None and have != want:
+      raise ValueError(f"pattern config {path} has {have} {what}; the model"
+                       f" has {want}")
+  return cfg

@@ -50,3 +50,20 @@ class AttentionFn(Protocol):
       q_offset: int = 0,
   ) -> Float[Array, "B T N D"]:
     ...
+
+
+def check_attention_fits(attention, *, num_layers: int,
+                         num_heads: int) -> None:
+  """Checks an attention against a model's geometry before any work.
+
+  An AttentionFn may define `check_model(num_layers=..., num_heads=...)`
+  raising ValueError when it cannot serve that model (e.g. a per-layer,
+  per-head pattern config of another shape); one without it serves any.
+  Models call this when the attention is attached and at the first call.
+
+  Raises:
+    ValueError: whatever `attention.check_model` raises.
+  """
+  check = getattr(attention, "check_model", None)
+  if check is not None:
+    check(num_layers=num_layers, num_heads=num_heads)

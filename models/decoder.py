@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from minference_jax.types import check_attention_fits
 from models import layers
 from models.config import ModelConfig
 from models.partitioning import AxisNames, Partitioning, constrain
@@ -323,10 +324,14 @@ class Decoder(nn.Module):
     """The forward pass; arguments as `models.llama.forward`.
 
     Raises:
-      ValueError: for inconsistent shapes or options.
+      ValueError: for inconsistent shapes or options, or an attention that
+        does not fit the model (`check_attention_fits`: e.g. a pattern
+        config with other layer or head counts).
     """
     c = self.config
     b, t = tokens.shape
+    check_attention_fits(self.attention, num_layers=c.num_layers,
+                         num_heads=c.num_heads)
     if q_offset is None and cache is None:
       raise ValueError("q_offset=None (decode) needs a KV cache")
     if cache is None and q_offset != 0:

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from minference_jax.types import AttentionFn
+from minference_jax.types import AttentionFn, check_attention_fits
 from models import layers
 from models.config import ModelConfig
 from models.decoder import Decoder, KVCache, to_linen_params
@@ -112,6 +112,12 @@ class CausalLM:
   jit: bool = True
   partitioning: Partitioning | None = None
 
+  def __post_init__(self):
+    # The attention must serve this model (e.g. a pattern config of its
+    # layer and head counts): checked here, before any work.
+    check_attention_fits(self.attention, num_layers=self.config.num_layers,
+                         num_heads=self.config.num_heads)
+
   def __call__(
       self,
       tokens: Int[Array, "B T"],
@@ -125,13 +131,23 @@ class CausalLM:
     """Runs the model; see `forward`.
 
     Raises:
-      ValueError: for a non-[B, T] tokens array or bad options.
+      ValueError: for a non-[B, T] tokens array, token ids outside the
+        vocabulary, or bad options.
+      TypeError: for non-integer tokens.
     """
     tokens = jnp.asarray(tokens)
     if tokens.ndim != 2:
       raise ValueError(f"tokens must be [B, T], got shape {tokens.shape}")
     if not jnp.issubdtype(tokens.dtype, jnp.integer):
       raise TypeError(f"tokens must be integers, got {tokens.dtype}")
+    if not isinstance(tokens, jax.core.Tracer) and tokens.size:
+      # An out-of-range id would be clamped by the embedding gather.
+      ids = np.asarray(tokens)
+      lo, hi = int(ids.min()), int(ids.max())
+      if lo < 0 or hi >= self.config.vocab_size:
+        raise ValueError(
+            f"tokens must be ids in [0, {self.config.vocab_size}) (the"
+            f" vocabulary), got ids in [{lo}, {hi}]")
     if positions is not None:
       positions = jnp.asarray(positions, jnp.int32)
       if positions.ndim == 1:

@@ -2,6 +2,7 @@
 Hugging Face safetensors checkpoint, with its tokenizer."""
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -9,8 +10,8 @@ import jax.numpy as jnp
 
 from models.assets import smollm2_gguf_path
 from models.config import ModelConfig
-from models.gguf_io import load_gguf
-from models.safetensors_io import load_safetensors
+from models.gguf_io import config_from_gguf, gguf_metadata, load_gguf, read_gguf
+from models.safetensors_io import load_safetensors, read_hf_config
 from models.tokenizer import Tokenizer
 from models.weights import Params, params_from_state_dict
 
@@ -35,6 +36,68 @@ class LoadedModel:
   path: Path
 
 
+def _resolve(path: str | Path | None) -> Path:
+  path = Path(path) if path else smollm2_gguf_path()
+  if not path.exists():
+    raise FileNotFoundError(2, "model path does not exist", str(path))
+  return path
+
+
+@functools.lru_cache(maxsize=2)
+def _gguf_reader(path: str, mtime_ns: int):
+  """One parsed GGUF reader per file version (parsing a 49K-token
+  vocabulary takes seconds; the config check, the tokenizer and the
+  weights share it)."""
+  del mtime_ns  # part of the cache key only
+  return read_gguf(path)
+
+
+def _reader(path: Path):
+  return _gguf_reader(str(path.resolve()), path.stat().st_mtime_ns)
+
+
+def read_model_config(path: str | Path | None = None) -> ModelConfig:
+  """A model's geometry without reading its weights (GGUF metadata, or the
+  config.json beside a safetensors checkpoint): for checks before a load.
+
+  Args:
+    path: as `load_model` (None: the bundled SmolLM2-135M-Instruct).
+
+  Raises:
+    FileNotFoundError: the path or its config.json is missing.
+    ValueError: an unreadable config or an unsupported architecture.
+  """
+  path = _resolve(path)
+  if path.suffix == ".gguf":
+    reader = _reader(path)
+    meta = gguf_metadata(reader, skip_large_arrays=True)
+    names = {t.name for t in reader.tensors}
+    arch = meta.get("general.architecture")
+    if f"{arch}.vocab_size" not in meta and "token_embd.weight" in names:
+      emb = next(t for t in reader.tensors if t.name == "token_embd.weight")
+      meta[f"{arch}.vocab_size"] = int(emb.shape[-1])
+    return ModelConfig.from_hf_config(config_from_gguf(meta, names))
+  return ModelConfig.from_hf_config(read_hf_config(path))
+
+
+def load_tokenizer(path: str | Path | None = None) -> Tokenizer:
+  """A model's tokenizer without its weights (the GGUF's, or the
+  tokenizer.json beside a checkpoint).
+
+  Raises:
+    FileNotFoundError: the path or its tokenizer.json is missing.
+  """
+  path = _resolve(path)
+  if path.suffix == ".gguf":
+    return Tokenizer.from_gguf(_reader(path))
+  directory = path if path.is_dir() else path.parent
+  tokenizer_file = directory / "tokenizer.json"
+  if not tokenizer_file.exists():
+    raise FileNotFoundError(2, "no tokenizer.json next to the checkpoint",
+                            str(tokenizer_file))
+  return Tokenizer.from_file(tokenizer_file)
+
+
 def load_model(path: str | Path | None = None,
                dtype: str | Any = "float32") -> LoadedModel:
   """Loads a GGUF file or an HF safetensors checkpoint (file or directory).
@@ -43,7 +106,9 @@ def load_model(path: str | Path | None = None,
     path: a `.gguf` file, a safetensors file or a checkpoint directory
       (with `config.json` and `tokenizer.json`); None for the bundled
       SmolLM2-135M-Instruct GGUF.
-    dtype: "float32" or "bfloat16" (or the jnp dtype): the parameter dtype.
+    dtype: "float32" or "bfloat16" (or the jnp dtype): the parameter dtype,
+      for GGUF and safetensors checkpoints alike (a bfloat16 checkpoint
+      loads as float32 when asked).
 
   Raises:
     FileNotFoundError: if the path or the tokenizer next to it is missing.
@@ -53,19 +118,13 @@ def load_model(path: str | Path | None = None,
     if dtype not in DTYPES:
       raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     dtype = DTYPES[dtype]
-  path = Path(path) if path else smollm2_gguf_path()
-  if not path.exists():
-    raise FileNotFoundError(2, "model path does not exist", str(path))
+  path = _resolve(path)
   if path.suffix == ".gguf":
-    hf_config, state = load_gguf(path)
+    hf_config, state = load_gguf(_reader(path))
     config = ModelConfig.from_hf_config(hf_config)
     params = params_from_state_dict(config, state, dtype=dtype)
-    return LoadedModel(config, params, Tokenizer.from_gguf(path), path)
+    return LoadedModel(config, params, load_tokenizer(path), path)
+  tokenizer = load_tokenizer(path)  # before the weights: a missing file
   config, params = load_safetensors(path, dtype=dtype)
   directory = path if path.is_dir() else path.parent
-  tokenizer_file = directory / "tokenizer.json"
-  if not tokenizer_file.exists():
-    raise FileNotFoundError(2, "no tokenizer.json next to the checkpoint",
-                            str(tokenizer_file))
-  return LoadedModel(config, params, Tokenizer.from_file(tokenizer_file),
-                     directory)
+  return LoadedModel(config, params, tokenizer, directory)

@@ -146,13 +146,21 @@ def read_hf_config(path: str | Path) -> dict[str, Any]:
 
   Raises:
     FileNotFoundError: when there is no config.json.
+    ValueError: a config.json that is not a JSON object (naming it).
   """
   path = Path(path)
   folder = path if path.is_dir() else path.parent
   cfg = folder / "config.json"
   if not cfg.is_file():
     raise FileNotFoundError(f"no config.json in {folder}")
-  return json.loads(cfg.read_text())
+  try:
+    data = json.loads(cfg.read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{cfg} is not valid JSON ({e})") from None
+  if not isinstance(data, dict):
+    raise ValueError(f"{cfg} must hold a JSON object, got"
+                     f" {type(data).__name__}")
+  return data
 
 
 def load_safetensors(

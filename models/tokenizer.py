@@ -124,7 +124,7 @@ class Tokenizer:
 
     Raises:
       FileNotFoundError: no tokenizer.json.
-      ValueError: the file does not parse.
+      ValueError: the file (or tokenizer_config.json) does not parse.
     """
     path = Path(path)
     if path.is_dir():
@@ -136,7 +136,10 @@ class Tokenizer:
     except Exception as err:  # tokenizers raises a bare Exception
       raise ValueError(f"{path} is not a valid tokenizer.json: {err}") from err
     cfg_path = path.parent / "tokenizer_config.json"
-    cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    try:
+      cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{cfg_path} is not valid JSON ({e})") from None
 
     def token(value: Any) -> str | None:
       return value.get("content") if isinstance(value, Mapping) else value

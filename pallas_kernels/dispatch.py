@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 # Implementation names.
 PALLAS_MOSAIC_GPU = "pallas_mosaic_gpu"  # Hopper: wgmma + TMA, Mosaic GPU
@@ -172,3 +174,51 @@ def no_config(op: str, name: str, config: Any) -> None:
     raise TypeError(f"{op}: the {name} implementation takes no config, got"
                     f" {config!r}")
 
+
+def entry_arrays(op: str, q, k, v) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """q, k, v as JAX arrays (NumPy arrays are converted), checked for the
+  shapes and dtypes every implementation shares.
+
+  Raises:
+    TypeError: a non-array, a non-float dtype or dtypes that differ.
+    ValueError: wrong ranks, k and v of different shapes, batch or head
+      dim mismatch, N % K != 0.
+  """
+  arrays = []
+  for name, x in (("q", q), ("k", k), ("v", v)):
+    if isinstance(x, np.ndarray):
+      x = jnp.asarray(x)
+    if not isinstance(x, jax.Array):
+      raise TypeError(f"{op}: {name} must be a JAX or NumPy array, got"
+                      f" {type(x).__name__}")
+    arrays.append(x)
+  q, k, v = arrays
+  if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+    raise ValueError(
+        f"{op}: q must be [B, T, N, D] and k, v [B, S, K, D]; got"
+        f" q{tuple(q.shape)}, k{tuple(k.shape)}, v{tuple(v.shape)}")
+  if k.shape != v.shape:
+    raise ValueError(f"{op}: k{tuple(k.shape)} and v{tuple(v.shape)} must"
+                     " have the same shape")
+  b, _, n, d = q.shape
+  if k.shape[0] != b or k.shape[3] != d:
+    raise ValueError(f"{op}: q{tuple(q.shape)} and k{tuple(k.shape)}"
+                     " disagree on batch B or head dim D")
+  if k.shape[2] == 0 or n % k.shape[2]:
+    raise ValueError(f"{op}: query heads N={n} (q{tuple(q.shape)}) must be"
+                     f" a multiple of the KV heads K={k.shape[2]}"
+                     f" (k{tuple(k.shape)})")
+  if not jnp.issubdtype(q.dtype, jnp.floating):
+    raise TypeError(f"{op}: q must be floating point, got {q.dtype}")
+  if not q.dtype == k.dtype == v.dtype:
+    raise TypeError(f"{op}: q, k, v must share a dtype, got {q.dtype},"
+                    f" {k.dtype}, {v.dtype}")
+  return q, k, v
+
+
+def check_layout_type(op: str, layout: Any, types: tuple[type, ...]) -> None:
+  """Raises TypeError unless `layout` is one of `types`."""
+  if not isinstance(layout, types):
+    names = " or ".join(t.__name__ for t in types)
+    raise TypeError(f"{op}: layout must be a {names}, got"
+                    f" {type(layout).__name__}")

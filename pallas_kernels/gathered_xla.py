@@ -114,7 +114,7 @@ def _attend(qb, kg, vg, valid):
   m = jnp.max(s, axis=-1)  # [bs]
   p = jnp.where(valid, jnp.exp(s - m[:, None]), 0.0)  # [bs, L]
   l = jnp.sum(p, axis=-1)  # [bs]
-  has_keys = l > 0
+  has_keys = l != 0  # rows without keys; a NaN sum stays NaN
   lse = jnp.where(has_keys, m + jnp.log(jnp.where(has_keys, l, 1.0)), -jnp.inf)
   if vg is None:
     return None, lse

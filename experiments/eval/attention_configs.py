@@ -9,7 +9,6 @@ of the keys at a shorter one.
 
 import dataclasses
 import hashlib
-import json
 from pathlib import Path
 
 from experiments.config import ConfigError
@@ -17,6 +16,7 @@ from experiments.eval.config import AttentionSpec, EvalConfig
 from minference_jax import AShape, BlockSparse, Dense, PatternConfig
 from minference_jax import VerticalSlash
 from minference_jax.attention import make_attention
+from minference_jax.pattern_config import load_pattern_config
 from minference_jax.patterns import Pattern
 
 BLOCK = 64
@@ -45,25 +45,17 @@ def pattern_for_length(spec: AttentionSpec, length: int) -> Pattern | None:
 def load_pattern_file(path: str | Path, num_layers: int,
                       num_heads: int) -> PatternConfig:
   """Our JSON (a mapping with "format") or MInference's (a list of layers),
-  checked against the model's layer and head counts.
+  checked against the model's layer and head counts
+  (`minference_jax.pattern_config.load_pattern_config`).
 
   Raises:
     ConfigError: for an unreadable file or the wrong geometry.
   """
-  path = Path(path)
   try:
-    data = json.loads(path.read_text())
-    if isinstance(data, dict):
-      cfg = PatternConfig.from_json_dict(data)
-    else:
-      cfg = PatternConfig.from_minference_json(data, num_heads=num_heads)
-  except (OSError, ValueError, TypeError) as e:
-    raise ConfigError(f"pattern file {path}: {e}") from None
-  if cfg.num_layers != num_layers or cfg.num_heads != num_heads:
-    raise ConfigError(
-        f"pattern file {path} has {cfg.num_layers} layers x {cfg.num_heads}"
-        f" heads; the model has {num_layers} x {num_heads}")
-  return cfg
+    return load_pattern_config(path, num_layers=num_layers,
+                               num_heads=num_heads)
+  except (OSError, ValueError) as e:
+    raise ConfigError(str(e)) from None
 
 
 @dataclasses.dataclass(frozen=True)

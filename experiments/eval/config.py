@@ -18,6 +18,16 @@ AttentionKind = Literal["dense", "vertical_slash", "a_shape", "block_sparse",
                         "pattern_file"]
 
 
+# The keys each attention kind reads (besides name and kind).
+_KIND_KEYS = {
+    "dense": (),
+    "vertical_slash": ("n_vertical", "n_slash", "scale_from"),
+    "a_shape": ("n_init", "n_local", "scale_from"),
+    "block_sparse": ("top_k", "scale_from"),
+    "pattern_file": ("path",),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class AttentionSpec:
   """One attention config to evaluate.
@@ -56,6 +66,14 @@ class AttentionSpec:
                        f" {self.scale_from}")
     if self.kind == "pattern_file" and not self.path:
       raise ValueError(f"{self.name}: kind pattern_file needs a path")
+    used = _KIND_KEYS[self.kind]
+    ignored = [f.name for f in dataclasses.fields(self)
+               if f.name not in ("name", "kind", *used)
+               and getattr(self, f.name) != f.default]
+    if ignored:
+      raise ValueError(
+          f"attention {self.name!r} (kind {self.kind}) sets {ignored}, which"
+          f" this kind ignores; it reads {list(used) or 'no other key'}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,33 +240,22 @@ def check_pattern_files(cfg: EvalConfig) -> None:
                         f" not valid JSON: {e}") from None
 
 
-def max_supported_length(max_position_embeddings: int,
-                         rope_scaling: dict[str, Any] | None) -> int:
-  """The longest length the model may run: its trained length, or that
-  times the scaling factor when RoPE scaling is configured."""
-  if not rope_scaling:
-    return max_position_embeddings
-  factor = float(rope_scaling.get("factor") or 1.0)
-  original = rope_scaling.get("original_max_position_embeddings")
-  base = int(original) if original else max_position_embeddings
-  return int(base * factor)
-
-
-def check_lengths(cfg: EvalConfig, max_position_embeddings: int) -> None:
-  """Every length fits the model (with its RoPE scaling, if any).
+def check_lengths(cfg: EvalConfig, geometry: Any) -> None:
+  """Every length fits the model (a models.ModelConfig; with
+  `model.rope_scaling`, if any).
 
   Raises:
-    ConfigError: for a length above the limit, saying how to extend it.
+    ConfigError: for a length above the model's context, naming both and
+      the RoPE-scaling option that extends it.
   """
-  limit = max_supported_length(max_position_embeddings,
-                               cfg.model.rope_scaling)
-  too_long = [n for n in cfg.lengths if n > limit]
+  # Imported here: the config parses without loading JAX.
+  from experiments.model_context import check_context, with_rope_scaling
+
+  config = with_rope_scaling(geometry, cfg.model.rope_scaling,
+                             "model.rope_scaling")
+  too_long = sorted(n for n in cfg.lengths
+                    if n > config.max_position_embeddings)
   if too_long:
-    scaling = cfg.model.rope_scaling
-    hint = ("raise model.rope_scaling.factor" if scaling else
-            "set model.rope_scaling (e.g. {rope_type: dynamic, factor: 4})")
-    how = f"with rope_scaling {scaling}" if scaling else "no RoPE scaling"
-    raise ConfigError(
-        f"lengths {too_long} exceed the model's limit of {limit} tokens"
-        f" (max_position_embeddings={max_position_embeddings}, {how});"
-        f" {hint}")
+    check_context(config, too_long[-1],
+                  what=f"lengths {too_long} (prompt plus generation"
+                       " reserve)", scaling_key="model.rope_scaling")

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from experiments import model_context
 from experiments.config import ConfigError, save_resolved
 from experiments.datasets import prose
 from experiments.datasets.prompting import PromptEncoder, TaskPrompt
@@ -31,6 +32,7 @@ from experiments.eval.config import (
 from experiments.eval.records import ResultsFile, case_key, digest
 from experiments.eval.scoring import score
 from models import CausalLM, LoadedModel, ModelConfig, load_model
+from models.loading import load_tokenizer
 
 DIAGNOSTICS_TASK = "diagnostics/attention"
 DIAGNOSTICS_PROBE = "niah/needle"  # the prompt the diagnostics measure
@@ -87,23 +89,7 @@ def plan_cases(cfg: EvalConfig) -> dict[tuple[str, int], list[Case]]:
 # ------------------------------------------------------------- the model
 def model_geometry(cfg: EvalConfig) -> ModelConfig:
   """The model's config without reading its weights."""
-  from models.assets import smollm2_gguf_path
-  from models.gguf_io import config_from_gguf, gguf_metadata, read_gguf
-  from models.safetensors_io import read_hf_config
-
-  path = Path(cfg.model.path) if cfg.model.path else smollm2_gguf_path()
-  if not path.exists():
-    raise ConfigError(f"model.path {path} does not exist")
-  if path.suffix == ".gguf":
-    reader = read_gguf(path)
-    meta = gguf_metadata(reader, skip_large_arrays=True)
-    names = {t.name for t in reader.tensors}
-    arch = meta.get("general.architecture")
-    if f"{arch}.vocab_size" not in meta and "token_embd.weight" in names:
-      emb = next(t for t in reader.tensors if t.name == "token_embd.weight")
-      meta[f"{arch}.vocab_size"] = int(emb.shape[-1])
-    return ModelConfig.from_hf_config(config_from_gguf(meta, names))
-  return ModelConfig.from_hf_config(read_hf_config(path))
+  return model_context.model_geometry(cfg.model.path, "model.path")
 
 
 def with_rope_scaling(config: ModelConfig, scaling: dict | None
@@ -113,20 +99,8 @@ def with_rope_scaling(config: ModelConfig, scaling: dict | None
   Raises:
     ConfigError: for a scaling the RoPE code rejects.
   """
-  if not scaling:
-    return config
-  scaling = dict(scaling)
-  if scaling.get("rope_type", scaling.get("type")) in ("yarn", "llama3",
-                                                        "longrope"):
-    scaling.setdefault("original_max_position_embeddings",
-                       config.max_position_embeddings)
-  hf = config.to_hf_config()
-  hf["rope_scaling"] = scaling
-  try:
-    scaled = ModelConfig.from_hf_config(hf)
-  except ValueError as e:
-    raise ConfigError(f"model.rope_scaling {scaling}: {e}") from None
-  return dataclasses.replace(scaled, name=config.name)
+  return model_context.with_rope_scaling(config, scaling,
+                                         "model.rope_scaling")
 
 
 def make_encoder(loaded: LoadedModel, chat: bool | None) -> PromptEncoder:
@@ -389,7 +363,7 @@ def prepare(cfg: EvalConfig, geometry: ModelConfig, platform: str
       limit, a config that does not fit the model.
   """
   check_pattern_files(cfg)
-  check_lengths(cfg, geometry.max_position_embeddings)
+  check_lengths(cfg, geometry)
   return {(spec.name, length): resolve(cfg, spec, length,
                                        geometry.num_layers,
                                        geometry.num_heads, platform)
@@ -417,6 +391,10 @@ def run_eval(cfg: EvalConfig, loaded: LoadedModel | None = None, *,
   out = cfg.output_path
   out.mkdir(parents=True, exist_ok=True)
   save_resolved(cfg, out / "resolved_config.yaml")
+  if loaded is None and cfg.model.chat:  # before the weights
+    if load_tokenizer(cfg.model.path).chat_template is None:
+      raise ConfigError("model.chat is true but the tokenizer has no chat"
+                        " template")
   if loaded is None:
     log(f"loading {cfg.model.path or 'the bundled SmolLM2-135M-Instruct'}"
         f" ({cfg.model.dtype})")

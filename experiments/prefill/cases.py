@@ -9,7 +9,6 @@ per-layer plans for `pieces.LayerwisePrefill` or an AttentionFn for
 
 import dataclasses
 import functools
-import json
 from pathlib import Path
 
 from experiments.config import ConfigError
@@ -21,36 +20,38 @@ from experiments.prefill.replay import (
 )
 from experiments.prefill.settings import CaseSpec, PrefillConfig
 from minference_jax import Pattern, PatternConfig, PatternKind, VerticalSlash
+from minference_jax.pattern_config import load_pattern_config
 from models import ModelConfig
 
 Source = PatternConfig | VerticalSlash | None
 
 
-def _load_pattern_file(path: str, what: str, num_heads: int) -> PatternConfig:
+def _load_pattern_file(path: str, what: str, num_layers: int,
+                       num_heads: int) -> PatternConfig:
   p = Path(path)
   if not p.is_file():
     raise ConfigError(f"{what} {p} does not exist")
   try:
-    data = json.loads(p.read_text())
-  except json.JSONDecodeError as e:
-    raise ConfigError(f"{what} {p} is not JSON: {e}") from None
-  try:
-    if isinstance(data, dict) and "format" in data:
-      return PatternConfig.from_json_dict(data)
-    del num_heads  # inferred from the file; compared with the model after
-    return PatternConfig.from_minference_json(data)
-  except (ValueError, TypeError) as e:
-    raise ConfigError(f"{what} {p}: {e}") from None
+    return load_pattern_config(p, num_layers=num_layers, num_heads=num_heads)
+  except ValueError as e:
+    raise ConfigError(f"{what}: {e}") from None
 
 
-def pattern_source(cfg: PrefillConfig, case: CaseSpec,
-                   model: ModelConfig) -> Source:
+def pattern_source(cfg: PrefillConfig, case: CaseSpec, model: ModelConfig,
+                   full_layers: int | None = None) -> Source:
   """The case's patterns: None (dense), one VerticalSlash, or a config.
 
+  Args:
+    cfg, case: the run and the case.
+    model: the model's geometry.
+    full_layers: the layers of the model a config is written for (a slice
+      runs the first layers of a larger model); None: model.num_layers.
+
   Raises:
-    ConfigError: a missing or malformed file, or a config whose heads do
-      not match the model.
+    ConfigError: a missing or malformed file, or a config whose layers or
+      heads do not match the model.
   """
+  full_layers = full_layers or model.num_layers
   kind = case.attention
   if kind == "dense":
     return None
@@ -63,7 +64,7 @@ def pattern_source(cfg: PrefillConfig, case: CaseSpec,
           " MInference's published file there (it is read at run time and"
           " never committed) or set minference_config=PATH")
     source = _load_pattern_file(cfg.minference_config, "minference_config",
-                                model.num_heads)
+                                full_layers, model.num_heads)
   elif kind == "searched":
     if not Path(cfg.searched_config).is_file():
       raise ConfigError(
@@ -72,14 +73,10 @@ def pattern_source(cfg: PrefillConfig, case: CaseSpec,
           " search for this model or drop case"
           f" {case.label!r}")
     source = _load_pattern_file(cfg.searched_config, "searched_config",
-                                model.num_heads)
+                                full_layers, model.num_heads)
   else:
     source = _load_pattern_file(case.pattern_file, "pattern_file",
-                                model.num_heads)
-  if source.num_heads != model.num_heads:
-    raise ConfigError(f"case {case.label!r}: the pattern config has"
-                      f" {source.num_heads} heads per layer, the model"
-                      f" {model.num_heads}")
+                                full_layers, model.num_heads)
   return source
 
 

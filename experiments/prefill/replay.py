@@ -105,7 +105,8 @@ class ReplayedLines:
       return jnp.asarray(np.broadcast_to(a[i], (batch, *a[i].shape)),
                          jnp.int32)
     return VerticalSlashIndices(put(self.vertical), put(self.vertical_count),
-                                put(self.slash), put(self.slash_count))
+                                put(self.slash), put(self.slash_count),
+                                seq_len=int(self.seq_len))
 
   @property
   def density_lines(self) -> float:

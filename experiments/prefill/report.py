@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from experiments.config import ConfigError  # noqa: E402
 from experiments.prefill.accounting import PHASES  # noqa: E402
 
 # MInference's end-to-end prefill of LLaMA-3-8B-Instruct-Gradient-1048k on
@@ -41,14 +42,22 @@ def load_results(path) -> tuple[list[dict], list[dict]]:
 
   The environments are the file's own meta (device, date, command, ...)
   and the runs it had resumed from.
+
+  Raises:
+    ConfigError: a file that is not a result (not JSON, not an object).
   """
   path = Path(path)
   if not path.is_file():
     return [], []
   try:
     data = json.loads(path.read_text())
-  except json.JSONDecodeError:
-    return [], []
+  except json.JSONDecodeError as e:
+    # Resuming from it would overwrite it: a damaged file stops the run.
+    raise ConfigError(f"{path} is not a bench-prefill result (not JSON:"
+                      f" {e}); move it away or set resume=false") from None
+  if not isinstance(data, dict):
+    raise ConfigError(f"{path} is not a bench-prefill result (a JSON"
+                      f" {type(data).__name__}, not an object)")
   meta = dict(data.get("meta", {}))
   earlier = list(meta.pop("earlier_runs", []))
   meta.pop("crossover", None)

@@ -42,6 +42,11 @@ class ModelSpec:
     dtype: parameter and activation dtype.
     weight_std: standard deviation of the random weights.
     seed: weights and tokens seed.
+    rope_scaling: an HF `rope_scaling` mapping applied to the model (e.g.
+      {rope_type: dynamic, factor: 128}) to extend its context; None: its
+      own RoPE.
+    beyond_context: run lengths past the model's context with its own RoPE
+      (timing studies; said so at the start); otherwise they are refused.
   """
 
   source: Literal["preset", "slice", "checkpoint"] = "preset"
@@ -52,10 +57,21 @@ class ModelSpec:
   dtype: Literal["bfloat16", "float32"] = "bfloat16"
   weight_std: float = 0.02
   seed: int = 0
+  rope_scaling: dict[str, Any] | None = None
+  beyond_context: bool = False
 
   def __post_init__(self):
     if self.weight_std <= 0:
       raise ValueError(f"weight_std must be > 0, got {self.weight_std}")
+    if self.source != "preset" and (self.overrides or self.preset !=
+                                    ModelSpec.preset
+                                    or self.weight_std != 0.02):
+      raise ValueError(f"model.source={self.source!r} reads the model from"
+                       " model.path; model.preset, model.overrides and"
+                       " model.weight_std apply to source 'preset' only")
+    if self.source != "checkpoint" and self.tokens_file:
+      raise ValueError("model.tokens_file applies to source 'checkpoint'"
+                       f" only (source is {self.source!r})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +147,13 @@ class CaseSpec:
                        f" indices >= 0, got {self.layers}")
     if self.min_len > self.max_len:
       raise ValueError(f"case {self.label!r}: min_len > max_len")
+    if self.pattern_file and self.attention != "pattern_file":
+      raise ValueError(f"case {self.label!r}: pattern_file is read by"
+                       " attention 'pattern_file' only, not"
+                       f" {self.attention!r}")
+    if self.attention == "dense" and self.dense_threshold is not None:
+      raise ValueError(f"case {self.label!r}: dense_threshold has no effect"
+                       " on a dense case")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 from jaxtyping import Array, Float
 
-from pallas_kernels import dispatch
+from pallas_kernels import dispatch, finite
 from pallas_kernels.block_sparse import pallas_mosaic_gpu, xla
 from pallas_kernels.block_sparse.pallas_triton import (
     block_sparse_attention_triton,
@@ -63,7 +63,9 @@ def block_sparse_attention(
 
   Implementations ("pallas_mosaic_gpu", "pallas_triton", "xla"; see
   `dispatch.sparse_default_order` for the default order): the first that
-  supports the inputs here runs.
+  supports the inputs here runs. Non-finite inputs give NaN rows as in
+  dense attention (`pallas_kernels.finite`: a row is NaN when its query,
+  or a key or value at or before its position, is NaN or inf).
 
   Args:
     q: [B, T, N, D] queries.
@@ -82,7 +84,12 @@ def block_sparse_attention(
   Raises:
     ValueError: on an unknown implementation, a config with several, or
       inputs the implementation rejects.
+    TypeError: non-array or non-float inputs, or a layout of another op.
     NotSupportedError: when none of several implementations runs here.
   """
-  return OP(q, k, v, layout, implementation=implementation, config=config,
-            interpret=interpret)
+  q, k, v = dispatch.entry_arrays(OP.name, q, k, v)
+  dispatch.check_layout_type(OP.name, layout, (BlockSparseLayout,))
+  rows, v = finite.guard_inputs(q, k, v)
+  out = OP(q, k, v, layout, implementation=implementation, config=config,
+           interpret=interpret)
+  return finite.mark_rows(out, rows)

@@ -1,9 +1,10 @@
 """Causal dense attention: one entry point over its implementations."""
 
 import jax
+import numpy as np
 from jaxtyping import Array, Float
 
-from pallas_kernels import dispatch
+from pallas_kernels import dispatch, finite
 from pallas_kernels.flash import cudnn, xla
 from pallas_kernels.flash.pallas_triton import flash_attention_triton
 
@@ -86,7 +87,10 @@ def flash_attention(
   bfloat16/float16, D % 8 == 0, D <= 128 or 256 on Hopper, full prefill),
   "pallas_triton" (full prefill), "xla" (chunked; also decode and chunked
   prefill steps). See `default_order`; the first that supports the inputs
-  here runs.
+  here runs. Non-finite inputs give NaN rows as in
+  `jax.nn.dot_product_attention` (`pallas_kernels.finite`: a row is NaN
+  when its query, or a key or value at or before its position, is NaN or
+  inf).
 
   Args:
     q: [B, T, N, D] queries.
@@ -104,9 +108,22 @@ def flash_attention(
     [B, T, N, D] in q's dtype.
 
   Raises:
-    ValueError: on an unknown implementation, a config with several, or
-      inputs the implementation rejects.
+    ValueError: on an unknown implementation, a config with several,
+      q_offset + T > S, or inputs the implementation rejects.
+    TypeError: non-array or non-float inputs, a non-int q_offset.
     NotSupportedError: when none of several implementations runs here.
   """
-  return OP(q, k, v, q_offset=q_offset, implementation=implementation,
-            config=config, interpret=interpret)
+  q, k, v = dispatch.entry_arrays(OP.name, q, k, v)
+  if isinstance(q_offset, bool) or not isinstance(q_offset,
+                                                  (int, np.integer)):
+    raise TypeError(f"flash_attention: q_offset must be a static int, got"
+                    f" {q_offset!r}")
+  q_offset = int(q_offset)
+  if q_offset < 0 or q_offset + q.shape[1] > k.shape[1]:
+    raise ValueError(
+        f"flash_attention: q_offset={q_offset} must be >= 0 with q_offset +"
+        f" T <= S; got T={q.shape[1]}, S={k.shape[1]}")
+  rows, v = finite.guard_inputs(q, k, v, q_offset=q_offset)
+  out = OP(q, k, v, q_offset=q_offset, implementation=implementation,
+           config=config, interpret=interpret)
+  return finite.mark_rows(out, rows)

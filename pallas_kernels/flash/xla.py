@@ -63,7 +63,7 @@ def _fwd(q, k, v, *, q_offset, block_q, block_k, with_out):
         jnp.zeros(shape + ((d,) if with_out else (0,)), jnp.float32),
     )
     m, l, acc = jax.lax.fori_loop(0, n_visit, body, init)
-    has = l > 0
+    has = l != 0  # rows without keys; a NaN sum (non-finite input) stays
     lse = jnp.where(has, m + jnp.log(jnp.where(has, l, 1.0)), -jnp.inf)
     if with_out:
       acc = jnp.where(

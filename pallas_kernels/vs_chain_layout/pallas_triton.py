@@ -346,13 +346,22 @@ def vs_chain_layout(
     the input with entries past the count set to T - 1.
 
   Raises:
-    ValueError: block_size not a power of two, or bad shapes.
+    ValueError: block_size not a power of two, a non-int or non-positive
+      seq_len, or bad shapes.
   """
   if not common.is_power_of_two(block_size):
     raise ValueError(f"block_size={block_size} must be a power of two")
+  if isinstance(seq_len, bool) or not isinstance(seq_len, int) or (
+      seq_len < 1):
+    raise ValueError(f"seq_len must be a static int >= 1, got {seq_len!r}")
   if slash.ndim != 3 or vertical.shape[:2] != slash.shape[:2]:
     raise ValueError(f"slash{slash.shape} and vertical{vertical.shape} must"
                      " be [B, N, NS] and [B, N, NV]")
+  for name, count in (("slash_count", slash_count),
+                      ("vertical_count", vertical_count)):
+    if count.shape != slash.shape[:2]:
+      raise ValueError(f"{name} has shape {count.shape}; expected [B, N] ="
+                       f" {slash.shape[:2]}")
   config = Config() if config is None else config
   window_next, run_length, run_next, prefix = _build(
       slash, slash_count, vertical, vertical_count, seq_len=seq_len,

@@ -64,7 +64,8 @@ def _run(config, params, tokens, plans, mode="prefill"):
 def test_pieces_give_the_model_logits_and_sparse_equals_dense(model):
   config, params, tokens = model
   want, _ = forward_jit(params, tokens, config=config,
-                        attention=DenseAttention(implementation="xla"), chunk_size=384)
+                        attention=DenseAttention(implementation="xla"),
+                        chunk_size=384)
   cfg = CFG
   dense, _ = cases.online_plans(cfg, CaseSpec("d", attention="dense"), None,
                                 [0, 1], 4, T)
@@ -101,7 +102,8 @@ def test_replayed_lines_cover_everything_equal_dense(model):
   assert len({p.key for p in plans}) == 1  # one executable for all layers
   got, _, info = _run(config, params, tokens, plans)
   want, _ = forward_jit(params, tokens, config=config,
-                        attention=DenseAttention(implementation="xla"), chunk_size=384)
+                        attention=DenseAttention(implementation="xla"),
+                        chunk_size=384)
   np.testing.assert_allclose(got, np.asarray(want), rtol=2e-4, atol=2e-4)
   # The kept online estimate is in the compiled layer step.
   kept = jax.jit(plans[0].index).lower(

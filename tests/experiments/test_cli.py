@@ -172,6 +172,9 @@ def test_generate_saves_its_config_and_answer(tiny_model, tmp_path,
   from experiments import generate
 
   monkeypatch.setattr(generate, "load_model", lambda path, dtype: tiny_model)
+  monkeypatch.setattr(generate, "model_geometry",
+                      lambda path: tiny_model.config)
+  monkeypatch.setattr(generate, "load_tokenizer", lambda path: _Tokenizer())
   prompt = tmp_path / "prompt.txt"
   prompt.write_text("where is the key?")
   cli.main(["generate", f"prompt_file={prompt}", "chat=true", "backend=dense",
@@ -216,6 +219,13 @@ class _Stop(Exception):
   """Stops a command right after it saved its config."""
 
 
+class _Words:
+  """One id per word of a chat prompt (the demo's length check)."""
+
+  def apply_chat_template(self, messages, add_generation_prompt, tokenize):
+    return [1] * len(messages[0]["content"].split())
+
+
 @pytest.mark.parametrize("name,module,stop_at", [
     ("demo", "experiments.demo", "load_model"),
     ("synthetic-demo", "experiments.synthetic_demo", "synthetic_qkv"),
@@ -228,6 +238,10 @@ def test_demos_save_the_resolved_config_first(name, module, stop_at,
     raise _Stop
 
   monkeypatch.setattr(mod, stop_at, stop)
+  if name == "demo":  # the checks before the weights: SmolLM2's geometry
+    monkeypatch.setattr(mod, "model_geometry",
+                        lambda path: ModelConfig.smollm2_135m())
+    monkeypatch.setattr(mod, "load_tokenizer", lambda path: _Words())
   with pytest.raises(_Stop):
     cli.main([name, "seed=7", f"out_dir={tmp_path}"])
   stem = name.replace("-", "_")

@@ -125,10 +125,11 @@ def test_length_above_the_limit_needs_rope_scaling(capsys, tmp_path):
       "max_position_embeddings"]
   err = _cli_error(capsys, [f"output_dir={tmp_path}", "lengths=[1024]",
                             f"model.path={checkpoint}"])
-  assert "1024" in err and f"limit of {limit}" in err
-  assert "rope_scaling" in err
+  assert "1024 positions" in err and f"context of {limit} tokens" in err
+  assert "model.rope_scaling='{rope_type: dynamic, factor: 2}'" in err
   loaded = tiny_model(max_len=1024)
-  with pytest.raises(ConfigError, match="exceed the model's limit of 1024"):
+  with pytest.raises(ConfigError, match="2048 positions, but .* context of"
+                     " 1024 tokens"):
     runner.prepare(_config(tmp_path, "lengths=[2048]"), loaded.config, "cpu")
   scaled = _config(tmp_path, "lengths=[2048]",
                    "model.rope_scaling={rope_type: dynamic, factor: 2}")

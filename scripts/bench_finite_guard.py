@@ -1,0 +1,78 @@
+"""The cost of the entry points' non-finite guard (`pallas_kernels.finite`)
+against the attention itself, on a GPU.
+
+For each op at each length: the op's dispatch without the guard
+(`<op>.OP`, the default implementations for the device), the public entry
+point (guard included) and the guard alone (`guard_inputs` + `mark_rows`),
+each compiled once and timed as the median of repeats
+(`experiments.bench_common.time_jitted`). Writes `<out_dir>/finite_guard.json`
+and `.md`.
+
+  python scripts/bench_finite_guard.py OUT_DIR [T ...]   # default 32768 131072
+"""
+
+import sys
+
+import jax
+import jax.numpy as jnp
+
+from experiments import bench_common as bc
+from pallas_kernels import a_shape, block_sparse, finite, flash, vertical_slash
+from pallas_kernels.layouts import AShapeLayout
+
+N, K, D, DTYPE = 32, 8, 128, jnp.bfloat16
+
+
+def _ops(t: int):
+  """op -> (entry point, raw dispatch, layout or None)."""
+  key = jax.random.key(t)
+  a_layout = AShapeLayout(jnp.full((N,), 128, jnp.int32),
+                          jnp.full((N,), 3968, jnp.int32))
+  return {
+      "flash": (flash.flash_attention, flash.OP, None),
+      "vertical_slash": (vertical_slash.vertical_slash_attention,
+                         vertical_slash.OP,
+                         bc.clustered_vs_layout(key, 1, N, t, 1000, 6096)),
+      "block_sparse": (block_sparse.block_sparse_attention, block_sparse.OP,
+                       bc.clustered_bs_layout(key, 1, N, t, 100)),
+      "a_shape": (a_shape.a_shape_attention, a_shape.OP, a_layout),
+  }
+
+
+def _guard(q, k, v, out):
+  rows, v = finite.guard_inputs(q, k, v)
+  return finite.mark_rows(out, rows), v
+
+
+def main(argv) -> None:
+  out_dir = argv[0] if argv else "outputs"
+  lengths = [int(x) for x in argv[1:]] or [32768, 131072]
+  rows = []
+  for t in lengths:
+    q, k, v = bc.gaussian_qkv(jax.random.key(0), 1, t, N, K, D, DTYPE)
+    for name, (entry, op, layout) in _ops(t).items():
+      # The layout is closed over: concrete, as the A-shape XLA path needs.
+      extra = () if layout is None else (layout,)
+      kwargs = dict(q_offset=0) if layout is None else {}
+      raw = bc.time_jitted(
+          lambda q, k, v: op(q, k, v, *extra, **kwargs),  # noqa: B023
+          (q, k, v), keep_output=True)
+      out = raw.pop("output")
+      guarded = bc.time_jitted(
+          lambda q, k, v: entry(q, k, v, *extra),  # noqa: B023
+          (q, k, v))
+      guard = bc.time_jitted(_guard, (q, k, v, out))
+      row = dict(op=name, T=t, N=N, K=K, D=D, raw_ms=raw["median_ms"],
+                 entry_ms=guarded["median_ms"], guard_ms=guard["median_ms"])
+      row["overhead"] = row["entry_ms"] / row["raw_ms"] - 1.0
+      rows.append(row)
+      print(row, flush=True)
+      del out
+  bc.write_results(out_dir, "finite_guard", bc.environment(), rows, [
+      ("op", "op"), ("T", "T"), ("raw_ms", "dispatch ms"),
+      ("entry_ms", "entry point ms"), ("guard_ms", "guard alone ms"),
+      ("overhead", "entry / dispatch - 1")])
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
