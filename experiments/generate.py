@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from rich.console import Console
@@ -29,13 +29,15 @@ from experiments.config import (
     CONFIGS_DIR,
     ConfigError,
     command,
+    mesh_config,
     parse_cli,
     repo_relative,
     save_resolved,
 )
 from minference_jax.attention import make_attention
 from minference_jax.pattern_config import PatternConfig
-from models import CausalLM, generate_greedy, load_model
+from models import CausalLM, MeshConfig, generate_greedy, load_model
+from models.sharded import shard_model
 
 DEFAULT_CONFIG = CONFIGS_DIR / "experiments" / "generate.yaml"
 
@@ -58,6 +60,10 @@ class GenerateConfig:
     prefill_chunk: prompt tokens per prefill call (None: one call).
     dtype: parameter dtype.
     out_dir: folder for generate.json and generate.config.yaml.
+    mesh: a device mesh, `{data, sequence, tensor}` sizes and optional
+      `rules` (models.MeshConfig.from_dict); with more than one device the
+      weights load straight into their shards and the model runs sharded
+      (models.shard_model). None: one device.
   """
 
   prompt: str | None = None
@@ -71,8 +77,11 @@ class GenerateConfig:
   prefill_chunk: int | None = None
   dtype: Literal["float32", "bfloat16"] = "float32"
   out_dir: str = "outputs"
+  mesh: dict[str, Any] | None = None
 
   def __post_init__(self):
+    if self.mesh is not None:
+      MeshConfig.from_dict(self.mesh)  # ValueError names the bad key
     if (self.prompt is None) == (self.prompt_file is None):
       raise ValueError("give exactly one of prompt=TEXT or prompt_file=PATH")
     if self.max_new_tokens < 1:
@@ -100,7 +109,11 @@ def run(cfg: GenerateConfig, config_file: str | None = None) -> dict:
   console = Console()
   out = Path(cfg.out_dir)
   save_resolved(cfg, out / "generate.config.yaml")
-  loaded = load_model(cfg.model, cfg.dtype)
+  mesh = mesh_config(cfg.mesh)
+  try:
+    loaded = load_model(cfg.model, cfg.dtype, mesh)
+  except ValueError as e:  # a mesh the model does not split over, a bad file
+    raise ConfigError(f"model {cfg.model or 'SmolLM2'}: {e}") from None
   tok = loaded.tokenizer
   prompt = (cfg.prompt if cfg.prompt is not None
             else Path(cfg.prompt_file).read_text())
@@ -120,6 +133,8 @@ def run(cfg: GenerateConfig, config_file: str | None = None) -> dict:
                         f"config: {e}") from None
   attn = make_attention(patterns, backend=cfg.backend)
   model = CausalLM(loaded.config, loaded.params, attention=attn)
+  if mesh is not None:
+    model = shard_model(model, mesh)
   console.print(f"prompt: {len(ids)} tokens; attention: {cfg.backend}"
                 f"{' with ' + cfg.patterns if cfg.patterns else ''}")
   bar = tqdm(total=cfg.max_new_tokens, desc="decode", disable=None)

@@ -18,7 +18,7 @@ from experiments import bench_prefill
 from experiments.config import load_config
 from experiments.index_sets import HeadIndices
 from experiments.prefill import cases, replay, weights
-from experiments.prefill.pieces import DecoderPieces, LayerwisePrefill
+from experiments.prefill.pieces import DecoderPieces, PiecesPrefill
 from experiments.prefill.settings import CaseSpec, ModelSpec, PrefillConfig
 from minference_jax import DenseAttention
 from models import forward_jit
@@ -55,7 +55,7 @@ def model():
 
 
 def _run(config, params, tokens, plans, mode="prefill"):
-  run = LayerwisePrefill(DecoderPieces(config, 384), params, plans, mode)
+  run = PiecesPrefill(DecoderPieces(config, 384), params, plans, mode)
   info = run.compile(tokens)
   logits, kv = run(tokens)
   return np.asarray(logits), kv, info
@@ -97,7 +97,7 @@ def test_replayed_lines_cover_everything_equal_dense(model):
   budgets = [cases.layer_patterns(source, i, 4) for i in (0, 1)]
   lines = replay.replay_lines(rec, [0, 1], 2, 4, 2, budgets)
   replay.check_lines(lines)
-  plans = cases.replay_plans(cfg, case, source, lines, 4, T, 1)
+  plans = cases.replay_plans(cfg, case, source, lines, T, 1)
   assert len({p.key for p in plans}) == 1  # one executable for all layers
   got, _, info = _run(config, params, tokens, plans)
   want, _ = forward_jit(params, tokens, config=config,
