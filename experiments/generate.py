@@ -110,10 +110,14 @@ def run(cfg: GenerateConfig, config_file: str | None = None) -> dict:
   out = Path(cfg.out_dir)
   save_resolved(cfg, out / "generate.config.yaml")
   mesh = mesh_config(cfg.mesh)
-  try:
-    loaded = load_model(cfg.model, cfg.dtype, mesh)
-  except ValueError as e:  # a mesh the model does not split over, a bad file
-    raise ConfigError(f"model {cfg.model or 'SmolLM2'}: {e}") from None
+  if mesh is None:
+    loaded = load_model(cfg.model, cfg.dtype)
+  else:
+    try:  # e.g. heads that do not split over the mesh
+      loaded = load_model(cfg.model, cfg.dtype, mesh)
+    except ValueError as e:
+      raise ConfigError(f"model {cfg.model or 'SmolLM2'} on mesh"
+                        f" {mesh.shape}: {e}") from None
   tok = loaded.tokenizer
   prompt = (cfg.prompt if cfg.prompt is not None
             else Path(cfg.prompt_file).read_text())

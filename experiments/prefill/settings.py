@@ -9,6 +9,8 @@ geometry, by `experiments.bench_prefill.validate` before any slow work.
 import dataclasses
 from typing import Any, Literal
 
+from models.partitioning import MeshConfig
+
 ATTENTION_KINDS = ("dense", "vertical_slash", "minference", "searched",
                    "pattern_file")
 IMPLEMENTATIONS = ("auto", "triton", "mosaic_gpu", "xla")
@@ -284,6 +286,8 @@ class PrefillConfig:
       raise ValueError("phase_index_layers must be >= 1")
     if not self.name or "/" in self.name:
       raise ValueError(f"name {self.name!r} must be a file name")
+    if self.mesh is not None:
+      MeshConfig.from_dict(self.mesh)  # ValueError names the bad key
 
   def case(self, label: str) -> CaseSpec:
     return next(c for c in self.cases if c.label == label)
