@@ -22,8 +22,10 @@ attention differs only in array values (per-layer precomputed indices, one
 `LayerAttentions` entry per layer) share one executable.
 """
 
+import concurrent.futures
 import dataclasses
 import functools
+import os
 import time
 from collections.abc import Hashable
 from typing import Any
@@ -35,6 +37,7 @@ import numpy as np
 from minference_jax.attention import DenseAttention as SeamDenseAttention
 from minference_jax.attention import MInferenceAttention
 from minference_jax.parallel import UlyssesAttention
+from minference_jax.patterns import PatternKind
 from minference_jax.types import AttentionFn
 from models import layers
 from models.config import ModelConfig
@@ -73,8 +76,22 @@ def layer_attention(attention: AttentionFn, layer_idx: int) -> AttentionFn:
   return attention
 
 
+def _minference_runs_sparse(attention: MInferenceAttention, patterns,
+                            seq_len: int, q_offset: int) -> bool:
+  """Whether MInferenceAttention runs any sparse kernel for this layer (its
+  rule: full prefills, q_offset == 0, of at least a sparse kind's dense
+  threshold; everything else, all-dense layers included, runs dense)."""
+  kinds = {p.kind for p in patterns} - {PatternKind.DENSE}
+  return q_offset == 0 and any(seq_len >= attention.threshold_for(kind)
+                               for kind in kinds)
+
+
 def attention_layer_key(
-    attention: AttentionFn, layer_idx: int, num_heads: int
+    attention: AttentionFn,
+    layer_idx: int,
+    num_heads: int,
+    seq_len: int | None = None,
+    q_offset: int = 0,
 ) -> Hashable:
   """What the attention's result depends on besides q, k, v and q_offset.
 
@@ -85,12 +102,16 @@ def attention_layer_key(
     attention: the AttentionFn (one layer's, see layer_attention).
     layer_idx: the layer.
     num_heads: query heads N (for the per-head patterns).
+    seq_len, q_offset: the call's T and q_offset, when known: layers of a
+      MInferenceAttention that run dense at this length (below every
+      dense threshold, or a chunked-prefill step) share one key.
 
   Returns:
     () for layer-independent attention (dense), the layer's per-head
-    patterns for a MInferenceAttention (also inside a UlyssesAttention),
-    `attention.layer_key(layer_idx)` when the callable defines it, else
-    ("layer", layer_idx) (unknown callables never share a step).
+    patterns for a MInferenceAttention (also inside a UlyssesAttention;
+    ("dense",) where it falls back to dense), `attention.layer_key(
+    layer_idx)` when the callable defines it, else ("layer", layer_idx)
+    (unknown callables never share a step).
   """
   hook = getattr(attention, "layer_key", None)
   if callable(hook):
@@ -98,9 +119,14 @@ def attention_layer_key(
   if isinstance(attention, (layers.DenseAttention, SeamDenseAttention)):
     return ()
   if isinstance(attention, UlyssesAttention):
-    return attention_layer_key(attention.attention, layer_idx, num_heads)
+    return attention_layer_key(attention.attention, layer_idx, num_heads,
+                               seq_len, q_offset)
   if isinstance(attention, MInferenceAttention):
-    return ("patterns", attention.layer_patterns(layer_idx, num_heads))
+    patterns = attention.layer_patterns(layer_idx, num_heads)
+    if seq_len is not None and not _minference_runs_sparse(
+        attention, patterns, seq_len, q_offset):
+      return ("dense",)
+    return ("patterns", patterns)
   return ("layer", layer_idx)
 
 
@@ -217,31 +243,39 @@ class LayerwisePrefill:
   partitioning: Partitioning | None = None
 
   @functools.cached_property
-  def _plan(self) -> tuple[tuple[int, Hashable, tuple], ...]:
-    """Per layer: (step layer index, attention static part, arrays)."""
-    first: dict[Hashable, int] = {}
-    plan = []
-    for i in range(self.config.num_layers):
-      attn = layer_attention(self.attention, i)
-      static, arrays = split_arrays(attn)
-      key = (static, attention_layer_key(attn, i, self.config.num_heads))
-      plan.append((first.setdefault(key, i), static, arrays))
-    return tuple(plan)
+  def _plans(self) -> dict:
+    return {}
 
-  @property
-  def step_layers(self) -> tuple[int, ...]:
-    """Per layer, the layer whose step it runs (the first with its key)."""
-    return tuple(p[0] for p in self._plan)
+  def _plan(self, seq_len: int | None = None, q_offset: int = 0
+            ) -> tuple[tuple[int, Hashable, tuple], ...]:
+    """Per layer: (step layer index, attention static part, arrays), for a
+    call of T = seq_len tokens at q_offset (None: any call)."""
+    if (seq_len, q_offset) not in self._plans:
+      first: dict[Hashable, int] = {}
+      plan = []
+      for i in range(self.config.num_layers):
+        attn = layer_attention(self.attention, i)
+        static, arrays = split_arrays(attn)
+        key = (static, attention_layer_key(attn, i, self.config.num_heads,
+                                           seq_len, q_offset))
+        plan.append((first.setdefault(key, i), static, arrays))
+      self._plans[(seq_len, q_offset)] = tuple(plan)
+    return self._plans[(seq_len, q_offset)]
 
-  @property
-  def num_steps(self) -> int:
+  def step_layers(self, seq_len: int | None = None,
+                  q_offset: int = 0) -> tuple[int, ...]:
+    """Per layer, the layer whose step it runs (the first with its key),
+    for a call of seq_len tokens at q_offset (None: whatever the length)."""
+    return tuple(p[0] for p in self._plan(seq_len, q_offset))
+
+  def num_steps(self, seq_len: int | None = None, q_offset: int = 0) -> int:
     """Distinct layer steps (compiled programs besides embed and logits)."""
-    return len(set(self.step_layers))
+    return len(set(self.step_layers(seq_len, q_offset)))
 
-  def _steps(self, q_offset: int) -> list[_Step]:
+  def _steps(self, seq_len: int, q_offset: int) -> list[_Step]:
     return [_Step(self.config, static, canon, self.chunk_size,
                   self.partitioning, q_offset)
-            for canon, static, _ in self._plan]
+            for canon, static, _ in self._plan(seq_len, q_offset)]
 
   def _check(self, params, tokens, cache, q_offset):
     if q_offset is None or isinstance(q_offset, bool) or not isinstance(
@@ -285,7 +319,7 @@ class LayerwisePrefill:
     self._check(params, tokens, cache, q_offset)
     embed_kw, head_kw = self._statics(tokens, cache, q_offset, logits_for,
                                       rope_seq_len)
-    steps = self._steps(q_offset)
+    steps = self._steps(tokens.shape[1], q_offset)
     return self._run(
         functools.partial(_embed_jit, **embed_kw),
         [functools.partial(_layer_step_jit, step=s) for s in steps],
@@ -297,7 +331,8 @@ class LayerwisePrefill:
     top = _top(params)
     x, cos, sin = embed(top, tokens, positions)
     new_k, new_v = [], []
-    for i, (step, (_, _, arrays)) in enumerate(zip(steps, self._plan)):
+    plan = self._plan(tokens.shape[1], q_offset)
+    for i, (step, (_, _, arrays)) in enumerate(zip(steps, plan)):
       kv = None if cache is None else (cache.k[i], cache.v[i])
       x, kv = step(params["layers"][i], x, cos, sin, kv, arrays)
       if kv is not None:
@@ -320,9 +355,18 @@ class LayerwisePrefill:
       q_offset: int = 0,
       logits_for: str | None = "last",
       rope_seq_len: int | None = None,
+      workers: int | None = 1,
   ) -> "CompiledPrefill":
     """Compiles the embedding, every distinct layer step and the logits
     ahead of time for these arguments (arrays or ShapeDtypeStructs).
+
+    Every program is traced and lowered first, then compiled by `workers`
+    threads (XLA compiles outside the GIL), so a model whose layers all
+    differ can compile its layer steps side by side.
+
+    Args:
+      workers: compile threads (1: one by one; None: one per CPU core;
+        tested on CPU only so far).
 
     Raises:
       ValueError: as __call__.
@@ -332,25 +376,28 @@ class LayerwisePrefill:
                                       rope_seq_len)
     begin = time.perf_counter()
     top = _top(params)
-    embed = _embed_jit.lower(top, tokens, positions, **embed_kw).compile()
+    lowered = {"embed": _embed_jit.lower(top, tokens, positions, **embed_kw)}
     x, cos, sin = jax.eval_shape(
         functools.partial(_embed, **embed_kw), top, tokens, positions)
-    compiled: dict[int, Any] = {}
-    memory: dict[str, dict | None] = {"embed": _memory(embed)}
-    for i, step in enumerate(self._steps(q_offset)):
-      canon = step.fields[2]
-      if canon in compiled:
-        continue
-      kv = None if cache is None else (cache.k[i], cache.v[i])
-      compiled[canon] = _layer_step_jit.lower(
-          params["layers"][i], x, cos, sin, kv, self._plan[i][2],
-          step=step).compile()
-      memory[f"layer_{canon}"] = _memory(compiled[canon])
-    head = _head_jit.lower(top, x, logits_idx, **head_kw).compile()
-    memory["logits"] = _memory(head)
+    t = tokens.shape[1]
+    plan = self._plan(t, q_offset)
+    for i, step in enumerate(self._steps(t, q_offset)):
+      name = f"layer_{step.fields[2]}"
+      if name not in lowered:
+        kv = None if cache is None else (cache.k[i], cache.v[i])
+        lowered[name] = _layer_step_jit.lower(
+            params["layers"][i], x, cos, sin, kv, plan[i][2], step=step)
+    lowered["logits"] = _head_jit.lower(top, x, logits_idx, **head_kw)
+    workers = workers or os.cpu_count() or 1
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+      compiled = dict(zip(lowered, pool.map(lambda low: low.compile(),
+                                            lowered.values())))
     return CompiledPrefill(
-        self, embed, [compiled[c] for c in self.step_layers], head,
-        q_offset, memory, time.perf_counter() - begin)
+        self, compiled["embed"],
+        [compiled[f"layer_{c}"] for c in self.step_layers(t, q_offset)],
+        compiled["logits"], q_offset,
+        {name: _memory(c) for name, c in compiled.items()},
+        time.perf_counter() - begin)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

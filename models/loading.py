@@ -9,7 +9,6 @@ import jax.numpy as jnp
 
 from models.assets import smollm2_gguf_path
 from models.config import ModelConfig
-from models.gguf_io import load_gguf
 from models.partitioning import MeshConfig, Partitioning
 from models.safetensors_io import load_safetensors, read_hf_config
 from models.tokenizer import Tokenizer
@@ -66,6 +65,8 @@ def load_model(path: str | Path | None = None,
   if not path.exists():
     raise FileNotFoundError(2, "model path does not exist", str(path))
   if path.suffix == ".gguf":
+    from models.gguf_io import load_gguf  # local: gguf only for this path
+
     hf_config, state = load_gguf(path)
     config = ModelConfig.from_hf_config(hf_config)
     partitioning = _bind(mesh_config, config)

@@ -151,8 +151,9 @@ class ShardedModelPrefill:
     begin = time.perf_counter()
     jax.block_until_ready(self.run(tokens))
     model = self.run.model
-    steps = (model.layerwise.num_steps
-             if tokens.shape[1] >= (model.layerwise_from or 1 << 62) else 0)
+    t = tokens.shape[1]
+    steps = (model.layerwise.num_steps(t)
+             if t >= (model.layerwise_from or 1 << 62) else 0)
     return {"compile_s": time.perf_counter() - begin,
             "executables": steps + 2 if steps else 1,
             "compile_includes_one_run": True}

@@ -253,7 +253,7 @@ def test_layer_by_layer_prefill_on_a_mesh_equals_one_device():
   prefill = make_sharded_prefill(dataclasses.replace(model, layerwise_from=0),
                                  CASES["kv2_seq2_tensor4"][0],
                                  logits_for="all")
-  assert prefill.model.layerwise.num_steps == 2
+  assert prefill.model.layerwise.num_steps(T) == 2
   got = prefill(_tokens())
   assert got.sharding.spec[1] == "sequence", got.sharding
   np.testing.assert_allclose(np.asarray(got), want, rtol=2e-4, atol=2e-4,

@@ -125,7 +125,7 @@ def test_layers_share_a_step_when_their_attention_calls_are_equal():
       lambda q, k, v, *, layer_idx, q_offset=0: q: (0, 1, 2),  # unknown
   }
   for attention, want in cases.items():
-    got = LayerwisePrefill(config, attention).step_layers
+    got = LayerwisePrefill(config, attention).step_layers()
     assert got == want, (attention, got)
   assert attention_layer_key(minf, 1, 4) == ("patterns", (wide,) * 4)
 
@@ -134,8 +134,14 @@ def test_layers_share_a_step_when_their_attention_calls_are_equal():
     def layer_key(self, layer_idx):
       return layer_idx % 2
 
-  assert LayerwisePrefill(config, Keyed()).step_layers == (0, 1, 0)
-  assert LayerwisePrefill(config, minf).num_steps == 2
+  assert LayerwisePrefill(config, Keyed()).step_layers() == (0, 1, 0)
+  assert LayerwisePrefill(config, minf).num_steps() == 2
+  # Layers that fall back to dense at a call's length share one step.
+  late = dataclasses.replace(minf, dense_threshold=100)
+  run = LayerwisePrefill(config, late)
+  assert run.step_layers(128) == (0, 1, 0)
+  assert run.step_layers(64) == (0, 0, 0)  # below the threshold
+  assert run.step_layers(128, q_offset=5) == (0, 0, 0)  # a chunked step
 
 
 def test_a_pattern_config_runs_layer_by_layer_as_forward():
@@ -176,7 +182,7 @@ def test_per_layer_arrays_are_traced_step_arguments_of_one_step():
       ScaledAttention(jnp.asarray(s, jnp.float32)) for s in scales))
   model = _model(attention=attention)
   prefill = model.layerwise
-  assert prefill.step_layers == (0, 0)  # one program, two arrays
+  assert prefill.step_layers() == (0, 0)  # one program, two arrays
   tokens = _tokens()
   compiled = prefill.compile(model.params, tokens, logits_for="all")
   assert compiled.executables == 3  # embed, the layer step, logits
