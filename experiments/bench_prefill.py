@@ -5,13 +5,17 @@
 
 For every length T (ascending) and case of the config: the whole model
 (embedding, every layer's norms, projections, attention and MLP, logits of
-the last position) on one device, compiled ahead of time (compile time is
-its own column), then timed as the median of repeats. Modes: prefill only,
-with every layer's K/V kept on the device, or kept in pinned host memory.
-Cases may run a subset of the layers (dense at 1M takes minutes per
-layer); their times are scaled to all layers and labelled so. Selected
-cases also get a phase breakdown from a synchronised run of separately
-compiled pieces (`experiments.prefill.pieces.LayerwisePrefill.phases`).
+the last position) through the library's executor that users run
+(`models.LayerwisePrefill`, what `CausalLM` runs for long prompts; or
+`models.forward` under one jit; on a multi-device mesh
+`models.make_sharded_prefill`; experiments/prefill/executors.py), compiled
+ahead of time (compile time is its own column), then timed as the median
+of repeats. Modes: prefill only, with every layer's K/V kept on the device,
+or kept in pinned host memory (the benchmark's own executor). Cases may run
+a subset of the layers (dense at 1M takes minutes per layer); their times
+are scaled to all layers and labelled so. Selected cases also get a phase
+breakdown from a synchronised run of separately compiled pieces
+(`experiments.prefill.pieces.PiecesPrefill.phases`).
 Peak device memory comes from the allocator's statistics (none on CPU:
 the rows say so), beside `models.memory`'s estimate and XLA's buffer sizes.
 
@@ -33,7 +37,13 @@ import jax.numpy as jnp
 from tqdm import tqdm
 
 from experiments import bench_common
-from experiments.config import ConfigError, command, parse_cli, save_resolved
+from experiments.config import (
+    ConfigError,
+    command,
+    mesh_config,
+    parse_cli,
+    save_resolved,
+)
 from experiments.index_sets import HeadIndices, vs_indices_path
 from experiments.model_context import (
     check_context,
@@ -43,15 +53,17 @@ from experiments.model_context import (
 from experiments.model_indices import model_head_indices
 from experiments.model_slice import load_slice
 from experiments.prefill import accounting, cases, ops, report, weights
-from experiments.prefill.pieces import (
-    DecoderPieces,
-    LayerwisePrefill,
+from experiments.prefill.executors import (
+    LibraryPrefill,
     ModelPrefill,
+    ShardedModelPrefill,
 )
+from experiments.prefill.pieces import DecoderPieces, PiecesPrefill
 from experiments.prefill.replay import check_lines, find_recording, replay_lines
 from experiments.prefill.settings import CaseSpec, PrefillConfig
 from minference_jax import PatternConfig, VerticalSlash
-from models import ModelConfig, load_model, memory
+from models import MeshConfig, ModelConfig, load_model, memory
+from models.sharded_memory import estimate_sharded_prefill_memory
 
 DEFAULT_CONFIG = "configs/experiments/prefill_llama3_8b.yaml"
 GIB = accounting.GIB
@@ -67,6 +79,7 @@ class Setup:
   model_slice: object = None
   loaded: object = None  # models.LoadedModel (source "checkpoint")
   skipped: dict = dataclasses.field(default_factory=dict)
+  mesh: MeshConfig | None = None  # a multi-device mesh (None: one device)
 
 
 def _model_config(cfg: PrefillConfig):
@@ -115,6 +128,9 @@ def validate(cfg: PrefillConfig) -> Setup:
   full_layers = (int(model_slice.meta.get("full_num_layers",
                                           config.num_layers))
                  if model_slice is not None else config.num_layers)
+  mesh = mesh_config(cfg.mesh)
+  if mesh is not None:
+    _check_mesh(cfg, mesh, config)
   sources, layers, skipped = {}, {}, {}
   for case in cfg.cases:
     layers[case.label] = cases.run_layers(case, config.num_layers)
@@ -142,7 +158,30 @@ def validate(cfg: PrefillConfig) -> Setup:
     if case.executor == "model" and case.layers is not None:
       raise ConfigError(f"case {case.label!r}: executor 'model' runs every"
                         " layer; drop layers or use 'layerwise'")
-  return Setup(config, sources, layers, model_slice, None, skipped)
+  return Setup(config, sources, layers, model_slice, None, skipped, mesh)
+
+
+def _check_mesh(cfg: PrefillConfig, mesh: MeshConfig,
+                config: ModelConfig) -> None:
+  """What a multi-device run takes: a geometry that splits over the mesh,
+  online indices, prefill mode.
+
+  Raises:
+    ConfigError: naming the case or the mesh.
+  """
+  try:
+    mesh.for_model(config)
+  except ValueError as e:
+    raise ConfigError(f"mesh: {e}") from None
+  for t in cfg.seq_lens:
+    if t % mesh.sequence or cfg.batch % mesh.data:
+      raise ConfigError(f"mesh: T={t} / batch={cfg.batch} do not split over"
+                        f" sequence={mesh.sequence} / data={mesh.data}")
+  for case in cfg.cases:
+    if case.indices == "replay" or set(case.modes) != {"prefill"}:
+      raise ConfigError(f"case {case.label!r}: on a multi-device mesh cases"
+                        " run online indices in prefill mode (no replay, no"
+                        " cache modes)")
 
 
 # ---------------------------------------------------------------- memory
@@ -187,6 +226,16 @@ def estimate(cfg: PrefillConfig, config: ModelConfig, case: CaseSpec,
         config, t, "dense_xla" if impl == "xla" else "dense_cudnn",
         batch=cfg.batch)
   dtype_bytes = jnp.dtype(cfg.model.dtype).itemsize
+  mesh = mesh_config(cfg.mesh)
+  if mesh is not None:  # per device (the VS estimate's workspace)
+    s = estimate_sharded_prefill_memory(config, t, mesh,
+                                        chunk_size=cfg.chunk_size,
+                                        dtype_bytes=dtype_bytes)
+    return memory.MemoryEstimate(
+        seq_len=t, batch=cfg.batch, keep_kv_cache=False,
+        chunk_size=cfg.chunk_size, weights=s.weights, kv_cache=0,
+        activations=s.activations, attention_workspace=s.attention_workspace,
+        logits=s.logits)
   est = memory.estimate_prefill_memory(
       config, t, batch=cfg.batch, keep_kv_cache=mode != "prefill",
       kv_cache_on_host=mode == "cache_host", chunk_size=cfg.chunk_size,
@@ -216,23 +265,44 @@ def _recorded(cfg: PrefillConfig, t: int) -> HeadIndices:
   return HeadIndices.load(path)
 
 
-def _executor(cfg, setup, params, case, t, mode, lines):
+def executor_kind(setup: Setup, case: CaseSpec, mode: str) -> str:
+  """The executor of a row: "sharded" on a multi-device mesh, "pieces" for
+  a host cache, else the case's."""
+  if setup.mesh is not None:
+    return "sharded"
+  return "pieces" if mode == "cache_host" else case.executor
+
+
+def _pieces_run(cfg, setup, run_params, case, t, mode, lines):
+  """The benchmark's own executor (host cache, phase breakdown)."""
+  source = setup.sources[case.label]
+  pieces = DecoderPieces(setup.config, cfg.chunk_size)
+  if case.indices == "replay":
+    plans = cases.replay_plans(cfg, case, source, lines, t, cfg.batch)
+  else:
+    plans, _ = cases.online_plans(cfg, case, source,
+                                  setup.layers[case.label],
+                                  setup.config.num_heads, t)
+  return PiecesPrefill(pieces, run_params, plans, mode)
+
+
+def _executor(cfg, setup, run_params, case, t, mode, lines, kind):
+  """The executor that runs a row (experiments/prefill/executors.py)."""
+  if kind == "pieces":
+    return _pieces_run(cfg, setup, run_params, case, t, mode, lines)
   source = setup.sources[case.label]
   layers = setup.layers[case.label]
-  pieces = DecoderPieces(setup.config, cfg.chunk_size)
-  run_params = weights.layer_subset(params, layers)
-  if case.executor == "model":
-    attention = cases.online_attention(cfg, case, source, layers)
-    return ModelPrefill(setup.config, run_params, attention, cfg.chunk_size,
-                        mode), pieces, run_params
+  config = dataclasses.replace(setup.config, num_layers=len(layers))
   if case.indices == "replay":
-    plans = cases.replay_plans(cfg, case, source, lines,
-                               setup.config.num_heads, t, cfg.batch)
+    attention = cases.replay_layer_attentions(cfg, case, source, lines,
+                                              cfg.batch)
   else:
-    plans, _ = cases.online_plans(cfg, case, source, layers,
-                                  setup.config.num_heads, t)
-  return (LayerwisePrefill(pieces, run_params, plans, mode), pieces,
-          run_params)
+    attention = cases.online_attention(cfg, case, source, layers)
+  if kind == "sharded":
+    return ShardedModelPrefill(config, run_params, attention, cfg.chunk_size,
+                               setup.mesh)
+  executor = ModelPrefill if kind == "model" else LibraryPrefill
+  return executor(config, run_params, attention, cfg.chunk_size, mode)
 
 
 def _fixed_seconds(pieces: DecoderPieces, params, tokens) -> float:
@@ -253,9 +323,10 @@ def run_case(cfg: PrefillConfig, setup: Setup, params, case: CaseSpec,
              t: int, mode: str, tokens, lines, est) -> dict:
   """Compiles, times (and optionally breaks down) one case; a row."""
   layers = setup.layers[case.label]
+  kind = executor_kind(setup, case, mode)
   row = dict(case=case.label, T=t, mode=mode, B=cfg.batch,
              attention=case.attention, indices=case.indices,
-             executor=case.executor,
+             executor=kind,
              implementation=("dense" if case.attention == "dense" else
                              ops.resolve_implementation(case.implementation,
                                                         cfg.interpret)),
@@ -266,8 +337,8 @@ def run_case(cfg: PrefillConfig, setup: Setup, params, case: CaseSpec,
     row["replay"] = dict(lines.source, capped_heads=lines.capped,
                          mean_slash_lines=lines.density_lines)
   before = accounting.device_memory()
-  run, pieces, run_params = _executor(cfg, setup, params, case, t, mode,
-                                      lines)
+  run_params = weights.layer_subset(params, layers)
+  run = _executor(cfg, setup, run_params, case, t, mode, lines, kind)
   row.update(run.compile(tokens))
   timing = accounting.time_runs(
       lambda: run(tokens), **dataclasses.asdict(cfg.timing),
@@ -287,8 +358,11 @@ def run_case(cfg: PrefillConfig, setup: Setup, params, case: CaseSpec,
       bench_weights_bytes(params), step, run.step_bytes(), kept)
   row["xla_predicted_gib"] = None if pred is None else pred / GIB
   row["xla_step_buffers"] = step
+  run = None  # frees the executables and their buffers
+  gc.collect()
   if row["scaled"]:
-    fixed = _fixed_seconds(pieces, run_params, tokens)
+    fixed = _fixed_seconds(DecoderPieces(setup.config, cfg.chunk_size),
+                           run_params, tokens)
     row["fixed_s"] = fixed
     row["model_s"] = accounting.scale_to_layers(
         timing["median_s"], min(fixed, timing["median_s"]), len(layers),
@@ -296,9 +370,11 @@ def run_case(cfg: PrefillConfig, setup: Setup, params, case: CaseSpec,
   else:
     row["model_s"] = timing["median_s"]
   row["tokens_per_s"] = cfg.batch * t / row["model_s"]
-  if (case.label in cfg.phases and isinstance(run, LayerwisePrefill)
+  if (case.label in cfg.phases and kind in ("layerwise", "pieces")
       and mode == "prefill" and (not cfg.phase_lens or t in cfg.phase_lens)):
-    times = run.phases(tokens, cfg.phase_index_layers)
+    pieces_run = _pieces_run(cfg, setup, run_params, case, t, mode, lines)
+    times = pieces_run.phases(tokens, cfg.phase_index_layers)
+    pieces_run = None
     row["phases"] = accounting.phase_breakdown(times, timing["median_s"])
     row["phases"]["compile_s"] = times["compile_s"]
     row["attention_layer_s"] = (sum(times["attention"])
@@ -307,7 +383,6 @@ def run_case(cfg: PrefillConfig, setup: Setup, params, case: CaseSpec,
       row["density"] = times["pairs"] / (
           cfg.batch * setup.config.num_heads * t * (t + 1) / 2
           * times["pairs_layers"])
-  run = None  # frees the executables and their buffers
   gc.collect()
   return row
 
@@ -319,12 +394,14 @@ def bench_weights_bytes(params) -> int:
 def _load_params(cfg: PrefillConfig, setup: Setup):
   dtype = jnp.dtype(cfg.model.dtype)
   if cfg.model.source == "checkpoint":
-    setup.loaded = load_model(cfg.model.path, cfg.model.dtype)
+    setup.loaded = load_model(cfg.model.path, cfg.model.dtype, setup.mesh)
     return setup.loaded.params
   if setup.model_slice is not None:
     return setup.model_slice.params(dtype)
-  return weights.device_random_params(setup.config, cfg.model.seed, dtype,
-                                      cfg.model.weight_std)
+  return weights.device_random_params(
+      setup.config, cfg.model.seed, dtype, cfg.model.weight_std,
+      None if setup.mesh is None else setup.mesh.for_model(
+          setup.config).bind())
 
 
 def _tokens(cfg: PrefillConfig, setup: Setup, t: int):

@@ -311,3 +311,31 @@ def command(main: Callable[..., Any]) -> Callable[..., Any]:
         raise SystemExit(2) from None
 
   return wrapped
+
+
+# ---------------------------------------------------------------- meshes
+def mesh_config(mesh: dict[str, Any] | None):
+  """A config's `mesh:` block (`{data, sequence, tensor}` sizes, optional
+  `rules`) as a `models.MeshConfig`, or None for one device (no block, or
+  a mesh of one device).
+
+  Raises:
+    ConfigError: for a malformed block or a mesh whose size is not the
+      number of devices this process sees.
+  """
+  if mesh is None:
+    return None
+  # Imported here: the config machinery itself needs neither JAX nor models.
+  import jax
+
+  from models.partitioning import MeshConfig
+
+  try:
+    config = MeshConfig.from_dict(mesh)
+  except ValueError as e:
+    raise ConfigError(f"mesh: {e}") from None
+  if config.num_devices != jax.device_count():
+    raise ConfigError(f"mesh: data x sequence x tensor = {config.shape} needs"
+                      f" {config.num_devices} devices; this process sees"
+                      f" {jax.device_count()}")
+  return None if config.num_devices == 1 else config

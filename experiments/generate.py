@@ -29,6 +29,7 @@ from experiments.config import (
     CONFIGS_DIR,
     ConfigError,
     command,
+    mesh_config,
     parse_cli,
     repo_relative,
     save_resolved,
@@ -42,8 +43,10 @@ from experiments.model_context import (
 from minference_jax.attention import make_attention
 from minference_jax.pattern_config import PatternConfig, load_pattern_config
 from minference_jax.pattern_entries import read_json_file
-from models import CausalLM, ModelConfig, generate_greedy, load_model
+from models import CausalLM, MeshConfig, ModelConfig, generate_greedy
+from models import load_model
 from models.loading import load_tokenizer
+from models.sharded import shard_model
 
 DEFAULT_CONFIG = CONFIGS_DIR / "experiments" / "generate.yaml"
 
@@ -69,6 +72,10 @@ class GenerateConfig:
     rope_scaling: an HF `rope_scaling` mapping (e.g. {rope_type: dynamic,
       factor: 2}) to run past the model's context; None keeps its own.
     out_dir: folder for generate.json and generate.config.yaml.
+    mesh: a device mesh, `{data, sequence, tensor}` sizes and optional
+      `rules` (models.MeshConfig.from_dict); with more than one device the
+      weights load straight into their shards and the model runs sharded
+      (models.shard_model). None: one device.
   """
 
   prompt: str | None = None
@@ -83,8 +90,11 @@ class GenerateConfig:
   dtype: Literal["float32", "bfloat16"] = "float32"
   rope_scaling: dict[str, Any] | None = None
   out_dir: str = "outputs"
+  mesh: dict[str, Any] | None = None
 
   def __post_init__(self):
+    if self.mesh is not None:
+      MeshConfig.from_dict(self.mesh)  # ValueError names the bad key
     if (self.prompt is None) == (self.prompt_file is None):
       raise ValueError("give exactly one of prompt=TEXT or prompt_file=PATH")
     if self.max_new_tokens < 1:
@@ -190,9 +200,18 @@ def run(cfg: GenerateConfig, config_file: str | None = None) -> dict:
                      f"{cfg.max_new_tokens}")
   out = Path(cfg.out_dir)
   save_resolved(cfg, out / "generate.config.yaml")
-  loaded = load_model(cfg.model, cfg.dtype)
+  mesh = mesh_config(cfg.mesh)
+  if mesh is not None:
+    try:  # e.g. heads that do not split over the mesh
+      mesh.for_model(config)
+    except ValueError as e:
+      raise ConfigError(f"model {cfg.model or 'SmolLM2'} on mesh"
+                        f" {mesh.shape}: {e}") from None
+  loaded = load_model(cfg.model, cfg.dtype, mesh)
   model = CausalLM(with_rope_scaling(loaded.config, cfg.rope_scaling),
                    loaded.params, attention=attn)
+  if mesh is not None:
+    model = shard_model(model, mesh)
   console.print(f"prompt: {len(ids)} tokens; attention: {cfg.backend}"
                 f"{' with ' + cfg.patterns if cfg.patterns else ''}")
   bar = tqdm(total=cfg.max_new_tokens, desc="decode", disable=None)

@@ -6,14 +6,18 @@ API (details in docs/models.md):
   config = ModelConfig.llama3_8b()            # or .preset("qwen2_7b"), ...
   params = params_from_state_dict(config, state_dict, dtype=jnp.bfloat16)
   config, params = load_safetensors("ckpt_dir")   # file, dir or index.json
-  model = CausalLM(config, params, attention=attn_fn, chunk_size=None)
+  model = CausalLM(config, params, attention=attn_fn)  # chunk_size=32768
   logits, cache = model(tokens,                # [B, T] int
                         positions=None,        # [B, T] RoPE positions
                         cache=None,            # or model.init_cache(B, S)
                         logits_for="last")     # "all" | index sequence
     # "last" -> [B, V], "all" -> [B, T, V], indices -> [B, M, V] (float32)
     # keyword options: q_offset (static int; None = decode from
-    # cache.length), rope_seq_len.
+    # cache.length), rope_seq_len. A given cache is donated. Prompts of
+    # >= model.layerwise_from tokens (8192) run layer by layer:
+  logits, cache = model.prefill(tokens)        # layer by layer, any length
+  logits, cache = prefill(params, tokens, config=config, attention=attn_fn)
+    # one compiled step per distinct layer (LayerwisePrefill)
   result = generate_greedy(model, prompt, max_new_tokens=32)
   save_params(dir, config, params); config, params = restore_params(dir)
   loaded = load_model("model.gguf" or "hf_dir", dtype="bfloat16")
@@ -40,11 +44,18 @@ from models.decoder import abstract_params as abstract_params
 from models.decoder import param_axes as param_axes
 from models.generate import GenerationResult as GenerationResult
 from models.generate import generate_greedy as generate_greedy
+from models.layers import DEFAULT_CHUNK_SIZE as DEFAULT_CHUNK_SIZE
 from models.layers import DenseAttention as DenseAttention
+from models.layerwise import CompiledPrefill as CompiledPrefill
+from models.layerwise import LayerAttentions as LayerAttentions
+from models.layerwise import LayerwisePrefill as LayerwisePrefill
+from models.layerwise import attention_layer_key as attention_layer_key
+from models.llama import LAYERWISE_FROM as LAYERWISE_FROM
 from models.llama import CausalLM as CausalLM
 from models.llama import KVCache as KVCache
 from models.llama import forward as forward
 from models.llama import forward_jit as forward_jit
+from models.llama import prefill as prefill
 from models.loading import LoadedModel as LoadedModel
 from models.loading import load_model as load_model
 from models.memory import MemoryEstimate as MemoryEstimate

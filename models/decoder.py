@@ -250,7 +250,7 @@ class DecoderLayer(nn.Module):
         o = self.attention(q, kk, vv, layer_idx=i, q_offset=q_offset)
     o = self._constrain(o, Q_HEADS).reshape(b, t, c.q_dim)  # [B, T, N*D]
     x = layers.seq_chunked(self._out_and_mlp, self.chunk_size, x, o,
-                           shards=shards)
+                           shards=shards, in_place=True)
     return x, new_kv
 
 
@@ -300,15 +300,67 @@ class Decoder(nn.Module):
   def _constrain(self, x: jax.Array, names: AxisNames) -> jax.Array:
     return constrain(x, names, self.partitioning)
 
-  def _logits(self, x):
-    """Final norm + output projection in float32: [..., H] -> [..., V]."""
+  def embed(
+      self,
+      tokens: jax.Array,
+      positions: jax.Array | None,
+      start: jax.Array | int,
+      rope_seq_len: int,
+  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Token embedding and the rotary tables.
+
+    Args:
+      tokens: [B, T] token ids.
+      positions: [B, T] RoPE positions, or None for start + arange(T).
+      start: position of tokens[:, 0] (traced when decoding).
+      rope_seq_len: the static length that selects RoPE frequencies.
+
+    Returns:
+      (x [B, T, H] residual stream, cos [B, T, R/2], sin [B, T, R/2]).
+    """
+    c = self.config
+    b, t = tokens.shape
+    if positions is None:
+      positions = jnp.broadcast_to(start + jnp.arange(t, dtype=jnp.int32),
+                                   (b, t))
+    positions = self._constrain(positions, TOKENS)
+    inv = c.rope.inv_freq(rope_seq_len)  # [R/2] numpy float32 (static)
+    cos, sin = rope_cos_sin(positions, inv, c.rope.attention_scaling())
+    names = ("batch", "seq", None)  # cos, sin [B, T, R/2]
+    cos, sin = self._constrain(cos, names), self._constrain(sin, names)
+    x = self._constrain(self.top["embed"][self._constrain(tokens, TOKENS)],
+                        RESIDUAL)  # [B, T, H]
+    return x, cos, sin
+
+  def logits(
+      self,
+      x: jax.Array,
+      logits_for: str | None,
+      logits_idx: jax.Array | None,
+  ) -> jax.Array:
+    """Final norm + output projection (float32) of the selected positions.
+
+    Args:
+      x: [B, T, H] residual stream after the last layer.
+      logits_for: "last" -> [B, V]; "all" -> [B, T, V]; None -> logits at
+        logits_idx, [B, M, V].
+      logits_idx: [M] token indices (logits_for None).
+
+    Raises:
+      ValueError: for an unknown logits_for.
+    """
     c, p = self.config, self.top
-    h = layers.rms_norm(x, p["final_norm"], c.rms_norm_eps)
+    h = _select_positions(x, logits_for, logits_idx)
+    h = layers.rms_norm(h, p["final_norm"], c.rms_norm_eps)
     if c.tie_word_embeddings:
-      return jnp.einsum("...h,vh->...v", h, p["embed"].astype(h.dtype),
-                        preferred_element_type=jnp.float32)
-    return jnp.einsum("...h,hv->...v", h, p["lm_head"].astype(h.dtype),
-                      preferred_element_type=jnp.float32)
+      logits = jnp.einsum("...h,vh->...v", h, p["embed"].astype(h.dtype),
+                          preferred_element_type=jnp.float32)
+    else:
+      logits = jnp.einsum("...h,hv->...v", h, p["lm_head"].astype(h.dtype),
+                          preferred_element_type=jnp.float32)
+    names = (("batch", "vocab") if logits.ndim == 2 else
+             ("batch", "seq" if logits_for == "all" else None, "vocab"))
+    return self._constrain(logits, names)
 
   def __call__(
       self,
@@ -328,36 +380,14 @@ class Decoder(nn.Module):
         does not fit the model (`check_attention_fits`: e.g. a pattern
         config with other layer or head counts).
     """
-    c = self.config
-    b, t = tokens.shape
-    check_attention_fits(self.attention, num_layers=c.num_layers,
-                         num_heads=c.num_heads)
-    if q_offset is None and cache is None:
-      raise ValueError("q_offset=None (decode) needs a KV cache")
-    if cache is None and q_offset != 0:
-      raise ValueError(f"q_offset={q_offset} without a cache: earlier keys "
-                       "are unknown; pass the KVCache")
-    if cache is not None:
-      if cache.k[0].shape[0] != b:
-        raise ValueError(f"cache batch {cache.k[0].shape[0]} != tokens batch "
-                         f"{b}")
-      if q_offset is not None and q_offset + t > cache.max_len:
-        raise ValueError(f"q_offset + T = {q_offset + t} exceeds the cache "
-                         f"capacity {cache.max_len}")
+    t = tokens.shape[1]
+    check_attention_fits(self.attention,
+                         num_layers=self.config.num_layers,
+                         num_heads=self.config.num_heads)
+    check_call(tokens.shape, cache, q_offset)
     start = cache.length if q_offset is None else q_offset
-    if positions is None:
-      positions = jnp.broadcast_to(start + jnp.arange(t, dtype=jnp.int32),
-                                   (b, t))
-    positions = self._constrain(positions, TOKENS)
-    if rope_seq_len is None:
-      rope_seq_len = cache.max_len if q_offset is None else q_offset + t
-    inv = c.rope.inv_freq(rope_seq_len)  # [R/2] numpy float32 (static)
-    cos, sin = rope_cos_sin(positions, inv, c.rope.attention_scaling())
-    names = ("batch", "seq", None)  # cos, sin [B, T, R/2]
-    cos, sin = self._constrain(cos, names), self._constrain(sin, names)
-
-    x = self._constrain(self.top["embed"][self._constrain(tokens, TOKENS)],
-                        RESIDUAL)  # [B, T, H]
+    rope_seq_len = resolve_rope_seq_len(t, cache, q_offset, rope_seq_len)
+    x, cos, sin = self.embed(tokens, positions, start, rope_seq_len)
     new_k, new_v = [], []
     for i, layer in enumerate(self.layers):
       with jax.named_scope(f"layer_{i}"):
@@ -366,15 +396,46 @@ class Decoder(nn.Module):
         if kv is not None:
           new_k.append(kv[0])
           new_v.append(kv[1])
-    selected = _select_positions(x, logits_for, logits_idx)
-    logits = self._logits(selected)
-    names = (("batch", "vocab") if logits.ndim == 2 else
-             ("batch", "seq" if logits_for == "all" else None, "vocab"))
-    logits = self._constrain(logits, names)
+    logits = self.logits(x, logits_for, logits_idx)
     if cache is None:
       return logits, None
     length = jnp.asarray(start + t, jnp.int32)
     return logits, KVCache(k=tuple(new_k), v=tuple(new_v), length=length)
+
+
+def check_call(
+    tokens_shape: tuple[int, ...], cache: KVCache | None,
+    q_offset: int | None
+) -> None:
+  """Checks a forward call's tokens [B, T], cache and q_offset.
+
+  Raises:
+    ValueError: naming the inconsistency.
+  """
+  b, t = tokens_shape
+  if q_offset is None and cache is None:
+    raise ValueError("q_offset=None (decode) needs a KV cache")
+  if cache is None and q_offset != 0:
+    raise ValueError(f"q_offset={q_offset} without a cache: earlier keys "
+                     "are unknown; pass the KVCache")
+  if cache is not None:
+    if cache.k[0].shape[0] != b:
+      raise ValueError(f"cache batch {cache.k[0].shape[0]} != tokens batch "
+                       f"{b}")
+    if q_offset is not None and q_offset + t > cache.max_len:
+      raise ValueError(f"q_offset + T = {q_offset + t} exceeds the cache "
+                       f"capacity {cache.max_len}")
+
+
+def resolve_rope_seq_len(
+    t: int, cache: KVCache | None, q_offset: int | None,
+    rope_seq_len: int | None
+) -> int:
+  """The length that selects RoPE frequencies: the given one, else the
+  call's total length (q_offset + T) or the cache capacity when decoding."""
+  if rope_seq_len is not None:
+    return rope_seq_len
+  return cache.max_len if q_offset is None else q_offset + t
 
 
 LAYER_PREFIX = "layers_"

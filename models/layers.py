@@ -14,6 +14,18 @@ from minference_jax.types import DEFAULT_MASK_VALUE
 # A layer's parameters: {"wq": [H, N*D], ...} (see models/weights.py).
 LayerParams = dict[str, jax.Array]
 
+# Default tokens per chunk of the norms, projections and MLP (`seq_chunked`;
+# `CausalLM.chunk_size`), a proposal until a GPU sweep sets it
+# (configs/experiments/prefill_mlp_chunks.yaml). The chunk bounds the MLP's
+# [chunk, I] temporaries: gate, up and their product, three [chunk, I]
+# arrays in the activation dtype, 2.6 GiB at 32768 x 14336 in bf16 (the
+# LLaMA-3-8B MLP), against 20 GiB of q, k, v and o for one layer at 1M tokens.
+# Each chunk's matmuls ([chunk, 4096] x [4096, 14336]) are large enough to
+# keep a GPU's tensor cores busy, so larger chunks buy little speed for
+# their memory, and smaller ones add loop steps (each re-reads the layer's
+# MLP weights, 0.3 GiB for the 8B) and shrink the matmuls.
+DEFAULT_CHUNK_SIZE = 32768
+
 
 @jaxtyped(typechecker=beartype)
 def rms_norm(
@@ -73,13 +85,28 @@ def swiglu_mlp(
 
 
 def seq_chunked(
-    fn: Callable[..., Any], chunk: int | None, *xs: jax.Array, shards: int = 1
+    fn: Callable[..., Any],
+    chunk: int | None,
+    *xs: jax.Array,
+    shards: int = 1,
+    in_place: bool = False,
 ):
   """Applies a per-token fn over the sequence axis (axis 1) in chunks.
 
-  Chunks run one after another (`lax.map`), so only one chunk's
-  intermediates (e.g. the [B, chunk, I] MLP hidden) are live at a time. The
-  result equals fn(*xs) for any fn that treats tokens independently.
+  Chunks run one after another in a `lax.fori_loop` that slices its inputs
+  (`dynamic_slice`) and writes each chunk's result into the output buffer
+  (`dynamic_update_slice`), so only one chunk's intermediates (e.g. the
+  [B, chunk, I] MLP hidden) are live at a time and nothing is padded,
+  split or merged: the only full-size buffer added is the output. A length
+  that is not a multiple of the chunk ends with one shorter chunk (fn is
+  traced for both sizes). The result equals fn(*xs) for any fn that treats
+  tokens independently.
+
+  With `in_place` the output is written over xs[0] (fn must return one
+  array shaped and typed like its first argument, e.g. a residual update
+  x + f(x, o)): the loop carries xs[0]'s buffer, which XLA updates in place
+  when the caller donates it or no longer needs it, so no full-size buffer
+  is added at all.
 
   With `shards` > 1 the sequence is split into that many contiguous shards
   (the devices of a sequence-sharded mesh) and step j processes chunk j of
@@ -93,47 +120,75 @@ def seq_chunked(
       once.
     *xs: arrays sharing [B, T] as leading dims.
     shards: contiguous sequence shards; T must be a multiple.
+    in_place: write the result over xs[0] (see above).
 
   Returns:
     fn's output for all T tokens.
 
   Raises:
-    ValueError: for a non-positive chunk or T not a multiple of shards.
+    ValueError: for a non-positive chunk, T not a multiple of shards, or an
+      in-place fn whose output is not shaped like its first input.
   """
-  t = xs[0].shape[1]
+  b, t = xs[0].shape[:2]
   if t % shards:
     raise ValueError(f"sequence length {t} is not a multiple of the "
                      f"{shards} sequence shards")
+  if chunk is not None and chunk <= 0:
+    raise ValueError(f"chunk must be positive, got {chunk}")
   local = t // shards
   if chunk is None or local <= chunk:
     return fn(*xs)
-  if chunk <= 0:
-    raise ValueError(f"chunk must be positive, got {chunk}")
-  n = -(-local // chunk)
-  pad = n * chunk - local
+  full, rest = divmod(local, chunk)
 
-  def split(a: jax.Array) -> jax.Array:
-    a = a.reshape(a.shape[0], shards, local, *a.shape[2:])  # [B, P, L, ...]
-    if pad:
-      widths = [(0, 0)] * a.ndim
-      widths[2] = (0, pad)
-      a = jnp.pad(a, widths)
-    a = a.reshape(a.shape[0], shards, n, chunk, *a.shape[3:])
-    return jnp.moveaxis(a, 2, 0)  # [n, B, P, c, ...]
+  def view(a: jax.Array) -> jax.Array:  # [B, T, ...] -> [B, P, L, ...]
+    return a.reshape(b, shards, local, *a.shape[2:])
 
-  def step(args):
-    # [B, P, c, ...] -> [B, P * c, ...]: each shard's chunk stays in place.
-    flat = [a.reshape(a.shape[0], shards * chunk, *a.shape[3:]) for a in args]
-    return fn(*flat)
+  def take(a: jax.Array, start, size: int) -> jax.Array:
+    # rows [start, start + size) of every shard, as [B, P * size, ...]
+    part = jax.lax.dynamic_slice_in_dim(a, start, size, axis=2)
+    return part.reshape(b, shards * size, *a.shape[3:])
 
-  def merge(a: jax.Array) -> jax.Array:
-    a = a.reshape(n, a.shape[1], shards, chunk, *a.shape[3:])
-    a = jnp.moveaxis(a, 0, 2)  # [B, P, n, c, ...]
-    a = a.reshape(a.shape[0], shards, n * chunk, *a.shape[4:])[:, :, :local]
-    return a.reshape(a.shape[0], t, *a.shape[3:])
+  def put(buf: jax.Array, part: jax.Array, start, size: int) -> jax.Array:
+    part = part.reshape(b, shards, size, *part.shape[2:])
+    return jax.lax.dynamic_update_slice_in_dim(buf, part, start, axis=2)
 
-  out = jax.lax.map(step, tuple(split(a) for a in xs))
-  return jax.tree.map(merge, out)
+  views = tuple(view(a) for a in xs)
+  if in_place:
+    first, others = views[0], views[1:]
+    want = jax.ShapeDtypeStruct((b, shards * chunk, *xs[0].shape[2:]),
+                                xs[0].dtype)
+    got = jax.eval_shape(
+        lambda: fn(take(first, 0, chunk),
+                   *(take(v, 0, chunk) for v in others)))
+    if not isinstance(got, jax.ShapeDtypeStruct) or (
+        got.shape, got.dtype) != (want.shape, want.dtype):
+      raise ValueError(f"in_place needs fn to return one array shaped like "
+                       f"its first input {want.shape} {want.dtype}, got "
+                       f"{got}")
+
+    def run(buf, start, size):
+      out = fn(take(buf, start, size), *(take(v, start, size)
+                                         for v in others))
+      return put(buf, out, start, size)
+
+    buf = jax.lax.fori_loop(0, full, lambda j, buf: run(buf, j * chunk,
+                                                        chunk), first)
+    if rest:
+      buf = run(buf, full * chunk, rest)
+    return buf.reshape(xs[0].shape)
+
+  def run_all(bufs, start, size):
+    out = fn(*(take(v, start, size) for v in views))
+    return jax.tree.map(lambda buf, o: put(buf, o, start, size), bufs, out)
+
+  shapes = jax.eval_shape(lambda: fn(*(take(v, 0, chunk) for v in views)))
+  bufs = jax.tree.map(
+      lambda s: jnp.zeros((b, shards, local, *s.shape[2:]), s.dtype), shapes)
+  bufs = jax.lax.fori_loop(0, full, lambda j, bufs: run_all(bufs, j * chunk,
+                                                            chunk), bufs)
+  if rest:
+    bufs = run_all(bufs, full * chunk, rest)
+  return jax.tree.map(lambda a: a.reshape(b, t, *a.shape[3:]), bufs)
 
 
 @jaxtyped(typechecker=beartype)

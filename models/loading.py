@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from models.assets import smollm2_gguf_path
 from models.config import ModelConfig
 from models.gguf_io import config_from_gguf, gguf_metadata, load_gguf, read_gguf
+from models.partitioning import MeshConfig, Partitioning
 from models.safetensors_io import load_safetensors, read_hf_config
 from models.tokenizer import Tokenizer
 from models.weights import Params, params_from_state_dict
@@ -28,12 +29,14 @@ class LoadedModel:
     tokenizer: the model's tokenizer (chat template included where the
       checkpoint has one).
     path: the GGUF file or checkpoint directory that was read.
+    partitioning: the mesh the params were placed on (None: one device).
   """
 
   config: ModelConfig
   params: Params
   tokenizer: Tokenizer
   path: Path
+  partitioning: Partitioning | None = None
 
 
 def _resolve(path: str | Path | None) -> Path:
@@ -99,7 +102,8 @@ def load_tokenizer(path: str | Path | None = None) -> Tokenizer:
 
 
 def load_model(path: str | Path | None = None,
-               dtype: str | Any = "float32") -> LoadedModel:
+               dtype: str | Any = "float32",
+               mesh_config: MeshConfig | None = None) -> LoadedModel:
   """Loads a GGUF file or an HF safetensors checkpoint (file or directory).
 
   Args:
@@ -109,10 +113,15 @@ def load_model(path: str | Path | None = None,
     dtype: "float32" or "bfloat16" (or the jnp dtype): the parameter dtype,
       for GGUF and safetensors checkpoints alike (a bfloat16 checkpoint
       loads as float32 when asked).
+    mesh_config: place each tensor straight into its shards over this mesh
+      as it is converted (`mesh_config.for_model(config).bind()`; a large
+      model never lives whole on one device); None: the default device.
+      The result's `partitioning` is the bound mesh.
 
   Raises:
     FileNotFoundError: if the path or the tokenizer next to it is missing.
-    ValueError: on an unknown dtype.
+    ValueError: on an unknown dtype, or a mesh the model does not split
+      over.
   """
   if isinstance(dtype, str):
     if dtype not in DTYPES:
@@ -122,9 +131,23 @@ def load_model(path: str | Path | None = None,
   if path.suffix == ".gguf":
     hf_config, state = load_gguf(_reader(path))
     config = ModelConfig.from_hf_config(hf_config)
-    params = params_from_state_dict(config, state, dtype=dtype)
-    return LoadedModel(config, params, load_tokenizer(path), path)
+    partitioning = _bind(mesh_config, config)
+    params = params_from_state_dict(config, state, dtype=dtype,
+                                    partitioning=partitioning)
+    return LoadedModel(config, params, load_tokenizer(path), path,
+                       partitioning)
   tokenizer = load_tokenizer(path)  # before the weights: a missing file
-  config, params = load_safetensors(path, dtype=dtype)
+  config = ModelConfig.from_hf_config(read_hf_config(path))
+  partitioning = _bind(mesh_config, config)
+  config, params = load_safetensors(path, dtype=dtype, config=config,
+                                    partitioning=partitioning)
   directory = path if path.is_dir() else path.parent
-  return LoadedModel(config, params, tokenizer, directory)
+  return LoadedModel(config, params, tokenizer, directory, partitioning)
+
+
+def _bind(mesh_config: MeshConfig | None,
+          config: ModelConfig) -> Partitioning | None:
+  """The mesh of mesh_config, checked against the geometry (None: none)."""
+  if mesh_config is None:
+    return None
+  return mesh_config.for_model(config).bind()

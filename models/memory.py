@@ -137,18 +137,17 @@ def estimate_prefill_memory(
   Model of the peak (one layer is live at a time; XLA frees a layer's
   activations before the next), the largest of three phases:
     * projections: residual x [B,T,H], the float32 cos/sin tables
-      [B,T,R/2], q [B,T,N,D], k and v [B,T,K,D]; when chunked, also a copy
-      of x and of q, k, v (`models.layers.seq_chunked` splits its inputs
-      into [chunks, B, c, ...] and merges the outputs, whole copies in
-      XLA's buffer assignment);
+      [B,T,R/2], q [B,T,N,D], k and v [B,T,K,D] (when chunked,
+      `models.layers.seq_chunked` writes each chunk's q, k, v into their
+      buffers: no copies);
     * attention: x, q, k, v, the attention output [B,T,N,D], the RoPE
       tables and the attention workspace;
-    * output/MLP: x, the attention output, the new residual, when chunked
-      the split copies of x and of the attention output, and one chunk's
-      temporaries: the float32 norm input [c,H] and (3 * dtype_bytes + 5)
-      bytes per [c,I] element for gate, up and their product (what XLA's
-      buffer assignment holds for the SwiGLU MLP; calibrated at 16K-1M
-      tokens, experiments/results/prefill_inspect_cpu.md).
+    * output/MLP: x, the attention output and one chunk's temporaries: the
+      float32 norm input [c,H] and (3 * dtype_bytes + 5) bytes per [c,I]
+      element for gate, up and their product (what XLA's buffer assignment
+      holds for the SwiGLU MLP; calibrated at 16K-1M tokens,
+      experiments/results/prefill_inspect_cpu.md); unchunked, also the new
+      residual (chunked, each chunk's result is written over x in place).
   The KV cache, when kept, holds K and V for all layers at full length.
   `activations` is the peak net of the attention workspace, so that
   `total` is the peak whichever phase sets it.
@@ -189,9 +188,9 @@ def estimate_prefill_memory(
   chunk = batch * min(chunk_size, seq_len) if chunked else tokens
   chunk_tmp = chunk * (c.hidden_size * 4
                        + c.intermediate_size * (3 * dtype_bytes + 5))
-  projection_phase = x + rope + q + kv + ((x + q + kv) if chunked else 0)
+  projection_phase = x + rope + q + kv
   attention_phase = x + q + kv + o + rope + attention_workspace
-  mlp_phase = x + o + x + ((x + o) if chunked else 0) + chunk_tmp
+  mlp_phase = x + o + (0 if chunked else x) + chunk_tmp
   peak = max(projection_phase, attention_phase, mlp_phase)
   activations, workspace = peak - attention_workspace, attention_workspace
   cache = tokens * c.kv_bytes_per_token(dtype_bytes) if keep_kv_cache else 0

@@ -6,8 +6,8 @@ time), split over a mesh as models/sharded.py runs it:
     map to (tensor axis: heads, KV heads when they split, MLP width,
     vocabulary), the rest replicated;
   * outside attention, T / sequence tokens per device: residual, q, k, v,
-    the attention output, cos/sin, the sequence-chunked copies and one
-    chunk's MLP temporaries over I / tensor columns;
+    the attention output, cos/sin and one chunk's MLP temporaries over
+    I / tensor columns (chunking copies nothing: models.layers.seq_chunked);
   * inside attention (DeepSpeed-Ulysses), the whole sequence for N / P query
     heads (P = sequence x tensor) and the device's KV heads (one replicated
     head when K < P), next to the sequence-sharded inputs they came from,
@@ -114,14 +114,14 @@ def estimate_sharded_prefill_memory(
     gathered = 0
   workspace = 2 * heads * VS_LAST_Q * seq_len * 4
   # The phases of models.memory.estimate_prefill_memory on the device's
-  # tokens (sequence-chunked copies, SwiGLU temporaries per [c, I] column).
+  # tokens (SwiGLU temporaries per [c, I] column).
   chunked = chunk_size is not None and chunk_size < local
   chunk = min(chunk_size, local) if chunked else local
   mlp_cols = c.intermediate_size // mesh_config.size("mlp")
   chunk_tmp = chunk * (c.hidden_size * 4 + mlp_cols * (3 * b + 5))
-  projection_phase = x + rope + q + kv + ((x + q + kv) if chunked else 0)
+  projection_phase = x + rope + q + kv
   attention_phase = x + q + kv + o + rope + gathered + workspace
-  mlp_phase = x + o + x + ((x + o) if chunked else 0) + chunk_tmp
+  mlp_phase = x + o + (0 if chunked else x) + chunk_tmp
   activations = max(projection_phase, attention_phase, mlp_phase) - workspace
   cache = 0
   if keep_kv_cache:

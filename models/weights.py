@@ -18,6 +18,7 @@ query_key_value/dense_h_to_4h) are split by rows [q | k | v] and
 """
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -225,6 +226,19 @@ def mapped_shapes(config: ModelConfig) -> Params:
   return tree
 
 
+@functools.partial(jax.jit, static_argnames=("shape", "dtype", "std",
+                                              "offset", "sharding"))
+def _normal_draw(key, *, shape, dtype, std, offset, sharding):
+  """std * N(0, 1) + offset in `dtype`, drawn on the device (placed by
+  `sharding` when given); XLA fuses the float32 draw into the cast, so no
+  float32 copy of the array is kept."""
+  value = (std * jax.random.normal(key, shape, jnp.float32)
+           + offset).astype(dtype)
+  if sharding is not None:
+    value = jax.lax.with_sharding_constraint(value, sharding)
+  return value
+
+
 def random_params(
     config: ModelConfig,
     key: jax.Array | int,
@@ -232,6 +246,7 @@ def random_params(
     std: float = 0.02,
     *,
     on_device: bool = False,
+    partitioning: Partitioning | None = None,
 ) -> Params:
   """Random-normal params (norm gains 1 + noise), for tests and benchmarks.
 
@@ -240,26 +255,38 @@ def random_params(
     key: a jax PRNG key or an int seed.
     dtype: parameter dtype.
     std: standard deviation of the weights.
-    on_device: draw with jax.random on the default device (for large
-      models); otherwise numpy on the host (fast for small ones).
+    on_device: draw with jax.random on the device, one jitted draw per
+      parameter straight into `dtype` (for large models: the peak is the
+      model in `dtype` plus one parameter's draw, never a float32 copy of
+      the model); otherwise numpy on the host (fast for small ones).
+    partitioning: draw on the device (as on_device) with each parameter
+      placed in its shards over this mesh (param_shardings).
+
+  Raises:
+    ValueError: when a parameter does not split over the partitioning.
   """
   shapes = param_shapes(config, dtype)
   flat, treedef = jax.tree_util.tree_flatten_with_path(shapes)
   if isinstance(key, int):
     key = jax.random.key(key)
-  if on_device:
+  offsets = [1.0 if "norm" in jax.tree_util.keystr(path) else 0.0
+             for path, _ in flat]
+  if on_device or partitioning is not None:
+    shardings = ([None] * len(flat) if partitioning is None else
+                 jax.tree.leaves(param_shardings(config, partitioning)))
     keys = jax.random.split(key, len(flat))
-    draws = [jax.random.normal(k, leaf.shape, jnp.float32)
-             for k, (_, leaf) in zip(keys, flat)]
-  else:
-    seed = np.asarray(jax.random.key_data(key)).ravel().tolist()
-    rng = np.random.default_rng(seed)
-    draws = [rng.standard_normal(leaf.shape, np.float32) for _, leaf in flat]
+    out = [_normal_draw(k, shape=tuple(leaf.shape), dtype=jnp.dtype(dtype),
+                        std=float(std), offset=offset, sharding=sharding)
+           for k, (_, leaf), offset, sharding in zip(keys, flat, offsets,
+                                                     shardings, strict=True)]
+    return jax.tree.unflatten(treedef, out)
+  seed = np.asarray(jax.random.key_data(key)).ravel().tolist()
+  rng = np.random.default_rng(seed)
   out = []
-  for draw, (path, _) in zip(draws, flat):
-    value = std * draw
-    if "norm" in jax.tree_util.keystr(path):
-      value = value + 1.0
+  for (_, leaf), offset in zip(flat, offsets):
+    value = std * rng.standard_normal(leaf.shape, np.float32)
+    if offset:
+      value = value + offset
     out.append(jnp.asarray(value).astype(dtype))
   return jax.tree.unflatten(treedef, out)
 

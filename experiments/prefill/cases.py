@@ -1,10 +1,11 @@
-"""From a case of the config to the executor that runs it.
+"""From a case of the config to the attention that runs it.
 
 A case names an attention (dense, Vertical-Slash everywhere, a pattern
 file), where its indices come from (online or replayed) and which layers
 run. Here the files are read, checked against the model, and turned into
-per-layer plans for `pieces.LayerwisePrefill` or an AttentionFn for
-`pieces.ModelPrefill`.
+an AttentionFn for the library's executors (experiments/prefill/
+executors.py; per-layer replayed lines as a `models.LayerAttentions`) or
+per-layer plans for `pieces.PiecesPrefill`.
 """
 
 import dataclasses
@@ -15,13 +16,14 @@ from experiments.config import ConfigError
 from experiments.prefill import ops
 from experiments.prefill.pieces import LayerPlan
 from experiments.prefill.replay import (
+    ReplayedLayerAttention,
     ReplayedLines,
     ReplayVerticalSlash,
 )
 from experiments.prefill.settings import CaseSpec, PrefillConfig
 from minference_jax import Pattern, PatternConfig, PatternKind, VerticalSlash
 from minference_jax.pattern_config import load_pattern_config
-from models import ModelConfig
+from models import LayerAttentions, ModelConfig
 
 Source = PatternConfig | VerticalSlash | None
 
@@ -180,20 +182,38 @@ def online_plans(cfg: PrefillConfig, case: CaseSpec, source: Source,
   return plans, attention
 
 
-def replay_plans(cfg: PrefillConfig, case: CaseSpec, source: Source,
-                 lines: ReplayedLines, num_heads: int, t: int,
-                 batch: int) -> list[LayerPlan]:
-  """Plans for a replay case: one executable for all layers."""
+def replay_attention(cfg: PrefillConfig, case: CaseSpec,
+                     source: Source) -> ReplayVerticalSlash:
+  """The attention that runs a replay case's lines (every layer)."""
   impl = ops.resolve_implementation(case.implementation, cfg.interpret)
-  pats = [layer_patterns(source, 0, num_heads)] if not isinstance(
+  pats = [layer_patterns(source, 0, 1)] if not isinstance(
       source, PatternConfig) else list(source.layers)
   estimate = None
   if cfg.replay.keep_estimate:
     estimate = (max(p.n_vertical for layer in pats for p in layer),
                 max(p.n_slash for layer in pats for p in layer))
-  attention = ReplayVerticalSlash(
+  return ReplayVerticalSlash(
       impl, estimate, threshold(case, PatternKind.VERTICAL_SLASH),
       cfg.interpret)
+
+
+def replay_layer_attentions(cfg: PrefillConfig, case: CaseSpec,
+                            source: Source, lines: ReplayedLines,
+                            batch: int) -> LayerAttentions:
+  """A replay case as an AttentionFn for the library's layerwise prefill:
+  one `ReplayedLayerAttention` per running layer (one executable for all:
+  the lines are traced step arguments)."""
+  attention = replay_attention(cfg, case, source)
+  return LayerAttentions(tuple(
+      ReplayedLayerAttention(lines.layer(i, batch), attention)
+      for i in range(lines.vertical.shape[0])))
+
+
+def replay_plans(cfg: PrefillConfig, case: CaseSpec, source: Source,
+                 lines: ReplayedLines, t: int,
+                 batch: int) -> list[LayerPlan]:
+  """Plans for a replay case: one executable for all layers."""
+  attention = replay_attention(cfg, case, source)
   sparse = attention.sparse_at(t)
   return [LayerPlan(i, ("replay",), attention.attend,
                     attention.index if sparse else None,

@@ -1,19 +1,21 @@
-"""The decoder as separately jitted pieces, and two whole-model executors.
+"""The decoder as separately jitted pieces: the phase breakdown and the
+host-memory KV cache.
 
-`DecoderPieces` splits one pre-norm decoder layer (models/llama.py) into
+`DecoderPieces` splits one pre-norm decoder layer (models/decoder.py) into
 qkv (norm, q/k/v projections, RoPE), attention and out_mlp (output
 projection, residual, norm, SwiGLU MLP, residual), plus the embedding and
 the last position's logits, all from the public functions of `models`.
-`tests/experiments/test_bench_prefill.py` checks that the pieces chained
-give `models.forward`'s logits.
+`tests/experiments/test_bench_prefill_run.py` checks that the pieces
+chained give `models.forward`'s logits.
 
-`LayerwisePrefill` runs a whole prefill as one executable per distinct
-layer (layers whose attention has the same static setting share one),
-dispatched back to back without host synchronisation; the residual stream
-is donated from layer to layer. Per-layer traced data (replayed index
-lines) enters as an argument. K/V of every layer can be kept on the device
-or written to pinned host memory by the layer's own executable.
-`ModelPrefill` runs `models.forward` under one jit, as `CausalLM` does.
+`PiecesPrefill` runs a whole prefill from these pieces, one executable per
+distinct layer, dispatched back to back without host synchronisation (the
+residual stream donated from layer to layer), as `models.LayerwisePrefill`
+does with the library's own layer step. The benchmark times the library's
+executor (experiments/prefill/executors.py); this one serves what the
+library does not offer: K/V of every layer written to pinned host memory by
+the layer's own executable, and `phases`, each piece compiled and timed on
+its own.
 """
 
 import dataclasses
@@ -26,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import SingleDeviceSharding
 
-from models import KVCache, ModelConfig, Params, forward_jit, rope_cos_sin
+from models import ModelConfig, Params, rope_cos_sin
 from models import apply_rope as rope
 from models import layers as ml
 
@@ -85,7 +87,7 @@ class DecoderPieces:
       hc = ml.rms_norm(xc, p["mlp_norm"], c.rms_norm_eps)
       return xc + ml.swiglu_mlp(hc, p)
 
-    return ml.seq_chunked(one, self.chunk_size, x, o)
+    return ml.seq_chunked(one, self.chunk_size, x, o, in_place=True)
 
   def logits(self, head: dict, x):
     """Final norm + output projection of the last position: [B, V] f32."""
@@ -163,8 +165,8 @@ def memory_analysis(compiled) -> dict[str, int] | None:
           ("argument", "output", "alias", "temp", "host_output")}
 
 
-class LayerwisePrefill:
-  """A whole prefill, one executable per distinct layer (module doc).
+class PiecesPrefill:
+  """A whole prefill from the pieces, one executable per distinct layer.
 
   Args:
     pieces: the decoder pieces.
@@ -318,46 +320,3 @@ class LayerwisePrefill:
     _, times["logits"] = timed(logits, self.head, x)
     times["compile_s"] = compile_s
     return times
-
-
-class ModelPrefill:
-  """`models.forward` under one jit (what `CausalLM` runs).
-
-  Args:
-    config, params: the model.
-    attention: the AttentionFn.
-    chunk_size: tokens per chunk.
-    mode: "prefill" (no cache) or "cache" (a preallocated KVCache of T
-      positions; `forward_jit` does not donate it).
-  """
-
-  def __init__(self, config: ModelConfig, params: Params, attention,
-               chunk_size: int | None, mode: str):
-    if mode not in ("prefill", "cache"):
-      raise ValueError(f"ModelPrefill runs 'prefill' or 'cache', not {mode!r}")
-    self.config, self.params, self.attention = config, params, attention
-    self.chunk_size, self.mode = chunk_size, mode
-    self._compiled = self._empty_cache = None
-    self.memory: dict[str, dict | None] = {}
-
-  def compile(self, tokens: jax.Array) -> dict:
-    """Compiles the forward (and allocates the empty cache once: every
-    run writes a new cache from it, since nothing is donated)."""
-    begin = time.perf_counter()
-    if self.mode == "cache":
-      b, t = tokens.shape
-      self._empty_cache = KVCache.init(self.config, b, t,
-                                       self.params["embed"].dtype)
-    self._compiled = forward_jit.lower(
-        self.params, tokens, None, self._empty_cache, None,
-        config=self.config, attention=self.attention, q_offset=0,
-        logits_for="last", chunk_size=self.chunk_size,
-        rope_seq_len=None).compile()
-    self.memory["forward"] = memory_analysis(self._compiled)
-    return {"compile_s": time.perf_counter() - begin, "executables": 1}
-
-  def __call__(self, tokens: jax.Array):
-    return self._compiled(self.params, tokens, None, self._empty_cache, None)
-
-  def step_bytes(self) -> int:
-    return _nbytes(self.params)

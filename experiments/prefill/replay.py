@@ -33,6 +33,7 @@ only one layer's layout ever exists, as in the online path.
 import dataclasses
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -223,6 +224,42 @@ class ReplayVerticalSlash:
     layout = self.index(q, k, lines)
     return ops.vs_kernel(q, k, v, layout, implementation=self.implementation,
                          interpret=self.interpret)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplayedLayerAttention:
+  """One layer's replayed lines as an AttentionFn, for the library's
+  layerwise prefill (`models.LayerAttentions`, one entry per layer).
+
+  A JAX pytree whose leaves are the lines: `models.LayerwisePrefill` passes
+  them as traced arguments of the layer step, so every layer shares one
+  executable (`layer_key` says the layer index changes nothing else).
+
+  Attributes:
+    lines: the layer's lines, [B, N, ...] device arrays.
+    replay: the attention that runs them (static).
+  """
+
+  lines: VerticalSlashIndices
+  replay: ReplayVerticalSlash
+
+  def layer_key(self, layer_idx: int) -> tuple:
+    del layer_idx
+    return ()
+
+  def __call__(self, q, k, v, *, layer_idx: int, q_offset: int = 0):
+    """[B, T, N, D] attention over the recorded lines (full prefills)."""
+    del layer_idx
+    if q_offset or q.shape[1] != k.shape[1]:
+      raise ValueError("replayed lines serve full prefills only (q_offset=0,"
+                       f" T == S), got q_offset={q_offset}, T={q.shape[1]},"
+                       f" S={k.shape[1]}")
+    return self.replay.attend(q, k, v, self.lines)
+
+
+jax.tree_util.register_dataclass(ReplayedLayerAttention,
+                                 data_fields=["lines"],
+                                 meta_fields=["replay"])
 
 
 def check_lines(lines: ReplayedLines) -> None:

@@ -9,17 +9,19 @@ geometry, by `experiments.bench_prefill.validate` before any slow work.
 import dataclasses
 from typing import Any, Literal
 
+from models.partitioning import MeshConfig
+
 ATTENTION_KINDS = ("dense", "vertical_slash", "minference", "searched",
                    "pattern_file")
 IMPLEMENTATIONS = ("auto", "triton", "mosaic_gpu", "xla")
 MODES = ("prefill", "cache", "cache_host")
-EXECUTORS = ("layerwise", "model")
+EXECUTORS = ("layerwise", "model", "pieces")
 
 Attention = Literal["dense", "vertical_slash", "minference", "searched",
                     "pattern_file"]
 Implementation = Literal["auto", "triton", "mosaic_gpu", "xla"]
 Mode = Literal["prefill", "cache", "cache_host"]
-Executor = Literal["layerwise", "model"]
+Executor = Literal["layerwise", "model", "pieces"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,9 +98,15 @@ class CaseSpec:
       indices of the full model; times of a subset are scaled to all
       layers and labelled so.
     modes: "prefill" (no KV cache), "cache" (K/V of every layer kept on the
-      device), "cache_host" (kept in pinned host memory).
-    executor: "layerwise" (one executable per distinct layer, dispatched
-      back to back) or "model" (`models.forward` under one jit).
+      device, in a `models.KVCache`), "cache_host" (kept in pinned host
+      memory; always the "pieces" executor, the library keeps no host
+      cache).
+    executor: "layerwise" (the library's `models.LayerwisePrefill`, what
+      `CausalLM` runs for long prompts: one executable per distinct layer,
+      dispatched back to back), "model" (`models.forward` under one jit,
+      what `CausalLM` runs for short prompts) or "pieces" (the benchmark's
+      own layerwise executor, experiments/prefill/pieces.py). On a
+      multi-device mesh every case runs `models.make_sharded_prefill`.
     min_len, max_len: lengths outside [min_len, max_len] are skipped.
     pattern_file: the file of attention "pattern_file".
     optional: a missing pattern file skips the case (its rows say why)
@@ -242,6 +250,10 @@ class PrefillConfig:
       pieces of different cases compile once); None: off.
     plot: write the latency-vs-length plot.
     interpret: Pallas interpret mode (CPU dry runs of the GPU kernels).
+    mesh: a device mesh, `{data, sequence, tensor}` sizes and optional
+      `rules` (models.MeshConfig.from_dict): with more than one device
+      every case runs `models.make_sharded_prefill` (prefill mode, online
+      indices); None: one device.
   """
 
   name: str = "prefill"
@@ -270,6 +282,7 @@ class PrefillConfig:
   compilation_cache_dir: str | None = None
   plot: bool = True
   interpret: bool = False
+  mesh: dict[str, Any] | None = None
 
   def __post_init__(self):
     if not self.seq_lens or min(self.seq_lens) < 1:
@@ -296,6 +309,8 @@ class PrefillConfig:
       raise ValueError("phase_index_layers must be >= 1")
     if not self.name or "/" in self.name:
       raise ValueError(f"name {self.name!r} must be a file name")
+    if self.mesh is not None:
+      MeshConfig.from_dict(self.mesh)  # ValueError names the bad key
 
   def case(self, label: str) -> CaseSpec:
     return next(c for c in self.cases if c.label == label)

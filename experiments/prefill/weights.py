@@ -1,13 +1,13 @@
 """Model parameters and prompts for the prefill benchmark.
 
-Random weights are drawn on the default device, one jitted draw per
-parameter, directly in the target dtype (no float32 copy of the model and
-no host-to-device copy: 8B parameters are 16 GB in bf16, 32 GB in f32).
+Random weights are `models.random_params(on_device=True)`: drawn on the
+device, one jitted draw per parameter, directly in the target dtype (no
+float32 copy of the model and no host-to-device copy: 8B parameters are
+16 GB in bf16, 32 GB in f32), each straight into its shards on a mesh.
 A model slice (`experiments.model_slice`) brings real weights and
 real text.
 """
 
-import functools
 from typing import Any
 
 import jax
@@ -15,40 +15,27 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.model_slice import ModelSlice, load_slice
-from models import ModelConfig, Params, param_shapes
-
-
-@functools.partial(jax.jit, static_argnames=("shape", "dtype", "std",
-                                              "offset"))
-def _normal(key, *, shape, dtype, std, offset):
-  # Fused by XLA: the float32 draw never exists as a whole array.
-  return (jax.random.normal(key, shape, jnp.float32) * std
-          + offset).astype(dtype)
+from models import ModelConfig, Params, Partitioning, random_params
 
 
 def device_random_params(config: ModelConfig, seed: int, dtype: Any,
-                         std: float = 0.02) -> Params:
-  """Random-normal params drawn on the default device (norm gains 1 + noise).
+                         std: float = 0.02,
+                         partitioning: Partitioning | None = None) -> Params:
+  """Random-normal params drawn on the device (norm gains 1 + noise).
 
   Args:
     config: the geometry.
     seed: PRNG seed (one key per parameter, split in tree order).
     dtype: parameter dtype.
     std: standard deviation of every weight.
+    partitioning: place each parameter in its shards over this mesh
+      (None: the default device).
 
   Returns:
-    The params pytree (models/weights.py layout) on the default device.
+    The params pytree (models/weights.py layout).
   """
-  shapes = param_shapes(config, dtype)
-  flat, treedef = jax.tree_util.tree_flatten_with_path(shapes)
-  keys = jax.random.split(jax.random.key(seed), len(flat))
-  leaves = []
-  for key, (path, leaf) in zip(keys, flat):
-    offset = 1.0 if "norm" in jax.tree_util.keystr(path) else 0.0
-    leaves.append(_normal(key, shape=tuple(leaf.shape),
-                          dtype=jnp.dtype(dtype), std=float(std),
-                          offset=offset))
-  return jax.tree.unflatten(treedef, leaves)
+  return random_params(config, seed, jnp.dtype(dtype), std, on_device=True,
+                       partitioning=partitioning)
 
 
 def random_tokens(vocab_size: int, batch: int, seq_len: int,

@@ -359,3 +359,31 @@ def test_replayed_layer_step_lowers_for_an_h200():
   calls = re.findall(r"stablehlo\.custom_call @([\w$.]+)", text)
   assert calls.count("__gpu$xla.gpu.triton") == 3, calls
   assert not any("callback" in c for c in calls)
+
+
+def test_mesh_blocks_are_checked_before_any_work(tmp_path):
+  from experiments.config import mesh_config
+  from experiments.generate import GenerateConfig
+  from models import MeshConfig, ModelConfig
+
+  assert mesh_config(None) is None
+  assert mesh_config({}) is None  # one device: the single-device path
+  with pytest.raises(ConfigError, match=r"needs 8 devices; this process"):
+    mesh_config({"sequence": 8})
+  with pytest.raises(ConfigError, match=r"unknown mesh config keys \['seq'"):
+    mesh_config({"seq": 8})
+  for cls, extra in ((PrefillConfig, ""), (GenerateConfig, "prompt: hi\n")):
+    path = tmp_path / f"{cls.__name__}.yaml"
+    path.write_text(extra + "mesh: {sequence: 2, tensr: 4}\n")
+    with pytest.raises(ConfigError, match="unknown mesh config keys"):
+      load_config(cls, path)
+  cfg = PrefillConfig(seq_lens=(4096,), cases=(
+      CaseSpec("vs"), CaseSpec("r", indices="replay")))
+  config = ModelConfig.preset("llama3_8b_1048k")  # N/K = 32/8
+  with pytest.raises(ConfigError, match="case 'r': on a multi-device mesh"):
+    bench_prefill._check_mesh(cfg, MeshConfig(sequence=8), config)
+  with pytest.raises(ConfigError, match="num_heads=32 is not divisible"):
+    bench_prefill._check_mesh(cfg, MeshConfig(sequence=64), config)
+  odd = dataclasses.replace(cfg, seq_lens=(4100,), cases=cfg.cases[:1])
+  with pytest.raises(ConfigError, match="T=4100 / batch=1 do not split"):
+    bench_prefill._check_mesh(odd, MeshConfig(sequence=8), config)

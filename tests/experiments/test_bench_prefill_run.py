@@ -18,7 +18,8 @@ from experiments import bench_prefill
 from experiments.config import load_config
 from experiments.index_sets import HeadIndices
 from experiments.prefill import cases, replay, weights
-from experiments.prefill.pieces import DecoderPieces, LayerwisePrefill
+from experiments.prefill.executors import LibraryPrefill
+from experiments.prefill.pieces import DecoderPieces, PiecesPrefill
 from experiments.prefill.settings import CaseSpec, ModelSpec, PrefillConfig
 from minference_jax import DenseAttention
 from models import forward_jit
@@ -55,7 +56,7 @@ def model():
 
 
 def _run(config, params, tokens, plans, mode="prefill"):
-  run = LayerwisePrefill(DecoderPieces(config, 384), params, plans, mode)
+  run = PiecesPrefill(DecoderPieces(config, 384), params, plans, mode)
   info = run.compile(tokens)
   logits, kv = run(tokens)
   return np.asarray(logits), kv, info
@@ -69,16 +70,23 @@ def test_pieces_give_the_model_logits_and_sparse_equals_dense(model):
   cfg = CFG
   dense, _ = cases.online_plans(cfg, CaseSpec("d", attention="dense"), None,
                                 [0, 1], 4, T)
-  got, _, info = _run(config, params, tokens, dense)
+  got, kv, info = _run(config, params, tokens, dense, mode="cache")
   assert info["executables"] == 3  # embed, one shared layer step, logits
   np.testing.assert_allclose(got, np.asarray(want), rtol=2e-4, atol=2e-4)
+  assert len(kv) == 2 and kv[0][0].shape == (1, T, 2, 16)
+  # Sparse through the library's executor (the default), its cache kept.
   vs_case = CaseSpec("vs", attention="vertical_slash", implementation="xla")
   source = cases.pattern_source(cfg, vs_case, config)
   sparse, _ = cases.online_plans(cfg, vs_case, source, [0, 1], 4, T)
   assert all(p.index is not None for p in sparse)
-  got_vs, kv, _ = _run(config, params, tokens, sparse, mode="cache")
-  np.testing.assert_allclose(got_vs, got, rtol=2e-4, atol=2e-4)
-  assert len(kv) == 2 and kv[0][0].shape == (1, T, 2, 16)
+  lib = LibraryPrefill(config, params, cases.online_attention(
+      cfg, vs_case, source, [0, 1]), 384, "cache")
+  assert lib.compile(tokens)["executables"] == 3
+  lib_logits, cache = lib(tokens)
+  np.testing.assert_allclose(np.asarray(lib_logits), got, rtol=2e-4,
+                             atol=2e-4)
+  np.testing.assert_allclose(np.asarray(cache.k[1]), np.asarray(kv[1][0]),
+                             rtol=2e-4, atol=2e-4)
 
 
 def test_replayed_lines_cover_everything_equal_dense(model):
@@ -98,13 +106,18 @@ def test_replayed_lines_cover_everything_equal_dense(model):
   budgets = [cases.layer_patterns(source, i, 4) for i in (0, 1)]
   lines = replay.replay_lines(rec, [0, 1], 2, 4, 2, budgets)
   replay.check_lines(lines)
-  plans = cases.replay_plans(cfg, case, source, lines, 4, T, 1)
+  plans = cases.replay_plans(cfg, case, source, lines, T, 1)
   assert len({p.key for p in plans}) == 1  # one executable for all layers
-  got, _, info = _run(config, params, tokens, plans)
   want, _ = forward_jit(params, tokens, config=config,
                         attention=DenseAttention(implementation="xla"),
                         chunk_size=384)
-  np.testing.assert_allclose(got, np.asarray(want), rtol=2e-4, atol=2e-4)
+  # Through the library's executor: the lines of each layer are traced
+  # arguments of one shared layer step.
+  lib = LibraryPrefill(config, params, cases.replay_layer_attentions(
+      cfg, case, source, lines, 1), 384, "prefill")
+  assert lib.compile(tokens)["executables"] == 3
+  np.testing.assert_allclose(np.asarray(lib(tokens)[0]), np.asarray(want),
+                             rtol=2e-4, atol=2e-4)
   # The kept online estimate is in the compiled layer step.
   kept = jax.jit(plans[0].index).lower(
       *_qk(config), plans[0].lines).as_text()
@@ -135,6 +148,8 @@ def test_command_writes_results_and_resumes(tmp_path, capsys):
   assert set(rows) == {("dense", "prefill"), ("dense", "cache_host"),
                        ("dense_1", "prefill")}
   full = rows[("dense", "prefill")]
+  assert full["executor"] == "layerwise"  # the library's, by default
+  assert rows[("dense", "cache_host")]["executor"] == "pieces"
   assert full["logits_finite"] and full["model_s"] > 0
   assert full["peak_gib"] is None and "no memory statistics" in (
       full["memory_note"])

@@ -244,3 +244,39 @@ def test_meshes_that_do_not_fit_the_model_are_refused():
   prefill = make_sharded_prefill(model, MeshConfig(sequence=8))
   with pytest.raises(ValueError, match="tokens"):
     prefill(_tokens(length=T - 4))
+
+
+def test_layer_by_layer_prefill_on_a_mesh_equals_one_device():
+  # Per-device patterns that differ by layer, KV heads replicated 4x: the
+  # library's layerwise executor (2 distinct layer steps) on the mesh.
+  model, want = _model(2, "sparse")
+  prefill = make_sharded_prefill(dataclasses.replace(model, layerwise_from=0),
+                                 CASES["kv2_seq2_tensor4"][0],
+                                 logits_for="all")
+  assert prefill.model.layerwise.num_steps(T) == 2
+  got = prefill(_tokens())
+  assert got.sharding.spec[1] == "sequence", got.sharding
+  np.testing.assert_allclose(np.asarray(got), want, rtol=2e-4, atol=2e-4,
+                             err_msg=f"seed {SEED}")
+
+
+def test_bench_prefill_takes_its_mesh_from_the_config(tmp_path):
+  import json
+
+  from experiments import bench_prefill
+
+  raw = dict(
+      name="mesh", out_dir=str(tmp_path), seq_lens=[T], plot=False,
+      mesh={"sequence": 8},
+      model=dict(preset="llama3_8b_1048k", dtype="float32", weight_std=0.3,
+                 overrides=dict(hidden_size=64, intermediate_size=128,
+                                num_layers=2, num_heads=8, num_kv_heads=2,
+                                head_dim=8, vocab_size=96)),
+      cases=[dict(label="dense", attention="dense", implementation="xla")],
+      timing=dict(warmup=1, min_repeats=1, max_repeats=1, budget_s=0.0))
+  path = tmp_path / "c.yaml"
+  path.write_text(json.dumps(raw))
+  assert bench_prefill.main(["--config", str(path)]) == 0
+  (row,) = json.loads((tmp_path / "mesh.json").read_text())["rows"]
+  assert row["executor"] == "sharded" and row["logits_finite"], row
+  assert row["model_s"] > 0

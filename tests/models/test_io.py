@@ -163,3 +163,26 @@ def test_greedy_generation_is_argmax_of_its_own_prefix_and_stops_on_eos():
     generate_greedy(model, prompt, max_new_tokens=0)
   with pytest.raises(ValueError, match="prompt must be"):
     generate_greedy(model, prompt[0], max_new_tokens=2)
+
+
+def test_load_model_places_the_weights_on_the_given_mesh(tmp_path):
+  from tokenizers import Tokenizer as Backend
+  from tokenizers.models import WordLevel
+
+  from models import MeshConfig, load_model, param_shardings
+
+  folder = tmp_path / "ckpt"
+  config, params = _write_checkpoint(folder, arch="qwen2")
+  Backend(WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")).save(
+      str(folder / "tokenizer.json"))
+  plain = load_model(folder, "bfloat16")
+  assert plain.partitioning is None
+  placed = load_model(folder, "bfloat16", MeshConfig())  # one device
+  assert placed.partitioning is not None
+  want = param_shardings(config, placed.partitioning)
+  for got, sharding in zip(jax.tree.leaves(placed.params),
+                           jax.tree.leaves(want), strict=True):
+    assert got.sharding.is_equivalent_to(sharding, got.ndim)
+  _assert_same(placed.params, params)
+  with pytest.raises(ValueError, match="num_heads=4 is not divisible"):
+    load_model(folder, "bfloat16", MeshConfig(sequence=8))

@@ -86,6 +86,39 @@ def test_seq_chunked_pads_and_restores_any_length():
   np.testing.assert_allclose(seq_chunked(fn, None, x, y), fn(x, y))
 
 
+def test_seq_chunked_in_place_writes_over_its_first_input():
+  rng = np.random.default_rng(11)
+  x = jnp.asarray(rng.standard_normal((2, 23, 3)), jnp.float32)
+  o = jnp.asarray(rng.standard_normal((2, 23, 5)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((5, 3)), jnp.float32)
+  fn = lambda a, b: a + jnp.tanh(b) @ w  # noqa: E731
+  for chunk in (4, 23, None):  # a rest of 3 tokens; one chunk; unchunked
+    got = seq_chunked(fn, chunk, x, o, in_place=True)
+    np.testing.assert_allclose(got, fn(x, o), rtol=1e-6, atol=1e-6,
+                               err_msg=f"chunk {chunk}, seed 11")
+  with pytest.raises(ValueError, match="shaped like its first input"):
+    seq_chunked(lambda a, b: b, 4, x, o, in_place=True)
+
+
+def test_chunked_residual_update_adds_no_full_size_buffer():
+  # XLA's buffer assignment (CPU): chunking neither copies nor stacks the
+  # inputs and outputs; in place, the result reuses the donated x.
+  t, h, chunk = 16384, 64, 512
+  x = jax.ShapeDtypeStruct((1, t, h), jnp.float32)
+  o = jax.ShapeDtypeStruct((1, t, 2 * h), jnp.float32)
+  w = jnp.ones((2 * h, h), jnp.float32)
+  fn = lambda a, b: a + jax.nn.silu(b) @ w  # noqa: E731
+  full = t * h * 4
+  for in_place in (True, False):
+    step = jax.jit(lambda a, b: seq_chunked(fn, chunk, a, b,
+                                            in_place=in_place),
+                   donate_argnums=0 if in_place else ())
+    m = step.lower(x, o).compile().memory_analysis()
+    assert m.temp_size_in_bytes < full // 4, (in_place, m)
+    if in_place:
+      assert m.alias_size_in_bytes == full, m
+
+
 class RecordingAttention:
   """Records every call (at trace time under jit), then runs dense."""
 

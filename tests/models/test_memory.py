@@ -95,7 +95,8 @@ def test_host_cache_and_phases():
     assert e.attention_workspace == ws
     x = t * 4096 * 2
     peak = e.activations + ws
-    assert peak >= 5 * x  # the MLP phase: x, o, new x, two split copies
+    # The MLP phase: x (updated in place chunk by chunk), o, one chunk.
+    assert peak >= 2 * x + 65536 * 14336 * 2 * 3
     assert peak >= 3.5 * x + ws  # x, q, o, k and v, and the workspace
   short = memory.estimate_prefill_memory(config, 4096, chunk_size=65536,
                                          attention_workspace=0)

@@ -144,3 +144,36 @@ def test_unknown_architecture_is_rejected():
                                 "architectures": ["MistralForCausalLM"]})
   with pytest.raises(ValueError, match="arch 'gpt2' is not one of"):
     ModelConfig.tiny("gpt2")
+
+
+def test_random_params_on_the_device_draw_each_parameter_in_its_dtype():
+  # Drawn on the device straight into their shards (a one-device mesh
+  # here; on_device=True is the same draw without a placement).
+  from models import MeshConfig, param_shardings, random_params
+
+  config = ModelConfig.tiny("llama", num_layers=1)
+  seed, std = 3, 0.05
+  partitioning = MeshConfig().bind(jax.devices()[:1])
+  params = random_params(config, seed, jnp.bfloat16, std,
+                         partitioning=partitioning)
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  shardings = jax.tree.leaves(param_shardings(config, partitioning))
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  draw = jax.jit(lambda key, shape: jax.random.normal(key, shape),
+                 static_argnums=1)
+  checked = set()
+  for key, (path, got), sharding in zip(keys, leaves, shardings,
+                                        strict=True):
+    name = jax.tree_util.keystr(path)
+    assert got.dtype == jnp.bfloat16, name
+    assert got.sharding.is_equivalent_to(sharding, got.ndim), name
+    if not any(part in name for part in ("embed", "attn_norm", "wq")):
+      continue
+    checked.add(name)
+    offset = 1.0 if "norm" in name else 0.0
+    want = (std * np.asarray(draw(key, got.shape)) + offset).astype(
+        ml_dtypes.bfloat16)
+    np.testing.assert_allclose(np.asarray(got, np.float32),
+                               want.astype(np.float32), rtol=1e-2, atol=0,
+                               err_msg=f"{name}, seed {seed}")
+  assert len(checked) == 3, checked
