@@ -1,8 +1,8 @@
 """Attention-pattern pictures: block-mean attention maps, selected key sets."""
 
 import functools
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.colors import to_rgb  # noqa: E402
 import numpy as np  # noqa: E402
 from beartype import beartype  # noqa: E402
 from jaxtyping import Array, Float, jaxtyped  # noqa: E402
@@ -22,6 +23,7 @@ from pallas_kernels.layouts import (  # noqa: E402
 )
 
 Layout = VerticalSlashLayout | BlockSparseLayout | AShapeLayout
+_RED = (0.9, 0.2, 0.0)
 
 
 @functools.partial(jax.jit, static_argnames=("block", "rows_per_chunk"))
@@ -159,21 +161,28 @@ def plot_attention_patterns(
     *,
     title: str = "",
     block: int = 64,
+    labels: Mapping[str, Sequence[str]] | None = None,
+    colors: Mapping[str, Sequence[str]] | None = None,
 ) -> Path:
   """Grid of heads x patterns: block-mean attention with selected tiles.
 
   Each panel shows log10 of the tile-mean attention probability (causal
-  part), and outlines in colour the tiles the pattern computes (a tile is
-  drawn with the fraction of its keys selected as opacity). The first column
-  is the attention map alone.
+  part), and overlays in colour the tiles the pattern computes (a tile's
+  opacity is the share of it selected: its keys for `tile_cover`, its
+  causal pairs for `minference_jax.search.tile_share`). The first column
+  is the attention map alone. Per-head labels and colours show a pattern
+  config whose heads differ in kind and budget.
 
   Args:
     block_maps: [N, Tb, Sb] tile means (e.g. `block_mean_attention(...)[0]`).
-    covers: pattern name -> [N, Tb, Sb] selected fraction per tile.
+    covers: pattern name -> [N, Tb, Sb] selected share per tile.
     heads: which heads to draw (rows of the grid).
     path: output PNG path (parent folders are created).
     title: figure title.
     block: tile size (for axis labels).
+    labels: pattern name -> one text per head of the model (the panel
+      title after the head; default: the pattern name).
+    colors: pattern name -> one matplotlib colour per head (default red).
 
   Returns:
     The written path.
@@ -204,11 +213,12 @@ def plot_attention_patterns(
         name = list(covers)[col - 1]
         frac = np.where(causal, covers[name][h], 0.0)
         overlay = np.zeros(frac.shape + (4,))
-        overlay[..., 0] = 0.9
-        overlay[..., 1] = 0.2
+        color = colors[name][h] if colors and name in colors else _RED
+        overlay[..., :3] = to_rgb(color)
         overlay[..., 3] = 0.6 * frac
         ax.imshow(overlay, extent=extent, interpolation="nearest")
-        ax.set_title(f"head {h}: {name}", fontsize=9)
+        label = labels[name][h] if labels and name in labels else name
+        ax.set_title(f"head {h}: {label}", fontsize=9)
       ax.set_xlabel("key", fontsize=8)
       ax.set_ylabel("query", fontsize=8)
       ax.tick_params(labelsize=7)

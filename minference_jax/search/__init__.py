@@ -17,13 +17,19 @@ from minference_jax.search.keysets import build_keysets as build_keysets
 from minference_jax.search.keysets import kernel_tiles as kernel_tiles
 from minference_jax.search.keysets import pattern_arrays as pattern_arrays
 from minference_jax.search.layer import LayerSearch as LayerSearch
+from minference_jax.search.layer import NonFiniteInput as NonFiniteInput
 from minference_jax.search.layer import SearchSettings as SearchSettings
 from minference_jax.search.layer import adjust_candidates as adjust_candidates
+from minference_jax.search.layer import check_finite as check_finite
 from minference_jax.search.layer import check_target as check_target
+from minference_jax.search.layer import (
+    measure_patterns as measure_patterns,
+)
 from minference_jax.search.layer import score_patterns as score_patterns
 from minference_jax.search.layer import search_layer as search_layer
 from minference_jax.search.layer import target_tiles as target_tiles
 from minference_jax.search.score import Scores as Scores
 from minference_jax.search.score import score_keysets as score_keysets
+from minference_jax.search.score import tile_share as tile_share
 from minference_jax.search.space import CostTarget as CostTarget
 from minference_jax.search.space import SearchSpace as SearchSpace

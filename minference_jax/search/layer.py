@@ -15,11 +15,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from minference_jax.patterns import VerticalSlash
+from minference_jax.patterns import AShape, Dense, Pattern, VerticalSlash
 from minference_jax.search.change_space import change_space, iterations
 from minference_jax.search.cost import a_shape_tiles, dense_tiles, num_blocks
 from minference_jax.search.estimate import HeadEstimates, head_estimates
 from minference_jax.search.keysets import (
+    KeySets,
     PatternArrays,
     build_keysets,
     kernel_tiles,
@@ -27,7 +28,7 @@ from minference_jax.search.keysets import (
     pattern_from_sizes,
     static_tiles,
 )
-from minference_jax.search.score import PRECISIONS, score_keysets
+from minference_jax.search.score import PRECISIONS, Scores, score_keysets
 from minference_jax.search.space import (
     CostTarget,
     SearchPattern,
@@ -82,6 +83,67 @@ class SearchSettings:
                        f" {self.key_chunk}")
     if self.first_row < 0:
       raise ValueError(f"first_row must be >= 0, got {self.first_row}")
+
+  def check_length(self, seq_len: int) -> None:
+    """Raises ValueError unless the scoring fits `seq_len` tokens: rows
+    from `first_row` on are scored, so it must be below seq_len, and a
+    scoring step of `row_blocks` 64-row query blocks must not exceed the
+    sequence's ceil(seq_len / 64) blocks."""
+    if self.first_row >= seq_len:
+      raise ValueError(f"first_row={self.first_row} leaves none of the"
+                       f" {seq_len} rows to score (first_row < seq_len)")
+    blocks = num_blocks(seq_len)
+    if self.row_blocks > blocks:
+      raise ValueError(f"row_blocks={self.row_blocks} query blocks of 64"
+                       f" rows per step, but {seq_len} tokens have"
+                       f" {blocks} (row_blocks <= {blocks})")
+
+
+class NonFiniteInput(ValueError):
+  """A layer's q, k or v holds NaN or inf: dense attention on it is not a
+  reference any pattern can be scored against.
+
+  Attributes:
+    tensor: "q", "k" or "v".
+    sample: the first calibration sample (batch row) concerned.
+    head: its first query head (q) or KV head (k, v) concerned.
+  """
+
+  def __init__(self, tensor: str, sample: int, head: int, group: int):
+    self.tensor, self.sample, self.head = tensor, sample, head
+    if tensor == "q":
+      where = f"query head {head}"
+    else:
+      where = (f"KV head {head} (query heads {head * group}.."
+               f"{head * group + group - 1})")
+    super().__init__(f"{tensor} of {where} holds NaN or inf in calibration"
+                     f" sample {sample}")
+
+
+def check_finite(q: jax.Array, k: jax.Array, v: jax.Array | None = None
+                 ) -> None:
+  """Raises NonFiniteInput naming the first (tensor, sample, head) of
+  q [B, T, N, D], k, v [B, T, K, D] with a NaN or inf (one reduction per
+  tensor, read on the host)."""
+  group = q.shape[2] // k.shape[2]
+  for name, x in (("q", q), ("k", k), ("v", v)):
+    if x is None:
+      continue
+    ok = np.asarray(jnp.all(jnp.isfinite(x), axis=(1, 3)))  # [B, heads]
+    if not ok.all():
+      sample, head = (int(i) for i in np.argwhere(~ok)[0])
+      raise NonFiniteInput(name, sample, head, group)
+
+
+def _check_shapes(q, k, v=None) -> None:
+  if q.ndim != 4 or k.ndim != 4 or (v is not None and v.shape != k.shape):
+    raise ValueError(f"expected q [B, T, N, D] and k, v [B, T, K, D]; got"
+                     f" q{q.shape}, k{k.shape}"
+                     + ("" if v is None else f", v{v.shape}"))
+  b, t, n, _ = q.shape
+  if k.shape[:2] != (b, t) or n % k.shape[2] or k.shape[3] != q.shape[3]:
+    raise ValueError(f"q{q.shape} and k{k.shape} disagree (batch, length,"
+                     " head dim, or N % K != 0)")
 
 
 def target_tiles(target: CostTarget, seq_len: int) -> float:
@@ -266,16 +328,15 @@ def search_layer(
     (LayerSearch, dense attention output [B, T, N, D] in q's dtype).
 
   Raises:
-    ValueError: inconsistent shapes, or a head where every candidate's
-      minimum cost exceeds the target beyond the tolerance.
+    ValueError: inconsistent shapes, settings that do not fit T, or a head
+      where every candidate's minimum cost exceeds the target beyond the
+      tolerance.
+    NonFiniteInput: q, k or v holds NaN or inf (naming sample and head).
   """
-  if q.ndim != 4 or k.ndim != 4 or v.shape != k.shape:
-    raise ValueError(f"expected q [B, T, N, D] and k, v [B, T, K, D]; got"
-                     f" q{q.shape}, k{k.shape}, v{v.shape}")
-  b, t, n, _ = q.shape
-  if k.shape[:2] != (b, t) or n % k.shape[2] or k.shape[3] != q.shape[3]:
-    raise ValueError(f"q{q.shape} and k{k.shape} disagree (batch, length,"
-                     " head dim, or N % K != 0)")
+  _check_shapes(q, k, v)
+  _, t, n, _ = q.shape
+  settings.check_length(t)
+  check_finite(q, k, v)
   tgt = check_target(space, target, t)
   rows = space.at_length(t)
   extra = _scale_to(baselines, space, t)
@@ -339,8 +400,15 @@ def score_patterns(
 
   Returns:
     (Scores [B, C, N], kernel tiles [B, C, N], dense output [B, T, N, D]).
+
+  Raises:
+    ValueError: inconsistent shapes or settings that do not fit T.
+    NonFiniteInput: q, k or v holds NaN or inf (naming sample and head).
   """
+  _check_shapes(q, k, v)
   t = q.shape[1]
+  settings.check_length(t)
+  check_finite(q, k, v)
   est = head_estimates(q, k)
   keysets = build_keysets(est, pattern_arrays(rows), t)
   scores, out = score_keysets(
@@ -348,3 +416,48 @@ def score_patterns(
       key_chunk=settings.key_chunk, precision=settings.precision,
       first_row=settings.first_row)
   return scores, keysets.tiles, out
+
+
+def measure_patterns(
+    q: jax.Array,
+    k: jax.Array,
+    patterns: Sequence[Pattern],
+    *,
+    row_blocks: int = 4,
+    key_chunk: int = 512,
+) -> tuple[KeySets, Scores]:
+  """The key sets of one layer's per-head patterns, with their attention
+  recall and covered pairs: a pattern config's per-layer density and
+  recall on a real prompt.
+
+  Any mix of kinds and budgets runs one compiled program per shape (the
+  budgets are traced), where building each kind's layout with static
+  budgets compiles once per distinct layer. The key sets are what the
+  layouts compute (tested against the index builders); Dense heads are
+  measured as AShape(0, T), exactly causal dense attention.
+
+  Args:
+    q: [B, T, N, D] queries (RoPE applied); k: [B, T, K, D] keys.
+    patterns: N patterns, one per query head (Vertical-Slash with the
+      estimate's last_q of 64).
+    row_blocks, key_chunk: scoring tiles (see `score_keysets`).
+
+  Returns:
+    (KeySets with one candidate, Scores [B, 1, N] without the output
+    error): density of head n = covered / (T (T + 1) / 2).
+
+  Raises:
+    ValueError: inconsistent shapes, a pattern count other than N, or a
+      Vertical-Slash last_q other than 64.
+  """
+  _check_shapes(q, k)
+  _, t, n, _ = q.shape
+  if len(patterns) != n:
+    raise ValueError(f"{len(patterns)} patterns for {n} query heads")
+  row = [AShape(n_init=0, n_local=t) if isinstance(p, Dense) else p
+         for p in patterns]
+  keysets = build_keysets(head_estimates(q, k), pattern_arrays([row]), t)
+  scores, _ = score_keysets(q, k, None, keysets, output=False,
+                            row_blocks=min(row_blocks, num_blocks(t)),
+                            key_chunk=key_chunk)
+  return keysets, scores

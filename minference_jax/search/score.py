@@ -81,7 +81,7 @@ def _tile_key_mask(keysets: KeySets, m0, r: int, n_keys: int):
 def score_keysets(
     q: Float[Array, "B T N D"],
     k: Float[Array, "B T K D"],
-    v: Float[Array, "B T K D"],
+    v: Float[Array, "B T K D"] | None,
     keysets: KeySets,
     *,
     output: bool = True,
@@ -94,7 +94,8 @@ def score_keysets(
 
   Args:
     q: [B, T, N, D] queries; k, v: [B, T, K, D] (query head n reads KV head
-      n // G).
+      n // G); v None: recall and covered pairs only (needs output=False;
+      no dense output either).
     keysets: KeySets for the same B, T, N with C candidates.
     output: also compute the output error (one extra [.., 64 R, chunk] x
       [chunk, D] product per candidate and step).
@@ -106,8 +107,14 @@ def score_keysets(
       (MInference's public search skips its first 2500 rows).
 
   Returns:
-    (Scores, dense attention output [B, T, N, D] in q's dtype).
+    (Scores, dense attention output [B, T, N, D] in q's dtype, or None
+    without v).
+
+  Raises:
+    ValueError: output=True without v.
   """
+  if v is None and output:
+    raise ValueError("the output error needs v (pass output=False)")
   b, t, n, d = q.shape
   kv = k.shape[2]
   g = n // kv
@@ -124,7 +131,8 @@ def score_keysets(
   qf = qf.reshape(n_tiles, b, kv, g * rq, d)
   pad_k = ((0, 0), (0, n_keys - t), (0, 0), (0, 0))
   kf = jnp.pad(k.astype(jnp.float32), pad_k).transpose(0, 2, 1, 3)
-  vf = jnp.pad(v.astype(jnp.float32), pad_k).transpose(0, 2, 1, 3)
+  vf = (None if v is None
+        else jnp.pad(v.astype(jnp.float32), pad_k).transpose(0, 2, 1, 3))
   # Keysets cover ceil(T / 64) query blocks; pad them to whole tiles.
   tb_pad = n_tiles * row_blocks - keysets.window_count.shape[-1]
   pad_rows = ((0, 0),) * 3 + ((0, tb_pad),)
@@ -149,7 +157,6 @@ def score_keysets(
       m, l, acc, lc, accc, cov = carry
       start = j * key_chunk
       kc = jax.lax.dynamic_slice_in_dim(kf, start, key_chunk, axis=2)
-      vc = jax.lax.dynamic_slice_in_dim(vf, start, key_chunk, axis=2)
       cols = start + jnp.arange(key_chunk)  # [S]
       causal = (cols[None, :] <= rows[:, None]) & (cols[None, :] < t)
       logits = jnp.einsum("bkqd,bksd->bkqs", q_tile, kc, precision=prec)
@@ -159,10 +166,12 @@ def score_keysets(
       alpha = jnp.exp(m - m_new)  # [B, K, G, Rq]
       p = jnp.where(causal, jnp.exp(logits - m_new[..., None]), 0.0)
       l = l * alpha + jnp.sum(p, axis=-1)
-      pv = jnp.einsum("bkqs,bksd->bkqd", p.reshape(b, kv, g * rq,
-                                                   key_chunk), vc,
-                      precision=prec)
-      acc = acc * alpha[..., None] + pv.reshape(b, kv, g, rq, d)
+      if vf is not None:
+        vc = jax.lax.dynamic_slice_in_dim(vf, start, key_chunk, axis=2)
+        pv = jnp.einsum("bkqs,bksd->bkqd", p.reshape(b, kv, g * rq,
+                                                     key_chunk), vc,
+                        precision=prec)
+        acc = acc * alpha[..., None] + pv.reshape(b, kv, g, rq, d)
       # Candidate masks of this chunk, rows grouped by query block:
       # [B, K, C, G, R, 64, S].
       km = jax.lax.dynamic_slice_in_dim(key_mask, start, key_chunk, axis=-1)
@@ -186,7 +195,8 @@ def score_keysets(
     init = (
         jnp.full((b, kv, g, rq), -jnp.inf, jnp.float32),
         jnp.zeros((b, kv, g, rq), jnp.float32),
-        jnp.zeros((b, kv, g, rq, d), jnp.float32),
+        jnp.zeros((b, kv, g, rq, d) if vf is not None else (1,),
+                  jnp.float32),
         jnp.zeros((b, kv, c, g, rq), jnp.float32),
         jnp.zeros((b, kv, c, g, rq, d) if output else (1,), jnp.float32),
         jnp.zeros((b, kv, c, g), jnp.int32),
@@ -194,6 +204,9 @@ def score_keysets(
     _, l, acc, lc, accc, cov = jax.lax.fori_loop(0, n_chunks, step, init)
     scored = ((rows < t) & (rows >= first_row)).astype(jnp.float32)  # [Rq]
     recall = jnp.sum(lc / l[:, :, None] * scored, axis=-1)  # [B, K, C, G]
+    if vf is None:
+      zeros = jnp.zeros((b, kv, c, g), jnp.float32)
+      return recall, zeros, zeros[:, :, 0], cov.astype(jnp.float32), None
     out = acc / l[..., None]  # [B, K, G, Rq, D]
     if output:
       out_c = accc / jnp.where(lc > 0, lc, 1.0)[..., None]
@@ -219,6 +232,45 @@ def score_keysets(
       output_error=error if output else jnp.full_like(error, jnp.nan),
       covered=per_head(cov),
   )
+  if out is None:
+    return scores, None
   # [tiles, B, K, G, Rq, D] -> [B, T, N, D]
   out = out.transpose(1, 0, 4, 2, 3, 5).reshape(b, n_tiles * rq, n, d)
   return scores, out[:, :t].astype(q.dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("seq_len",))
+def tile_share(keysets: KeySets, seq_len: int) -> Float[Array, "B C N Tb Tb"]:
+  """Share of each 64x64 tile's causal (query, key) pairs in the key sets.
+
+  What a picture of a pattern over a block-level attention map shows: 1
+  where the kernels compute the whole tile, 0 where they skip it, between
+  for partly computed tiles (Vertical-Slash columns, A-shape window edges,
+  the diagonal). Query blocks one at a time (memory [B, C, N, 64, T]).
+
+  Args:
+    keysets: KeySets of B samples, C candidates, N heads at length T.
+    seq_len: static T.
+
+  Returns:
+    [B, C, N, Tb, Tb] f32 in [0, 1]; 0 above the diagonal.
+  """
+  tb = -(-seq_len // TILE)
+  n_keys = tb * TILE
+  cols = jnp.arange(n_keys)
+
+  def one_block(m):
+    mask = _tile_key_mask(keysets, m, 1, n_keys)[:, :, :, 0]  # [B, C, N, S]
+    rows = m * TILE + jnp.arange(TILE)  # [64]
+    rel = rows[:, None] - cols[None, :]  # [64, S]
+    causal = (rel >= 0) & (rows[:, None] < seq_len)  # [64, S]
+    local = rel < keysets.n_local[..., None, None]  # [C, N, 64, S]
+    chosen = (mask[:, :, :, None, :] | local[None]) & causal
+    count = jnp.sum(chosen.reshape(*chosen.shape[:3], TILE, tb, TILE),
+                    axis=(3, 5), dtype=jnp.int32)  # [B, C, N, Tb]
+    total = jnp.sum(causal.reshape(TILE, tb, TILE), axis=(0, 2),
+                    dtype=jnp.int32)  # [Tb]
+    return count / jnp.maximum(total, 1)
+
+  share = jax.lax.map(one_block, jnp.arange(tb))  # [Tb, B, C, N, Tb]
+  return jnp.moveaxis(share, 0, 3)

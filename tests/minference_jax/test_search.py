@@ -13,7 +13,7 @@ from minference_jax.index import (
     vertical_slash_indices,
     vertical_slash_layout,
 )
-from minference_jax.patterns import AShape, BlockSparse, VerticalSlash
+from minference_jax.patterns import AShape, BlockSparse, Dense, VerticalSlash
 from minference_jax.search import (
     KeySets,
     a_shape_tiles,
@@ -21,8 +21,10 @@ from minference_jax.search import (
     build_keysets,
     head_estimates,
     kernel_tiles,
+    measure_patterns,
     pattern_arrays,
     score_keysets,
+    tile_share,
 )
 from minference_jax.search.keysets import vs_column_count, vs_windows
 
@@ -279,3 +281,52 @@ def test_recall_only_skips_the_output_error(layer):
   assert np.isnan(np.asarray(scores.output_error)).all()
   full, _ = score_keysets(q, k, v, ks, row_blocks=3, key_chunk=128)
   np.testing.assert_allclose(scores.recall, full.recall, rtol=1e-6)
+
+
+def test_scores_without_v_are_the_recall_and_cover(layer):
+  seed, q, k, v, _, ks = layer
+  full, _ = score_keysets(q, k, v, ks, output=False, row_blocks=3,
+                          key_chunk=128)
+  bare, out = score_keysets(q, k, None, ks, output=False, row_blocks=3,
+                            key_chunk=128)
+  assert out is None
+  np.testing.assert_allclose(bare.recall, full.recall, rtol=1e-6,
+                             err_msg=str(seed))
+  np.testing.assert_array_equal(bare.covered, full.covered, str(seed))
+  with pytest.raises(ValueError, match="needs v"):
+    score_keysets(q, k, None, ks)
+
+
+def test_tile_share_counts_the_key_set_per_tile(layer):
+  seed, _, _, _, _, ks = layer
+  masks = keyset_masks(ks, T)  # [B, C, N, T, T]
+  tb = -(-T // 64)
+  pad = ((0, 0),) * 3 + ((0, tb * 64 - T),) * 2
+  tiles = lambda x: np.pad(x, pad).reshape(*x.shape[:3], tb, 64, tb,
+                                           64).sum((4, 6))
+  causal = np.broadcast_to(np.tril(np.ones((T, T), bool)), masks.shape)
+  want = tiles(masks) / np.maximum(tiles(causal), 1)
+  np.testing.assert_allclose(tile_share(ks, T), want, atol=1e-6,
+                             err_msg=str(seed))
+
+
+def test_measured_patterns_match_the_layout_metrics(layer):
+  """One compiled program for any mix gives the density and recall that
+  the index builders' layouts and `minference_jax.metrics` give (the
+  eval diagnostics' per-kind path); Dense heads count 1 and 1."""
+  from experiments.eval.diagnostics import layer_stats
+
+  seed, q, k, _, _, _ = layer
+  mix = (VerticalSlash(30, 70), AShape(16, 100), BlockSparse(2), Dense())
+  keysets, scores = measure_patterns(q, k, mix, row_blocks=2, key_chunk=128)
+  density, recall = layer_stats(q, k, mix)
+  area = T * (T + 1) / 2
+  np.testing.assert_allclose(np.asarray(scores.covered)[:, 0].mean(0) / area,
+                             density, rtol=1e-6, err_msg=str(seed))
+  np.testing.assert_allclose(np.asarray(scores.recall)[:, 0].mean(0), recall,
+                             atol=2e-5, err_msg=str(seed))
+  assert np.asarray(keysets.tiles).shape == (q.shape[0], 1, N)
+  with pytest.raises(ValueError, match="3 patterns for 4 query heads"):
+    measure_patterns(q, k, mix[:3])
+  with pytest.raises(ValueError, match="last_q=32"):
+    measure_patterns(q, k, (VerticalSlash(30, 50, last_q=32),) * N)
