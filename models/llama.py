@@ -275,8 +275,8 @@ class CausalLM:
     Raises:
       ValueError: for bad inputs or a decode step (q_offset None).
     """
-    tokens, positions, logits_idx, static_for = _inputs(tokens, positions,
-                                                        logits_for)
+    tokens, positions, logits_idx, static_for = _inputs(
+        tokens, positions, logits_for, self.config.vocab_size)
     return self.layerwise(self.params, tokens, positions, cache, logits_idx,
                           q_offset=q_offset, logits_for=static_for,
                           rope_seq_len=rope_seq_len)

@@ -133,8 +133,8 @@ def test_missing_files_are_named(tmp_path, capsys):
 def test_text_overrides_keep_what_was_typed():
   from experiments.generate import GenerateConfig
 
-  cfg = load_config(GenerateConfig, None, ["prompt=yes: no", "patterns=null"])
-  assert cfg.prompt == "yes: no" and cfg.patterns is None
+  cfg = load_config(GenerateConfig, None, ["prompt=yes: no", "patterns=dense"])
+  assert cfg.prompt == "yes: no" and cfg.patterns == "dense"
   assert load_config(GenerateConfig, None, ["prompt=42"]).prompt == "42"
 
 
@@ -171,7 +171,8 @@ def test_generate_saves_its_config_and_answer(tiny_model, tmp_path,
                                               monkeypatch, capsys):
   from experiments import generate
 
-  monkeypatch.setattr(generate, "load_model", lambda path, dtype: tiny_model)
+  monkeypatch.setattr(generate, "load_model",
+                      lambda path, dtype, mesh=None: tiny_model)
   monkeypatch.setattr(generate, "model_geometry",
                       lambda path: tiny_model.config)
   monkeypatch.setattr(generate, "load_tokenizer", lambda path: _Tokenizer())

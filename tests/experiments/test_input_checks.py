@@ -67,8 +67,8 @@ def test_generate_float32_safetensors_loads_float32(ckpt, tmp_path,
   seen = {}
   real = gen.load_model
 
-  def spy(path, dtype):
-    seen["loaded"] = real(path, dtype)
+  def spy(path, dtype, mesh=None):
+    seen["loaded"] = real(path, dtype, mesh)
     return seen["loaded"]
 
   monkeypatch.setattr(gen, "load_model", spy)
