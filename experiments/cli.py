@@ -26,6 +26,8 @@ COMMANDS = {
                       "a real model's sparse index sets at long context"),
     "bench-prefill": ("experiments.bench_prefill",
                       "whole-model long-context prefill: time and memory"),
+    "search-bench": ("experiments.search_bench",
+                     "the pattern search's wall time for a whole model"),
     "eval": ("experiments.eval.command",
              "offline eval: NIAH grid, RULER/InfiniteBench tasks, perplexity"),
 }

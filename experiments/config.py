@@ -15,6 +15,7 @@ what made it.
 
 import dataclasses
 import functools
+import inspect
 import sys
 import types
 import typing
@@ -219,9 +220,34 @@ def _is_text_field(cls: type, key: str) -> bool:
                          and args == {str})
 
 
+def usage(cls: type, default_config: str | Path | None) -> str:
+  """A command's options: its config class's documentation and defaults."""
+  source = (f"defaults from {repo_relative(default_config)}"
+            if default_config else "defaults below")
+  lines = [f"usage: [--config FILE.yaml] [key=value ...] ({source}; a"
+           " key=value wins over the file; nested keys are dotted)", "",
+           inspect.getdoc(cls) or cls.__name__, "",
+           "built-in defaults (the config file's values replace them):"]
+  for f in dataclasses.fields(cls):
+    if f.default is not dataclasses.MISSING:
+      default = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+      default = f.default_factory()
+    else:
+      default = "(required)"
+    lines.append(f"  {f.name}: {to_plain(default)!r}")
+  return "\n".join(lines)
+
+
 def parse_cli(cls: type[C], argv: Sequence[str],
               default_config: str | Path | None) -> tuple[C, str | None]:
-  """`[--config PATH] key=value ...` -> (config, the YAML path used)."""
+  """`[--config PATH] key=value ...` -> (config, the YAML path used).
+
+  `-h` / `--help` prints the options (`usage`) and exits.
+  """
+  if "-h" in argv or "--help" in argv:
+    print(usage(cls, default_config))
+    raise SystemExit(0)
   path = str(default_config) if default_config else None
   rest = []
   it = iter(argv)

@@ -134,7 +134,31 @@ class ValidationConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
-  """Options of `minference-jax search` (YAML keys; dotted overrides)."""
+  """Options of `minference-jax search` (YAML keys; dotted overrides).
+
+  Attributes:
+    model: a .gguf file or HF safetensors checkpoint (`--model`); None: the
+      bundled SmolLM2-135M-Instruct.
+    model_name: the name written into the config (default: the file's).
+    out: the searched config's JSON (`--out`); the per-layer record beside
+      it (FILE stem + .search.json) makes a rerun resume.
+    minference_format: also write MInference's JSON (FILE stem +
+      .minference.json; `--minference-format`).
+    results: a folder for the summary, layer x head map PNG and held-out
+      validation (`--results`); None: none.
+    seq_len: calibration length in tokens (within the model's context
+      unless `rope` extends it).
+    seed: calibration prompts and their order.
+    dtype: the model's parameter dtype.
+    block_sparse_rewrite: write Block-Sparse winners as Vertical-Slash, as
+      MInference's public search does (for comparison).
+    space: the candidates per kind and ChangeSpace (`space.*`).
+    target: the cost every candidate is adjusted to (`target.*`).
+    samples: calibration prompts per kind (`samples.*`).
+    scoring: objective (output error or recall), aggregate and tiling.
+    rope: RoPE scaling for lengths past the trained context.
+    validation: the held-out comparison with uniform configs.
+  """
 
   model: str | None = None
   model_name: str | None = None

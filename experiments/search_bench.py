@@ -42,7 +42,19 @@ DEFAULT_CONFIG = REPO_DIR / "configs" / "search" / "bench_gpu.yaml"
 
 @dataclasses.dataclass(frozen=True)
 class BenchConfig:
-  """Options of the search benchmark."""
+  """Options of the search benchmark.
+
+  Attributes:
+    out_dir: folder for search_bench_<device>.json/.md and each length's
+      searched config.
+    model: a .gguf file or safetensors checkpoint; None: bundled SmolLM2.
+    dtype: the model's parameter dtype.
+    lengths: calibration lengths timed (past the trained context with
+      YaRN scaling).
+    runs: searches per length in one process (the first compiles).
+    seed: calibration prompts.
+    space, target, samples, scoring: as `minference-jax search`.
+  """
 
   out_dir: str | None = None
   model: str | None = None

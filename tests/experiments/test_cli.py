@@ -59,6 +59,19 @@ def test_usage_lists_every_command(capsys):
   assert capsys.readouterr().err.startswith("error: unknown command 'nope'\n")
 
 
+@pytest.mark.parametrize("name", sorted(cli.COMMANDS))
+def test_every_command_documents_its_options(name, capsys):
+  """`minference-jax NAME --help` prints the options with their meaning
+  and defaults, and exits 0 without doing any work."""
+  with pytest.raises(SystemExit) as e:
+    cli.main([name, "--help"])
+  assert e.value.code == 0
+  out = capsys.readouterr().out
+  assert out.startswith("usage: [--config FILE.yaml] [key=value ...]"), out
+  assert "Attributes:" in out or "Args:" in out, out
+  assert "built-in defaults" in out
+
+
 @pytest.mark.parametrize("name", sorted(OURS))
 def test_default_yaml_holds_every_key(name):
   """Each command's default YAML exists, loads into its config class and
