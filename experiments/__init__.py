@@ -1,4 +1,3 @@
-"""The `minference-jax` commands (demo, generate, synthetic-demo,
-bench-kernels, check-kernels, model-indices; `experiments/cli.py`), each
-configured by a YAML file under `configs/experiments/` plus `key=value`
-overrides, and the pieces they share (synthetic inputs, plots, timing)."""
+"""The `minference-jax` commands (`experiments/cli.py` lists them), each
+configured by a YAML file under `configs/` plus `key=value` overrides, and
+the pieces they share (synthetic inputs, plots, timing)."""

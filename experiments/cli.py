@@ -2,8 +2,13 @@
 
 Each subcommand is a module of `experiments` with a `main(argv)`; the
 arguments after the subcommand's name are passed to it unchanged. Every
-command reads a YAML file under `configs/experiments/` plus `key=value`
-overrides (`experiments/config.py`).
+command takes `--config FILE.yaml` plus `key=value` overrides
+(`experiments/config.py`). Without `--config`, `search` reads
+`configs/search/paper.yaml`, `bench-prefill`
+`configs/experiments/prefill_llama3_8b.yaml`, and the other commands
+`configs/experiments/<name>.yaml` (the command's name with `_` for `-`);
+`eval` has no default file (its configs are under `configs/eval/`; without
+one it runs its config dataclass's defaults).
 """
 
 import importlib
