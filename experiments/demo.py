@@ -47,11 +47,11 @@ from experiments.model_context import (
 )
 from experiments.needle import make_needle_prompt
 from experiments.plots import block_mean_attention, plot_attention_patterns
+from experiments.search_report import KIND_COLORS, pattern_label
 from experiments.searched_configs import default_pattern_config
 from minference_jax import PatternConfig, VerticalSlash
 from minference_jax.attention import make_attention
 from minference_jax.pattern_config import load_pattern_config
-from minference_jax.patterns import AShape, BlockSparse, Dense, Pattern
 from minference_jax.search import measure_patterns, tile_share
 from models import (
     CausalLM,
@@ -157,22 +157,6 @@ def answer_with_timings(model: CausalLM, ids: Sequence[int], tokenizer,
                           skip_special_tokens=True)
   return dict(answer=text.strip(), prefill_compile_s=compiled - begin,
               prefill_s=ran - compiled, generate_s=done - ran)
-
-
-# Plot colour of each pattern kind (the selected tiles drawn over a head).
-KIND_COLORS = {AShape: "tab:blue", VerticalSlash: "tab:red",
-               BlockSparse: "tab:green", Dense: "tab:gray"}
-
-
-def pattern_label(pattern: Pattern) -> str:
-  """A head's pattern in a few characters, for plot titles."""
-  if isinstance(pattern, VerticalSlash):
-    return f"VS {pattern.n_vertical}/{pattern.n_slash}"
-  if isinstance(pattern, AShape):
-    return f"A {pattern.n_init}+{pattern.n_local}"
-  if isinstance(pattern, BlockSparse):
-    return f"BS top {pattern.top_k}"
-  return "dense"
 
 
 def layer_statistics(model: CausalLM, ids: Sequence[int],
@@ -337,7 +321,7 @@ def run(cfg: DemoConfig, config_file: str | None = None) -> dict:
         title=f"SmolLM2-135M layer {layer}, {len(ids)} tokens:"
               f" {cfg.patterns} patterns",
         labels={cfg.patterns: [pattern_label(p) for p in row]},
-        colors={cfg.patterns: [KIND_COLORS[type(p)] for p in row]})))
+        colors={cfg.patterns: [KIND_COLORS[p.kind] for p in row]})))
     console.print(f"wrote {pngs[-1]}")
   result = dict(config_file=repo_relative(config_file), prompt_tokens=len(ids),
                 needle=needle.needle, answers=answers, layers=rows,

@@ -43,6 +43,12 @@ def budget_label(p) -> str:
   return "dense"
 
 
+def pattern_label(p) -> str:
+  """A head's kind and budgets, e.g. 'vertical_slash 100/300'."""
+  return "dense" if p.kind is PatternKind.DENSE else (
+      f"{p.kind.value} {budget_label(p)}")
+
+
 def search_summary(layers: Mapping[str, dict], config: PatternConfig,
                    seq_len: int) -> dict:
   """Shares of heads per kind, densities and recall per layer.

@@ -7,6 +7,7 @@ import pytest
 from experiments import demo
 from experiments import generate as gen
 from experiments.config import ConfigError
+from experiments.search_report import pattern_label
 from minference_jax import PatternConfig, VerticalSlash
 from minference_jax.patterns import AShape, BlockSparse, Dense
 from models import ModelConfig
@@ -40,9 +41,9 @@ def test_demo_vertical_slash_and_files(tmp_path, capsys):
 
 
 def test_pattern_labels_name_kind_and_budget():
-  assert [demo.pattern_label(p) for p in (
+  assert [pattern_label(p) for p in (
       VerticalSlash(10, 20), AShape(4, 60), BlockSparse(3), Dense())] == [
-          "VS 10/20", "A 4+60", "BS top 3", "dense"]
+          "vertical_slash 10/20", "a_shape 4+60", "block_sparse k3", "dense"]
 
 
 def test_generate_default_is_the_searched_config_for_smollm2():
