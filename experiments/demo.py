@@ -273,7 +273,9 @@ def run(cfg: DemoConfig, config_file: str | None = None) -> dict:
       f" {config.num_kv_heads} KV heads, head dim {config.head_dim}")
   console.print(f"prompt: {len(ids)} tokens, needle at depth "
                 f"{needle.depth:.2f}: [italic]{needle.needle}[/]")
-  console.print(f"sparse attention ({cfg.patterns}): {patterns.summary()}")
+  kinds = ", ".join(f"{count} {kind.value}" for kind, count in
+                    patterns.count_by_kind().items())
+  console.print(f"sparse attention ({cfg.patterns}): {kinds} heads")
 
   attentions = {
       "dense": make_attention(None, backend="dense"),
