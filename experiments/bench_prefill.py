@@ -446,7 +446,9 @@ def crossovers(cfg: PrefillConfig, rows: list[dict]) -> dict:
     if case.attention == "dense":
       continue
     ref = dense[0].label
-    done = [r for r in rows if r.get("mode") == "prefill"]
+    # Rows of cases that ran (an error or skip row has no timing).
+    done = [r for r in rows if r.get("mode") == "prefill"
+            and not (r.get("error") or r.get("skipped"))]
     entry = dict(implementation=next(
         (r["implementation"] for r in done if r["case"] == case.label), ""),
         model=accounting.crossover(done, case.label, ref, "model_s"))

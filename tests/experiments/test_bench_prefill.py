@@ -211,6 +211,22 @@ def test_crossover_is_from_where_sparse_always_wins():
   assert accounting.crossover(rows, "s2", "d", "model_s")["crossover_T"] is None
 
 
+def test_crossovers_pass_over_cases_that_failed():
+  """An out-of-memory row (error, no timing) is not a measurement: the
+  crossover table is made from the rows that ran."""
+  cfg = load_config(PrefillConfig, None, [
+      "cases=[{label: d, attention: dense}, {label: s, attention:"
+      " vertical_slash}]"])
+  rows = [dict(case="d", T=t, mode="prefill", implementation="dense",
+               model_s=float(t)) for t in (1, 2)]
+  rows += [dict(case="s", T=2, mode="prefill", error="RESOURCE_EXHAUSTED"),
+           dict(case="s", T=1, mode="prefill", implementation="xla",
+                model_s=0.5)]
+  out = bench_prefill.crossovers(cfg, rows)
+  assert out["s"]["implementation"] == "xla"
+  assert out["s"]["model"]["speedup"] == {1: 2.0}
+
+
 # ------------------------------------------------------------------ replay
 def test_layer_and_head_mapping_keeps_depth_and_kv_groups():
   lt, ls = 32, 15
