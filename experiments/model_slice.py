@@ -210,25 +210,37 @@ def save_slice(path: str | Path, model_slice: ModelSlice,
   return path
 
 
-def slice_header(path: str | Path) -> tuple[ModelConfig, int]:
-  """(the slice's config, its token count) without reading its weights.
-
-  Raises:
-    FileNotFoundError, ValueError: as `load_slice`.
-  """
+def _existing_slice(path: str | Path) -> Path:
+  """`path` as a Path; FileNotFoundError (saying how to make one) if absent."""
   path = Path(path)
   if not path.is_file():
     raise FileNotFoundError(
         f"model slice {path} not found; make it with `python"
         " scripts/export_model_slice.py` (needs the SmolLM2 GGUF)"
     )
+  return path
+
+
+def _slice_meta(path: Path, z) -> dict:
+  """The metadata of an open slice npz; ValueError for another format."""
+  meta = json.loads(str(z["meta"]))
+  if meta.get("format") != SLICE_FORMAT:
+    raise ValueError(
+        f"{path} is not a {SLICE_FORMAT} file (format"
+        f" {meta.get('format')!r})"
+    )
+  return meta
+
+
+def slice_header(path: str | Path) -> tuple[ModelConfig, int]:
+  """(the slice's config, its token count) without reading its weights.
+
+  Raises:
+    FileNotFoundError, ValueError: as `load_slice`.
+  """
+  path = _existing_slice(path)
   with np.load(path, allow_pickle=False) as z:
-    meta = json.loads(str(z["meta"]))
-    if meta.get("format") != SLICE_FORMAT:
-      raise ValueError(
-          f"{path} is not a {SLICE_FORMAT} file (format"
-          f" {meta.get('format')!r})"
-      )
+    meta = _slice_meta(path, z)
     n_tokens = int(z["tokens"].shape[0])
   return ModelConfig.from_dict(meta["config"]), n_tokens
 
@@ -240,19 +252,9 @@ def load_slice(path: str | Path) -> ModelSlice:
     FileNotFoundError: no such file (the message says how to make one).
     ValueError: not a model slice of this format version.
   """
-  path = Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(
-        f"model slice {path} not found; make it with `python"
-        " scripts/export_model_slice.py` (needs the SmolLM2 GGUF)"
-    )
+  path = _existing_slice(path)
   with np.load(path, allow_pickle=False) as z:
-    meta = json.loads(str(z["meta"]))
-    if meta.get("format") != SLICE_FORMAT:
-      raise ValueError(
-          f"{path} is not a {SLICE_FORMAT} file (format"
-          f" {meta.get('format')!r})"
-      )
+    meta = _slice_meta(path, z)
     tensors = {}
     for name, info in meta.pop("tensors").items():
       prefix = f"t/{name}/"
