@@ -63,9 +63,8 @@ def vs_layout_workspace(config: ModelConfig, seq_len: int, n_vertical: int,
   temporaries, as XLA's buffer assignment sizes them: 0.8 of the window
   walk [B, N, Tb, min(NS, Tb)], 0.8 of the padded starts [B, N, Tb, NS]
   and 6.7 arrays [B, N, Tb, NV] of per-vertical searches, masks and
-  scatter slots, all int32 (layout plus temporaries within 1% of XLA's
-  sizes at 512K-1M tokens, 7-20% off at 64K-256K;
-  experiments/results/prefill_inspect_cpu.md). At 1M tokens, 32 heads and
+  scatter slots, all int32 (fitted to XLA's buffer assignment; how close
+  the fit is, by length: docs/models.md). At 1M tokens, 32 heads and
   (1000, 6096) lines: 14.9 GB of layout and 34.3 GB of temporaries; with
   3500 verticals, 20.1 and 69 GB.
   """
@@ -145,8 +144,8 @@ def estimate_prefill_memory(
     * output/MLP: x, the attention output and one chunk's temporaries: the
       float32 norm input [c,H] and (3 * dtype_bytes + 5) bytes per [c,I]
       element for gate, up and their product (what XLA's buffer assignment
-      holds for the SwiGLU MLP; calibrated at 16K-1M tokens,
-      experiments/results/prefill_inspect_cpu.md); unchunked, also the new
+      holds for the SwiGLU MLP at 16K-1M tokens; docs/models.md);
+      unchunked, also the new
       residual (chunked, each chunk's result is written over x in place).
   The KV cache, when kept, holds K and V for all layers at full length.
   `activations` is the peak net of the attention workspace, so that
@@ -208,6 +207,25 @@ def estimate_prefill_memory(
   )
 
 
+def estimate_table(first_column: str, rows: Sequence[tuple]) -> str:
+  """A Markdown table (GiB) of memory estimates.
+
+  Args:
+    first_column: the heading of the row labels.
+    rows: (label, KV cache kept, estimate with weights, kv_cache,
+      activations, attention_workspace and total in bytes) per row.
+  """
+  lines = [f"| {first_column} | KV cache kept | weights | KV cache |"
+           " activations | attn workspace | total |",
+           "|---|:---:|---:|---:|---:|---:|---:|"]
+  for label, keep, e in rows:
+    cells = [e.weights, e.kv_cache, e.activations, e.attention_workspace,
+             e.total]
+    lines.append(f"| {label} | {'yes' if keep else 'no'} | "
+                 + " | ".join(f"{v / GIB:.1f}" for v in cells) + " |")
+  return "\n".join(lines)
+
+
 def memory_table(
     config: ModelConfig,
     seq_lens: Sequence[int],
@@ -215,15 +233,7 @@ def memory_table(
     chunk_size: int | None = 4096,
 ) -> str:
   """A Markdown table (GiB) of prefill-only and with-cache estimates."""
-  rows = ["| tokens | KV cache kept | weights | KV cache | activations "
-          "| attn workspace | total |",
-          "|---:|:---:|---:|---:|---:|---:|---:|"]
-  for t in seq_lens:
-    for keep in (False, True):
-      e = estimate_prefill_memory(config, t, keep_kv_cache=keep,
-                                  chunk_size=chunk_size)
-      cells = [e.weights, e.kv_cache, e.activations, e.attention_workspace,
-               e.total]
-      rows.append(f"| {t:,} | {'yes' if keep else 'no'} | "
-                  + " | ".join(f"{v / GIB:.1f}" for v in cells) + " |")
-  return "\n".join(rows)
+  return estimate_table("tokens", [
+      (f"{t:,}", keep, estimate_prefill_memory(
+          config, t, keep_kv_cache=keep, chunk_size=chunk_size))
+      for t in seq_lens for keep in (False, True)])

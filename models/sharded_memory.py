@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 from models.config import ModelConfig
 from models.decoder import param_axes
-from models.memory import GIB, VS_LAST_Q
+from models.memory import VS_LAST_Q, estimate_table
 from models.partitioning import MeshConfig
 from models.weights import param_shapes
 
@@ -143,16 +143,11 @@ def sharded_memory_table(
     chunk_size: int | None = 4096,
 ) -> str:
   """A Markdown table (GiB per device) over meshes, without/with cache."""
-  rows = ["| mesh (data, sequence, tensor) | KV cache kept | weights | "
-          "KV cache | activations | attn workspace | total |",
-          "|---|:---:|---:|---:|---:|---:|---:|"]
+  rows = []
   for mesh_config in mesh_configs:
     for keep in (False, True):
       e = estimate_sharded_prefill_memory(config, seq_len, mesh_config,
                                           keep_kv_cache=keep,
                                           chunk_size=chunk_size)
-      cells = [e.weights, e.kv_cache, e.activations, e.attention_workspace,
-               e.total]
-      rows.append(f"| {e.mesh_shape} | {'yes' if keep else 'no'} | "
-                  + " | ".join(f"{v / GIB:.1f}" for v in cells) + " |")
-  return "\n".join(rows)
+      rows.append((e.mesh_shape, keep, e))
+  return estimate_table("mesh (data, sequence, tensor)", rows)

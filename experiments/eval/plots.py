@@ -19,6 +19,21 @@ _NEEDLE_CMAP = LinearSegmentedColormap.from_list(
     "needle", ["#F0496E", "#EBB839", "#0CD79F"])
 
 
+def _save(fig, path: Path) -> Path:
+  """Writes the figure as a PNG and frees it."""
+  fig.savefig(path, dpi=120, bbox_inches="tight")
+  plt.close(fig)
+  return path
+
+
+def _finish(fig, ax, title: str, path: Path, **legend) -> Path:
+  """Grid, legend and title on a one-axes plot, then `_save`."""
+  ax.grid(alpha=0.3)
+  ax.legend(**legend)
+  ax.set_title(title)
+  return _save(fig, path)
+
+
 def _niah_heatmaps(cfg: EvalConfig, s: dict, out: Path) -> Path | None:
   names = [a.name for a in cfg.attention]
   have = [a for a in names if any(k.startswith(f"{a}|") for k in s["niah"])]
@@ -52,10 +67,7 @@ def _niah_heatmaps(cfg: EvalConfig, s: dict, out: Path) -> Path | None:
   axes[0][0].set_ylabel("needle depth")
   fig.colorbar(image, ax=axes[0].tolist(), label="score")
   fig.suptitle(f"Needle in a haystack: {cfg.name}")
-  path = out / "niah_heatmap.png"
-  fig.savefig(path, dpi=120, bbox_inches="tight")
-  plt.close(fig)
-  return path
+  return _save(fig, out / "niah_heatmap.png")
 
 
 def _accuracy_vs_length(cfg: EvalConfig, s: dict, out: Path) -> Path | None:
@@ -77,13 +89,8 @@ def _accuracy_vs_length(cfg: EvalConfig, s: dict, out: Path) -> Path | None:
   ax.set_xlabel("context length (tokens)")
   ax.set_ylabel("mean accuracy over tasks (%)")
   ax.set_ylim(0, 100)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  ax.set_title(f"Accuracy against length: {cfg.name}")
-  path = out / "accuracy_vs_length.png"
-  fig.savefig(path, dpi=120, bbox_inches="tight")
-  plt.close(fig)
-  return path
+  return _finish(fig, ax, f"Accuracy against length: {cfg.name}",
+                 out / "accuracy_vs_length.png", fontsize=8)
 
 
 def _ppl_vs_density(cfg: EvalConfig, s: dict, out: Path) -> Path | None:
@@ -108,13 +115,8 @@ def _ppl_vs_density(cfg: EvalConfig, s: dict, out: Path) -> Path | None:
   ax.axvline(0.30, color="grey", linestyle=":", linewidth=1)
   ax.set_xlabel("density (fraction of the causal area)")
   ax.set_ylabel(f"perplexity change vs {ref} (%)")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  ax.set_title(f"Perplexity against density: {cfg.name}")
-  path = out / "ppl_vs_density.png"
-  fig.savefig(path, dpi=120, bbox_inches="tight")
-  plt.close(fig)
-  return path
+  return _finish(fig, ax, f"Perplexity against density: {cfg.name}",
+                 out / "ppl_vs_density.png", fontsize=8)
 
 
 def _layer_recall(cfg: EvalConfig, s: dict, out: Path) -> Path | None:
@@ -131,13 +133,8 @@ def _layer_recall(cfg: EvalConfig, s: dict, out: Path) -> Path | None:
   ax.set_xlabel("layer")
   ax.set_ylabel("attention recall (mean over heads)")
   ax.set_ylim(0, 1.02)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=7, ncol=2)
-  ax.set_title(f"Recall per layer: {cfg.name}")
-  path = out / "layer_recall.png"
-  fig.savefig(path, dpi=120, bbox_inches="tight")
-  plt.close(fig)
-  return path
+  return _finish(fig, ax, f"Recall per layer: {cfg.name}",
+                 out / "layer_recall.png", fontsize=7, ncol=2)
 
 
 def write_plots(cfg: EvalConfig, s: dict, out: Path) -> list[Path]:
