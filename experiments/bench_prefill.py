@@ -82,6 +82,21 @@ class Setup:
   mesh: MeshConfig | None = None  # a multi-device mesh (None: one device)
 
 
+def model_label(cfg: PrefillConfig, setup: Setup) -> str:
+  """The model a run's results name: the config's name, else the slice's
+  source model, the checkpoint path, or the preset (random weights)."""
+  if setup.config.name:
+    return setup.config.name
+  if setup.model_slice is not None:
+    full = setup.model_slice.meta.get("full_num_layers")
+    source = setup.model_slice.meta.get("source_model", cfg.model.path)
+    return (f"{source}, first {setup.config.num_layers} of {full} layers"
+            if full else str(source))
+  if cfg.model.source == "checkpoint":
+    return str(cfg.model.path)
+  return cfg.model.preset
+
+
 def _model_config(cfg: PrefillConfig):
   spec = cfg.model
   if spec.source == "slice":
@@ -467,8 +482,8 @@ def main(argv=None) -> int:
   setup = validate(cfg)
   save_resolved(cfg, Path(cfg.out_dir) / f"{cfg.name}_config.yaml")
   meta = bench_common.environment() | dict(
-      name=cfg.name, config_file=path, model=setup.config.name or
-      cfg.model.preset, memory_note="")
+      name=cfg.name, config_file=path, model=model_label(cfg, setup),
+      memory_note="")
   if cfg.compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", cfg.compilation_cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

@@ -32,6 +32,25 @@ def test_committed_configs_parse(path):
     assert cfg.lengths_for(case), case.label
 
 
+def test_results_name_the_model_that_ran():
+  from types import SimpleNamespace
+
+  from experiments.prefill.settings import ModelSpec
+  from models import ModelConfig
+
+  preset = PrefillConfig(model=ModelSpec(preset="llama3_8b"))
+  config = ModelConfig.preset("llama3_8b")
+  assert bench_prefill.model_label(
+      preset, bench_prefill.Setup(config, {}, {})) == "llama3_8b"
+  unnamed = dataclasses.replace(config, name="", num_layers=14)
+  sliced = PrefillConfig(model=ModelSpec(source="slice", path="s.npz"))
+  piece = SimpleNamespace(meta={"source_model": "SmolLM2-135M-Instruct",
+                                "full_num_layers": 30})
+  label = bench_prefill.model_label(
+      sliced, bench_prefill.Setup(unnamed, {}, {}, piece))
+  assert label == "SmolLM2-135M-Instruct, first 14 of 30 layers"
+
+
 def test_overrides_and_nested_cases(tmp_path):
   f = tmp_path / "c.yaml"
   f.write_text(
