@@ -24,6 +24,16 @@ from minference_jax.index_vs_layout import (
 from minference_jax.index_vs_layout import (
     vertical_slash_layout as vertical_slash_layout,
 )
+from minference_jax.index_vs_layout import (
+    LAYOUT_WORKSPACE_BYTES as LAYOUT_WORKSPACE_BYTES,
+)
+from minference_jax.index_vs_layout import (
+    layout_builder_bytes as layout_builder_bytes,
+)
+from minference_jax.index_vs_layout import layout_bytes as layout_bytes
+from minference_jax.index_vs_layout import (
+    layout_heads_per_step as layout_heads_per_step,
+)
 from pallas_kernels.layouts import AShapeLayout
 
 

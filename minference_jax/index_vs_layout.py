@@ -161,13 +161,90 @@ def _check_seq_len(indices: VerticalSlashIndices, seq_len: int) -> None:
           f" {name} line {top}, which needs T > {top}")
 
 
-@functools.partial(jax.jit, static_argnames=("seq_len", "block_size"))
-def _vs_layout_jit(indices: VerticalSlashIndices, seq_len: int, block_size):
-  bs = block_size
-  vertical = indices.vertical.astype(jnp.int32)  # [B, N, NV]
-  slash = indices.slash.astype(jnp.int32)  # [B, N, NS]
-  v_count = indices.vertical_count.astype(jnp.int32)  # [B, N]
-  s_count = indices.slash_count.astype(jnp.int32)
+# Default cap on the expanded builder's temporaries: up to 256K tokens at 32
+# heads and MInference's default budgets every head is built in one step;
+# longer prefills build groups of heads one after another (`lax.map`), so
+# that at 1M tokens the builder needs its output plus a few GiB, not 2-4x its
+# output.
+LAYOUT_WORKSPACE_BYTES = 8 << 30
+
+
+def layout_bytes(batch: int, heads: int, seq_len: int, n_vertical: int,
+                 n_slash: int, block_size: int = BLOCK_SIZE) -> int:
+  """Bytes of the expanded layout: int32 [B, N, Tb, NS], [B, N, Tb, NV]
+  and two [B, N, Tb] counts (NS and NV capped at T)."""
+  tb = -(-seq_len // block_size)
+  ns, nv = min(n_slash, seq_len), min(n_vertical, seq_len)
+  return batch * heads * tb * (ns + nv + 2) * 4
+
+
+def layout_builder_bytes(batch: int, heads: int, seq_len: int,
+                         n_vertical: int, n_slash: int,
+                         block_size: int = BLOCK_SIZE) -> int:
+  """Temporaries of `vertical_slash_layout` built in one step, in bytes.
+
+  0.8 of the window walk [B, N, Tb, min(NS, Tb)], 0.8 of the padded starts
+  [B, N, Tb, NS] and 6.7 arrays [B, N, Tb, NV] of per-vertical searches,
+  masks and scatter slots, all int32 (Tb = ceil(T / block_size), NS and NV
+  capped at T), fitted to XLA's buffer assignment (docs/models.md).
+  """
+  tb = -(-seq_len // block_size)
+  ns, nv = min(n_slash, seq_len), min(n_vertical, seq_len)
+  lanes = batch * heads * tb
+  return lanes * 4 * (4 * min(ns, tb) + 4 * ns + 33 * nv) // 5
+
+
+def layout_heads_per_step(batch: int, heads: int, seq_len: int,
+                          n_vertical: int, n_slash: int,
+                          block_size: int = BLOCK_SIZE,
+                          max_workspace_bytes: int = LAYOUT_WORKSPACE_BYTES
+                          ) -> int:
+  """Heads the expanded builder takes per step: all of them when their
+  temporaries fit `max_workspace_bytes`, else the largest divisor of
+  `heads` whose group (one batch row) fits, at least 1."""
+  if layout_builder_bytes(batch, heads, seq_len, n_vertical, n_slash,
+                          block_size) <= max_workspace_bytes:
+    return heads
+  fits = [g for g in range(1, heads + 1) if heads % g == 0
+          and layout_builder_bytes(1, g, seq_len, n_vertical, n_slash,
+                                   block_size) <= max_workspace_bytes]
+  return max(fits, default=1)
+
+
+@functools.partial(jax.jit,
+                   static_argnames=("seq_len", "block_size", "heads_per_step"))
+def _vs_layout_jit(indices: VerticalSlashIndices, seq_len: int, block_size,
+                   heads_per_step: int):
+  lines = (indices.vertical.astype(jnp.int32),  # [B, N, NV]
+           indices.slash.astype(jnp.int32),  # [B, N, NS]
+           indices.vertical_count.astype(jnp.int32),  # [B, N]
+           indices.slash_count.astype(jnp.int32))
+  b, n = lines[0].shape[:2]
+  build = functools.partial(_layout_arrays, seq_len=seq_len, bs=block_size)
+  if heads_per_step >= n:
+    arrays = build(*lines)
+  else:
+    # Groups of g heads, one after another: [B, N, ...] -> [B N / g, 1, g,
+    # ...] is a reshape, and so is the way back, so the stacked outputs
+    # are the layout's own buffers.
+    g = heads_per_step
+    groups = tuple(x.reshape((b * n // g, 1, g) + x.shape[2:]) for x in lines)
+    stacked = jax.lax.map(lambda xs: build(*xs), groups)
+    arrays = tuple(a.reshape((b, n) + a.shape[3:]) for a in stacked)
+  block_count, block_offset, column_count, column_index = arrays
+  return VerticalSlashLayout(
+      block_count=block_count,
+      block_offset=block_offset,
+      column_count=column_count,
+      column_index=column_index,
+      block_size=block_size,
+  )
+
+
+def _layout_arrays(vertical, slash, v_count, s_count, *, seq_len: int,
+                   bs: int):
+  """The expanded layout's four arrays for lines [B, N, NV | NS] and
+  counts [B, N] (int32); see `vertical_slash_layout`."""
   b, n, nv = vertical.shape
   ns = slash.shape[-1]
   tb = -(-seq_len // bs)
@@ -209,13 +286,7 @@ def _vs_layout_jit(indices: VerticalSlashIndices, seq_len: int, block_size):
   column_index = jnp.zeros(lanes + (nv,), jnp.int32).at[
       bi[..., None], ni[..., None], mi[..., None], col_slot
   ].set(v_lanes, mode="drop")
-  return VerticalSlashLayout(
-      block_count=block_count,
-      block_offset=block_offset,
-      column_count=column_count,
-      column_index=column_index,
-      block_size=bs,
-  )
+  return block_count, block_offset, column_count, column_index
 
 
 def _runs(table, bs: int):
@@ -324,6 +395,8 @@ def vertical_slash_layout(
     indices: VerticalSlashIndices,
     seq_len: int,
     block_size: int = BLOCK_SIZE,
+    *,
+    max_workspace_bytes: int = LAYOUT_WORKSPACE_BYTES,
 ) -> VerticalSlashLayout:
   """Converts vertical/slash lines into the kernels' per-row-block layout.
 
@@ -349,19 +422,31 @@ def vertical_slash_layout(
   [0, T), ascending; in fact at most min(NS, m + 1)) and NV columns
   (ascending) per row block. Padding past the counts is 0.
 
+  Memory: the builder's temporaries are 2-4x its output
+  (`layout_builder_bytes`); when they exceed `max_workspace_bytes`, groups
+  of heads are built one after another (`layout_heads_per_step`), each
+  group's arrays then copied into the output, so the temporaries are one
+  group's builder plus one group's layout. Same result either way.
+
   Args:
     indices: VerticalSlashIndices of a T-token prefill.
     seq_len: static T.
     block_size: static row block / window size (64 for the kernels).
+    max_workspace_bytes: cap on the builder's temporaries (static).
 
   Returns:
     VerticalSlashLayout with arrays [B, N, ceil(T / block_size), NS | NV].
 
   Raises:
-    TypeError: seq_len / block_size not ints.
-    ValueError: inconsistent or empty index shapes, non-positive seq_len or
-      block_size, a seq_len other than the indices' (their `seq_len`, or a
-      selected line >= seq_len).
+    TypeError: seq_len / block_size / max_workspace_bytes not ints.
+    ValueError: inconsistent or empty index shapes, non-positive seq_len,
+      block_size or max_workspace_bytes, a seq_len other than the indices'
+      (their `seq_len`, or a selected line >= seq_len).
   """
   _check_layout_inputs(indices, seq_len, block_size)
-  return _vs_layout_jit(indices, seq_len=seq_len, block_size=block_size)
+  check_int("max_workspace_bytes", max_workspace_bytes, 1)
+  b, n, nv = indices.vertical.shape
+  heads = layout_heads_per_step(b, n, seq_len, nv, indices.slash.shape[-1],
+                                block_size, max_workspace_bytes)
+  return _vs_layout_jit(indices, seq_len=seq_len, block_size=block_size,
+                        heads_per_step=heads)

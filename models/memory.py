@@ -4,6 +4,11 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Literal
 
+from minference_jax.index import (
+    layout_builder_bytes,
+    layout_bytes,
+    layout_heads_per_step,
+)
 from models.config import ModelConfig
 
 GIB = 1024**3
@@ -60,20 +65,27 @@ def vs_layout_workspace(config: ModelConfig, seq_len: int, n_vertical: int,
   The layout (`minference_jax.index.vertical_slash_layout`) holds int32
   block_offset [B, N, Tb, NS] and column_index [B, N, Tb, NV] (Tb = T / 64,
   NS and NV capped at T) plus two [B, N, Tb] counts. Its builder's
-  temporaries, as XLA's buffer assignment sizes them: 0.8 of the window
-  walk [B, N, Tb, min(NS, Tb)], 0.8 of the padded starts [B, N, Tb, NS]
-  and 6.7 arrays [B, N, Tb, NV] of per-vertical searches, masks and
-  scatter slots, all int32 (fitted to XLA's buffer assignment; how close
-  the fit is, by length: docs/models.md). At 1M tokens, 32 heads and
-  (1000, 6096) lines: 14.9 GB of layout and 34.3 GB of temporaries; with
-  3500 verticals, 20.1 and 69 GB.
+  temporaries (`minference_jax.index.layout_builder_bytes`, fitted to XLA's
+  buffer assignment; how close the fit is, by length: docs/models.md) are
+  2-4x the layout when all heads are built at once; past the builder's
+  default cap it builds groups of heads one after another
+  (`layout_heads_per_step`), and the temporaries are one group's builder
+  plus one group's layout (copied into the output). At 1M tokens, 32 heads
+  and (1000, 6096) lines: 14.9 GB of layout, and 34.3 GB of temporaries at
+  once or 12.3 GB in groups of 8 heads.
   """
-  tb = -(-seq_len // LAYOUT_BLOCK)
-  ns, nv = min(n_slash, seq_len), min(n_vertical, seq_len)
-  lanes = batch * config.num_heads * tb
-  layout = lanes * (ns + nv + 2) * 4
-  builder = lanes * 4 * (4 * min(ns, tb) + 4 * ns + 33 * nv) // 5
-  return layout + builder
+  heads = config.num_heads
+  layout = layout_bytes(batch, heads, seq_len, n_vertical, n_slash,
+                        LAYOUT_BLOCK)
+  group = layout_heads_per_step(batch, heads, seq_len, n_vertical, n_slash,
+                                LAYOUT_BLOCK)
+  if group == heads:
+    return layout + layout_builder_bytes(batch, heads, seq_len, n_vertical,
+                                         n_slash, LAYOUT_BLOCK)
+  return layout + (
+      layout_builder_bytes(1, group, seq_len, n_vertical, n_slash,
+                           LAYOUT_BLOCK)
+      + layout_bytes(1, group, seq_len, n_vertical, n_slash, LAYOUT_BLOCK))
 
 
 def attention_workspace(

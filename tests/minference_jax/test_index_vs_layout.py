@@ -17,6 +17,8 @@ from index_test_utils import (
 )
 
 from minference_jax.index import (
+    layout_builder_bytes,
+    layout_heads_per_step,
     vertical_slash_chain_layout,
     vertical_slash_indices,
     vertical_slash_layout,
@@ -58,6 +60,46 @@ def test_vs_layout_matches_sequential_merge(b, n, t, bs, force_zero, seed):
     assert offset[bi, h, m, : len(blocks)].tolist() == blocks, (bi, h, m)
     assert c_count[bi, h, m] == len(cols), (bi, h, m)
     assert c_index[bi, h, m, : len(cols)].tolist() == cols, (bi, h, m)
+
+
+@SETTINGS
+@given(
+    b=st.sampled_from([1, 2]),
+    n=st.sampled_from([4, 6]),
+    t=st.sampled_from([150, 300]),
+    cap=st.sampled_from([1, 2, 3]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_vs_layout_in_head_groups_equals_one_step(b, n, t, cap, seed):
+  """A workspace cap that splits the heads into groups (cap heads' worth of
+  temporaries) gives the same arrays, padding included."""
+  rng = np.random.default_rng(seed)
+  indices = random_indices(rng, b, n, t, force_zero=True)
+  nv, ns = indices.vertical.shape[-1], indices.slash.shape[-1]
+  limit = layout_builder_bytes(1, cap, t, nv, ns, 16)
+  group = layout_heads_per_step(b, n, t, nv, ns, 16, limit)
+  assert group < n and n % group == 0 and group <= cap, (group, seed)
+  whole = layout_arrays(vertical_slash_layout(indices, t, 16))
+  grouped = layout_arrays(
+      vertical_slash_layout(indices, t, 16, max_workspace_bytes=limit))
+  for a, g in zip(whole, grouped):
+    np.testing.assert_array_equal(g, a, err_msg=f"seed={seed}")
+
+
+def test_vs_layout_heads_per_step():
+  # Everything fits: one step; nothing fits: one head at a time.
+  assert layout_heads_per_step(1, 32, 4096, 100, 200) == 32
+  assert layout_heads_per_step(1, 32, 1 << 20, 1000, 6096, 64, 1) == 1
+  # At 1M tokens and MInference's budgets, groups of heads whose builder
+  # stays under the default cap (8 GiB).
+  g = layout_heads_per_step(1, 32, 1 << 20, 1000, 6096)
+  assert 32 % g == 0 and 1 < g < 32
+  assert layout_builder_bytes(1, g, 1 << 20, 1000, 6096) <= 8 << 30
+  assert layout_builder_bytes(1, 2 * g, 1 << 20, 1000, 6096) > 8 << 30
+  with pytest.raises(ValueError, match="max_workspace_bytes"):
+    vertical_slash_layout(random_indices(np.random.default_rng(0), 1, 1, 64,
+                                         force_zero=True), 64,
+                          max_workspace_bytes=0)
 
 
 # Random index sets for the layout builders (both layout forms).
