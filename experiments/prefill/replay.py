@@ -141,8 +141,12 @@ def replay_lines(recorded: HeadIndices, layers: list[int], num_layers: int,
   t = recorded.seq_len
   ls, ns = recorded.num_layers, recorded.num_heads
   ks = int(recorded.meta["num_kv_heads"])
-  nv_max = max(min(p.n_vertical, t) for layer in budgets for p in layer)
-  ns_max = max(min(p.n_slash, t) for layer in budgets for p in layer)
+  # Widths: the largest budget after MInference's clamps (>= 30 columns,
+  # >= 50 diagonals), as each head's below.
+  nv_max = max(min(t, max(p.n_vertical, VS_MIN_VERTICAL))
+               for layer in budgets for p in layer)
+  ns_max = max(min(t, max(p.n_slash, VS_MIN_SLASH))
+               for layer in budgets for p in layer)
   rec_v = int(recorded.vertical.shape[-1])
   rec_s = int(recorded.slash.shape[-1])
   nv_max, ns_max = min(nv_max, rec_v), min(ns_max, rec_s)
