@@ -406,7 +406,7 @@ def test_mesh_blocks_are_checked_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="unknown mesh config keys"):
       load_config(cls, path)
   cfg = PrefillConfig(seq_lens=(4096,), cases=(
-      CaseSpec("vs"), CaseSpec("r", indices="replay")))
+      CaseSpec("vs"), CaseSpec("r", indices="replay", modes=("cache",))))
   config = ModelConfig.preset("llama3_8b_1048k")  # N/K = 32/8
   with pytest.raises(ConfigError, match="case 'r': on a multi-device mesh"):
     bench_prefill._check_mesh(cfg, MeshConfig(sequence=8), config)
