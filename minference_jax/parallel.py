@@ -24,11 +24,25 @@ query-head ownership stays contiguous, so the GQA grouping (query head n
 reads KV head n // G) is preserved. K must divide the head-parallel degree
 or be a multiple of it.
 
-Per-head patterns: a device must run the attention of *its* heads. The
-wrapped attention is restricted to a head range with `attention_for_heads`
-(a `for_heads(start, stop)` method, or MInference's pattern config sliced
-per layer); devices whose heads get different restrictions pick theirs with
-one `lax.switch` on the device index (equal restrictions share a branch).
+Per-head patterns: a device must run the attention of *its* heads. Two
+ways, tried in this order:
+
+* An attention whose per-head data are arrays (e.g. index lines recorded
+  per head, passed as traced arguments) implements `HeadBlockSliceable`:
+  `for_head_block(start, size)` with `start` traced (r * N / P, from the
+  device's `lax.axis_index`) and `size` = N / P static. Every device runs
+  the same program, which dynamic-slices its heads' data: one copy of the
+  kernel, no conditional.
+* Otherwise the wrapped attention is restricted to each static head range
+  with `attention_for_heads` (a `for_heads(start, stop)` method, or
+  MInference's pattern config sliced per layer); devices whose heads get
+  different restrictions pick theirs with one `lax.switch` on the device
+  index (equal restrictions share a branch, so uniform heads compile one).
+
+UlyssesAttention is a JAX pytree whose leaves are the wrapped attention's:
+a layer step that takes it as an argument (models/layerwise.py) receives
+the arrays of a per-layer attention as traced arguments, so layers that
+differ only in those arrays share one executable.
 """
 
 import dataclasses
@@ -52,6 +66,26 @@ class HeadSliceable(Protocol):
   def for_heads(self, start: int, stop: int) -> AttentionFn:
     """The attention for query heads [start, stop) of every layer: called
     with q [B, T, stop - start, D] and those heads' K/V."""
+    ...
+
+
+@runtime_checkable
+class HeadBlockSliceable(Protocol):
+  """An attention that restricts itself to a block of query heads whose
+  start is a traced value (per-head data held in arrays)."""
+
+  def for_head_block(self, start: jax.Array | int, size: int
+                     ) -> AttentionFn:
+    """The attention for query heads [start, start + size) of every layer.
+
+    Args:
+      start: the first head, a traced int32 scalar (inside `shard_map`,
+        r * size for the device's head-parallel index r) or an int.
+      size: the static number of heads.
+
+    Returns:
+      An AttentionFn called with q [B, T, size, D] and those heads' K/V.
+    """
     ...
 
 
@@ -91,7 +125,9 @@ def attention_for_heads(
   raise TypeError(
       f"{type(attention).__name__} does not say how its heads differ: give "
       "it a `for_heads(start, stop)` method returning the attention of "
-      "query heads [start, stop) (itself when every head is alike)")
+      "query heads [start, stop) (itself when every head is alike), or, "
+      "for per-head arrays, a `for_head_block(start, size)` method taking "
+      "a traced start (HeadBlockSliceable)")
 
 
 def _axis_size(mesh: Mesh, axis: str | None) -> int:
@@ -111,8 +147,12 @@ class UlyssesAttention:
   (e.g. an odd chunked-prefill step) run head-parallel without the
   all-to-alls: the inputs are then replicated over the sequence axis.
 
+  A JAX pytree: the wrapped attention is its one child (its array leaves,
+  if any, are this object's leaves); the mesh and axis names are static.
+
   Attributes:
-    attention: the per-device AttentionFn (see attention_for_heads).
+    attention: the per-device AttentionFn (a HeadBlockSliceable, or see
+      attention_for_heads).
     mesh: the device mesh (Auto axes).
     seq_axis: mesh axis of the tokens (None: not split).
     head_axis: mesh axis of the query heads (None: not split).
@@ -278,11 +318,25 @@ class UlyssesAttention:
       k = jax.lax.dynamic_slice_in_dim(k, j * kpd, kpd, axis=2)
       v = jax.lax.dynamic_slice_in_dim(v, j * kpd, kpd, axis=2)
     # q [b, T, N/P, D], k, v [b, S, kpd, D]: this device's heads.
+    o = self._attend_own_heads(q, k, v, n, i * seq + j, layer_idx, q_offset)
+    if ulysses and seq > 1:  # [b, T, N/P, D] -> [b, T/seq, N/P_t, D]
+      o = jax.lax.all_to_all(o, self.seq_axis, 1, 2, tiled=True)
+    return o
+
+  def _attend_own_heads(self, q, k, v, n, r, layer_idx, q_offset):
+    """The wrapped attention for head block r (traced) of n query heads:
+    q [b, T, N/P, D], k, v [b, S, kpd, D] -> o [b, T, N/P, D]."""
+    p = self.head_parallel
+    size = n // p
+    if isinstance(self.attention, HeadBlockSliceable):  # one program
+      start = jnp.asarray(r, jnp.int32) * size
+      fn = self.attention.for_head_block(start, size)
+      return fn(q, k, v, layer_idx=layer_idx, q_offset=q_offset)
     branches: list[AttentionFn] = []
     branch_of = []
-    for r in range(p):
-      fn = attention_for_heads(self.attention, r * n // p, (r + 1) * n // p,
-                               layer_idx)
+    for block in range(p):
+      fn = attention_for_heads(self.attention, block * size,
+                               (block + 1) * size, layer_idx)
       if fn not in branches:
         branches.append(fn)
       branch_of.append(branches.index(fn))
@@ -290,10 +344,12 @@ class UlyssesAttention:
                                        q_offset=q_offset)
              for fn in branches]
     if len(calls) == 1:
-      o = calls[0](q, k, v)
-    else:
-      index = jnp.asarray(branch_of, jnp.int32)[i * seq + j]
-      o = jax.lax.switch(index, calls, q, k, v)
-    if ulysses and seq > 1:  # [b, T, N/P, D] -> [b, T/seq, N/P_t, D]
-      o = jax.lax.all_to_all(o, self.seq_axis, 1, 2, tiled=True)
-    return o
+      return calls[0](q, k, v)
+    index = jnp.asarray(branch_of, jnp.int32)[r]
+    return jax.lax.switch(index, calls, q, k, v)
+
+
+jax.tree_util.register_dataclass(
+    UlyssesAttention, data_fields=["attention"],
+    meta_fields=["mesh", "seq_axis", "head_axis", "kv_head_axis",
+                 "batch_axis"])

@@ -38,7 +38,7 @@ from minference_jax.attention import DenseAttention as SeamDenseAttention
 from minference_jax.attention import MInferenceAttention
 from minference_jax.parallel import UlyssesAttention
 from minference_jax.patterns import PatternKind
-from minference_jax.types import AttentionFn
+from minference_jax.types import AttentionFn, check_attention_fits
 from models import layers
 from models.config import ModelConfig
 from models.decoder import (
@@ -67,6 +67,15 @@ class LayerAttentions:
   def __call__(self, q, k, v, *, layer_idx: int, q_offset: int = 0):
     return self.layers[layer_idx](q, k, v, layer_idx=layer_idx,
                                   q_offset=q_offset)
+
+  def check_model(self, *, num_layers: int, num_heads: int) -> None:
+    """One entry per layer, each fitting the model (ValueError)."""
+    if len(self.layers) != num_layers:
+      raise ValueError(f"LayerAttentions holds {len(self.layers)} "
+                       f"attentions for a model of {num_layers} layers")
+    for attention in self.layers:
+      check_attention_fits(attention, num_layers=num_layers,
+                           num_heads=num_heads)
 
 
 def layer_attention(attention: AttentionFn, layer_idx: int) -> AttentionFn:

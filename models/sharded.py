@@ -15,6 +15,11 @@ heads over the whole sequence, an all-to-all back. With tensor > 1 the
 weights are split Megatron-style over heads, MLP width and vocabulary, so a
 model larger than one device fits (the o- and down-projections then end in
 an all-reduce over the tensor axis).
+
+Per-layer attentions (`LayerAttentions`) are wrapped entry by entry, one
+UlyssesAttention per layer, so the layer-by-layer prefill still passes each
+entry's arrays (e.g. replayed index lines, placed replicated on every
+device) as traced arguments of one shared layer step.
 """
 
 import dataclasses
@@ -23,10 +28,12 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from minference_jax.parallel import UlyssesAttention
+from models.config import ModelConfig
 from models.decoder import TOKENS
+from models.layerwise import LayerAttentions
 from models.llama import CausalLM, LogitsFor, forward_jit
 from models.partitioning import MeshConfig, Partitioning
 from models.weights import Params, param_shardings
@@ -47,16 +54,61 @@ def _single_axis(mesh_config: MeshConfig, logical: str) -> str | None:
   return axes
 
 
+def _replicated_arrays(attention: Any, mesh: Mesh) -> Any:
+  """The attention with its array leaves (if it is a pytree holding any)
+  placed whole on every device of the mesh; other leaves unchanged."""
+  sharding = NamedSharding(mesh, PartitionSpec())
+
+  def place(leaf):
+    if not isinstance(leaf, (jax.Array, np.ndarray)):
+      return leaf
+    host = np.asarray(leaf)
+    return jax.make_array_from_callback(host.shape, sharding,
+                                        lambda index: host[index])
+
+  return jax.tree.map(place, attention)
+
+
 def ulysses_attention(
     attention: Any, mesh_config: MeshConfig, partitioning: Partitioning
 ) -> UlyssesAttention:
   """Wraps an AttentionFn for the layout the rules give q, k and v."""
   return UlyssesAttention(
-      attention, partitioning.mesh,
+      _replicated_arrays(attention, partitioning.mesh), partitioning.mesh,
       seq_axis=_single_axis(mesh_config, "seq"),
       head_axis=_single_axis(mesh_config, "heads"),
       kv_head_axis=_single_axis(mesh_config, "kv_heads"),
       batch_axis=_single_axis(mesh_config, "batch"))
+
+
+def _single_device_attention(attention: Any) -> Any:
+  """The attention of a model before shard_model (UlyssesAttention
+  unwrapped, per layer for a LayerAttentions); others unchanged."""
+  if isinstance(attention, LayerAttentions):
+    return LayerAttentions(tuple(_single_device_attention(a)
+                                  for a in attention.layers))
+  if isinstance(attention, UlyssesAttention):
+    return attention.attention
+  return attention
+
+
+def _sharded_attention(
+    attention: Any, mesh_config: MeshConfig, partitioning: Partitioning,
+    config: ModelConfig,
+) -> UlyssesAttention | LayerAttentions:
+  """The attention of a sharded model: a UlyssesAttention, or for a
+  LayerAttentions one UlyssesAttention per layer (module doc).
+
+  Raises:
+    ValueError: when the heads do not split over the mesh.
+  """
+  if isinstance(attention, LayerAttentions):
+    return LayerAttentions(tuple(
+        _sharded_attention(a, mesh_config, partitioning, config)
+        for a in attention.layers))
+  wrapped = ulysses_attention(attention, mesh_config, partitioning)
+  wrapped.check_heads(config.num_heads, config.num_kv_heads)
+  return wrapped
 
 
 def shard_model(
@@ -67,17 +119,18 @@ def shard_model(
   """The model sharded over a mesh: same calls, same results.
 
   Args:
-    model: a single-device CausalLM (its attention is wrapped; an already
-      sharded model is re-sharded from its inner attention).
+    model: a single-device CausalLM (its attention is wrapped, a
+      LayerAttentions entry by entry; an already sharded model is
+      re-sharded from its inner attention).
     mesh_config: mesh sizes and rules (MeshConfig.for_model resolves the KV
       rule for the geometry).
     devices: the devices (default all, across hosts with jax.distributed).
 
   Returns:
-    A CausalLM with sharded params, a UlyssesAttention and the
-    Partitioning; prompts must have T divisible by mesh_config.sequence and
-    B by mesh_config.data to be split (other lengths run correctly with the
-    sequence replicated).
+    A CausalLM with sharded params, a UlyssesAttention (one per layer for
+    a LayerAttentions) and the Partitioning; prompts must have T divisible
+    by mesh_config.sequence and B by mesh_config.data to be split (other
+    lengths run correctly with the sequence replicated).
 
   Raises:
     ValueError: when heads or parameter dimensions do not split over the
@@ -86,11 +139,8 @@ def shard_model(
   mesh_config = mesh_config.for_model(model.config)
   partitioning = mesh_config.bind(devices)
   shardings = param_shardings(model.config, partitioning)
-  attention = model.attention
-  if isinstance(attention, UlyssesAttention):
-    attention = attention.attention
-  wrapped = ulysses_attention(attention, mesh_config, partitioning)
-  wrapped.check_heads(model.config.num_heads, model.config.num_kv_heads)
+  wrapped = _sharded_attention(_single_device_attention(model.attention),
+                               mesh_config, partitioning, model.config)
   return dataclasses.replace(model, params=shard_params(model.params,
                                                         shardings),
                              attention=wrapped, partitioning=partitioning)

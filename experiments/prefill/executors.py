@@ -12,9 +12,10 @@ bytes of the largest executable, for XLA peak predictions).
   compiled step per distinct layer, the residual and the KV cache donated.
 * `ModelPrefill` (executor "model"): `models.forward` under one jit, what
   `CausalLM` runs for shorter prompts.
-* `ShardedModelPrefill` (any case of a config with a multi-device mesh):
-  `models.make_sharded_prefill(...)(tokens)`, DeepSpeed-Ulysses over the
-  mesh, through `CausalLM` (layer by layer at long lengths).
+* `ShardedModelPrefill` (any case of a config with a multi-device mesh,
+  online or replayed indices): `models.make_sharded_prefill(...)(tokens)`,
+  DeepSpeed-Ulysses over the mesh, through `CausalLM` (layer by layer at
+  long lengths).
 * `experiments.prefill.pieces.PiecesPrefill` (executor "pieces", and every
   "cache_host" row): the benchmark's own executor, for K/V written to
   pinned host memory and for the phase breakdown.
@@ -135,7 +136,9 @@ class ShardedModelPrefill:
   time includes that run). No XLA memory sizes (`memory` stays empty).
 
   Args:
-    config, params, attention, chunk_size: the single-device model.
+    config, params, attention, chunk_size: the single-device model (a
+      `models.LayerAttentions` of replayed lines is wrapped layer by layer:
+      one compiled layer step, each device slicing its heads' lines).
     mesh_config: the mesh (more than one device).
   """
 

@@ -141,8 +141,12 @@ def replay_lines(recorded: HeadIndices, layers: list[int], num_layers: int,
   t = recorded.seq_len
   ls, ns = recorded.num_layers, recorded.num_heads
   ks = int(recorded.meta["num_kv_heads"])
-  nv_max = max(min(p.n_vertical, t) for layer in budgets for p in layer)
-  ns_max = max(min(p.n_slash, t) for layer in budgets for p in layer)
+  # Widths: the largest budget after MInference's clamps (>= 30 columns,
+  # >= 50 diagonals), as each head's below.
+  nv_max = max(min(t, max(p.n_vertical, VS_MIN_VERTICAL))
+               for layer in budgets for p in layer)
+  ns_max = max(min(t, max(p.n_slash, VS_MIN_SLASH))
+               for layer in budgets for p in layer)
   rec_v = int(recorded.vertical.shape[-1])
   rec_s = int(recorded.slash.shape[-1])
   nv_max, ns_max = min(nv_max, rec_v), min(ns_max, rec_s)
@@ -235,6 +239,15 @@ class ReplayedLayerAttention:
   them as traced arguments of the layer step, so every layer shares one
   executable (`layer_key` says the layer index changes nothing else).
 
+  On a mesh (`models.make_sharded_prefill`, DeepSpeed-Ulysses inside
+  `jax.shard_map`) it is a `minference_jax.parallel.HeadBlockSliceable`:
+  device r keeps the lines of query heads [r N/P, (r + 1) N/P) by a
+  dynamic slice at its traced start, so every device runs one program (no
+  branch per device). The lines are the same for every batch row (a
+  recording has no batch), so a call with fewer rows than the lines hold
+  (a batch split over a data axis: each device sees b of the B rows)
+  takes the first b rows.
+
   Attributes:
     lines: the layer's lines, [B, N, ...] device arrays.
     replay: the attention that runs them (static).
@@ -247,6 +260,27 @@ class ReplayedLayerAttention:
     del layer_idx
     return ()
 
+  def check_model(self, *, num_layers: int, num_heads: int) -> None:
+    """The lines must hold one row per query head (ValueError)."""
+    del num_layers
+    heads = self.lines.vertical.shape[1]
+    if heads != num_heads:
+      raise ValueError(f"replayed lines hold {heads} heads, the model has"
+                       f" {num_heads} query heads")
+
+  def for_head_block(self, start: jax.Array | int,
+                     size: int) -> "ReplayedLayerAttention":
+    """The lines of query heads [start, start + size) ([B, size, ...]);
+    `start` may be traced, `size` is static."""
+    heads = self.lines.vertical.shape[1]
+    if not 0 < size <= heads:
+      raise ValueError(f"a block of {size} heads of replayed lines that "
+                       f"hold {heads}")
+    block = jax.tree.map(
+        lambda a: jax.lax.dynamic_slice_in_dim(a, start, size, axis=1),
+        self.lines)
+    return dataclasses.replace(self, lines=block)
+
   def __call__(self, q, k, v, *, layer_idx: int, q_offset: int = 0):
     """[B, T, N, D] attention over the recorded lines (full prefills)."""
     del layer_idx
@@ -254,7 +288,13 @@ class ReplayedLayerAttention:
       raise ValueError("replayed lines serve full prefills only (q_offset=0,"
                        f" T == S), got q_offset={q_offset}, T={q.shape[1]},"
                        f" S={k.shape[1]}")
-    return self.replay.attend(q, k, v, self.lines)
+    rows, heads = self.lines.vertical.shape[:2]
+    b, n = q.shape[0], q.shape[2]
+    if b > rows or n != heads:
+      raise ValueError(f"replayed lines for {rows} rows x {heads} heads "
+                       f"cannot serve q of {b} rows x {n} heads")
+    lines = jax.tree.map(lambda a: a[:b], self.lines)  # identical rows
+    return self.replay.attend(q, k, v, lines)
 
 
 jax.tree_util.register_dataclass(ReplayedLayerAttention,

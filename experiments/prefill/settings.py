@@ -252,8 +252,8 @@ class PrefillConfig:
     interpret: Pallas interpret mode (CPU dry runs of the GPU kernels).
     mesh: a device mesh, `{data, sequence, tensor}` sizes and optional
       `rules` (models.MeshConfig.from_dict): with more than one device
-      every case runs `models.make_sharded_prefill` (prefill mode, online
-      indices); None: one device.
+      every case runs `models.make_sharded_prefill` (prefill mode; online
+      or replayed indices); None: one device.
   """
 
   name: str = "prefill"

@@ -316,6 +316,18 @@ def test_replay_lines_follow_budgets_and_the_mapping():
   assert (np.diff(np.asarray(one.slash[0, 0, :150])) < 0).all()
 
 
+def test_replay_budgets_below_the_clamps_keep_the_clamped_lines():
+  # Budgets under MInference's minimum (30 columns, 50 diagonals) are
+  # raised to it, and the arrays are as wide as the raised budgets.
+  rec = _recording(4)
+  budgets = [(VerticalSlash(8, 8),) * 8] * 2
+  lines = replay.replay_lines(rec, [0, 1], 2, 8, 2, budgets)
+  replay.check_lines(lines)
+  assert lines.vertical.shape[-1] == 30 and lines.slash.shape[-1] == 50
+  assert (lines.vertical_count == 30).all()
+  assert (lines.slash_count == 50).all()
+
+
 def test_settings_defaults_cover_the_issue():
   cfg = PrefillConfig()
   assert cfg.seq_lens == (32768, 131072, 524288, 1048576)
@@ -413,7 +425,7 @@ def test_mesh_blocks_are_checked_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="unknown mesh config keys"):
       load_config(cls, path)
   cfg = PrefillConfig(seq_lens=(4096,), cases=(
-      CaseSpec("vs"), CaseSpec("r", indices="replay")))
+      CaseSpec("vs"), CaseSpec("r", indices="replay", modes=("cache",))))
   config = ModelConfig.preset("llama3_8b_1048k")  # N/K = 32/8
   with pytest.raises(ConfigError, match="case 'r': on a multi-device mesh"):
     bench_prefill._check_mesh(cfg, MeshConfig(sequence=8), config)

@@ -1,9 +1,11 @@
 """Head slicing of attention callables and UlyssesAttention's checks (one
-device; the multi-device runs are tests/models/sharded_cases.py)."""
+device; the multi-device runs are tests/models/sharded_cases.py and
+tests/experiments/sharded_replay_cases.py)."""
 
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import AxisType, Mesh
@@ -15,7 +17,11 @@ from minference_jax.attention import (
     MInferenceAttention,
     make_attention,
 )
-from minference_jax.parallel import UlyssesAttention, attention_for_heads
+from minference_jax.parallel import (
+    HeadBlockSliceable,
+    UlyssesAttention,
+    attention_for_heads,
+)
 
 LAYER0 = (AShape(4, 16), AShape(4, 16), VerticalSlash(8, 8), Dense())
 LAYER1 = (Dense(), BlockSparse(2), BlockSparse(2), BlockSparse(2))
@@ -81,3 +87,47 @@ def test_ulysses_attention_checks_its_axes_and_heads():
   uly.check_heads(32, 8)
   with pytest.raises(ValueError, match=r"q must be \[B, T, N, D\]"):
     uly(np.zeros((2, 3)), np.zeros((2, 3)), np.zeros((2, 3)), layer_idx=0)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class _PerHeadScale:
+  """Dense attention times a per-query-head factor held in an array [N]."""
+
+  scale: jax.Array
+
+  def for_head_block(self, start, size):
+    return _PerHeadScale(jax.lax.dynamic_slice_in_dim(self.scale, start,
+                                                      size))
+
+  def __call__(self, q, k, v, *, layer_idx, q_offset=0):
+    o = DenseAttention(implementation="xla")(q, k, v, layer_idx=layer_idx,
+                                             q_offset=q_offset)
+    return o * self.scale[None, None, :, None]
+
+
+def test_ulysses_attention_is_a_pytree_of_the_wrapped_attentions_arrays():
+  # The arrays are the wrapper's leaves (traced step arguments in a
+  # layerwise prefill); unflattened with others, the wrapper keeps its
+  # mesh and calls the head-block restriction with a traced start.
+  mesh = _mesh()
+  scale = jnp.arange(1.0, 5.0)
+  uly = UlyssesAttention(_PerHeadScale(scale), mesh)
+  assert isinstance(uly.attention, HeadBlockSliceable)
+  leaves, treedef = jax.tree.flatten(uly)
+  assert len(leaves) == 1 and leaves[0] is scale
+  keys = jax.random.split(jax.random.key(0), 3)
+  q = jax.random.normal(keys[0], (1, 32, 4, 8))
+  k = jax.random.normal(keys[1], (1, 32, 2, 8))
+  v = jax.random.normal(keys[2], (1, 32, 2, 8))
+
+  def run(scale, q, k, v):
+    rebuilt = jax.tree.unflatten(treedef, [scale])
+    assert rebuilt.mesh is mesh
+    return rebuilt(q, k, v, layer_idx=0)
+
+  other = jnp.asarray([2.0, 0.5, -1.0, 3.0])
+  got = jax.jit(run)(other, q, k, v)
+  want = _PerHeadScale(other)(q, k, v, layer_idx=0)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6,
+                             atol=1e-6)

@@ -6,9 +6,6 @@ the rest of the suite keeps its single device.
 """
 
 import dataclasses
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -28,27 +25,15 @@ from models.decoder import from_linen_params
 from models.layers import seq_chunked
 from models.partitioning import constrain
 from models.weights import mapped_shapes
-from paths import REPO_DIR, TESTS_DIR
+from multi_device import run_on_8_host_devices
+from paths import TESTS_DIR
 
 ARCHS = ("llama", "qwen2", "phi3", "glm", "chatglm")
-# 8 host devices; the backend flags only shorten XLA:CPU compiles (the
-# partitioned HLO the cases inspect is produced before them).
-MULTI_DEVICE_FLAGS = ("--xla_force_host_platform_device_count=8 "
-                      "--xla_backend_optimization_level=0 "
-                      "--xla_llvm_disable_expensive_passes=true")
 
 
 @pytest.mark.slow  # about 70 s of CPU (18 cases, ~35 small XLA compiles)
 def test_sharded_cases_pass_on_8_host_devices():
-  env = dict(os.environ, XLA_FLAGS=MULTI_DEVICE_FLAGS, JAX_PLATFORMS="cpu")
-  cases = TESTS_DIR / "models" / "sharded_cases.py"
-  proc = subprocess.run(
-      [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-       "-rs", str(cases)],
-      cwd=REPO_DIR, env=env, capture_output=True, text=True, timeout=900)
-  output = proc.stdout + proc.stderr
-  assert proc.returncode == 0, output[-6000:]
-  assert "skipped" not in output, output[-2000:]
+  run_on_8_host_devices(TESTS_DIR / "models" / "sharded_cases.py")
 
 
 def test_rules_name_known_logical_and_mesh_axes():
