@@ -192,12 +192,21 @@ def _check_mesh(cfg: PrefillConfig, mesh: MeshConfig,
     if t % mesh.sequence or cfg.batch % mesh.data:
       raise ConfigError(f"mesh: T={t} / batch={cfg.batch} do not split over"
                         f" sequence={mesh.sequence} / data={mesh.data}")
+  if cfg.phases:
+    raise ConfigError(f"phases {list(cfg.phases)}: the phase breakdown runs"
+                      " on one device only; pass 'phases=[]' with a"
+                      " multi-device mesh")
   for case in cfg.cases:
     kept = sorted(set(case.modes) - {"prefill"})
     if kept:
       raise ConfigError(f"case {case.label!r}: on a multi-device mesh cases"
                         f" run in prefill mode only; drop modes {kept} (no"
                         " KV cache is kept on a mesh)")
+    if case.executor != "layerwise":
+      raise ConfigError(f"case {case.label!r}: executor {case.executor!r}"
+                        " runs on one device; on a multi-device mesh every"
+                        " case runs models.make_sharded_prefill (drop"
+                        " executor)")
 
 
 # ---------------------------------------------------------------- memory

@@ -434,3 +434,18 @@ def test_mesh_blocks_are_checked_before_any_work(tmp_path):
   odd = dataclasses.replace(cfg, seq_lens=(4100,), cases=cfg.cases[:1])
   with pytest.raises(ConfigError, match="T=4100 / batch=1 do not split"):
     bench_prefill._check_mesh(odd, MeshConfig(sequence=8), config)
+  # The committed multi-GPU config passes for every GPU count of the run.
+  mesh_run = load_config(PrefillConfig, REPO_DIR / "configs" / "experiments"
+                         / "prefill_llama3_8b_mesh.yaml")
+  for n in (1, 2, 4, 8):
+    bench_prefill._check_mesh(mesh_run, MeshConfig(sequence=n), config)
+  # What a mesh would silently skip is refused by name.
+  one = dataclasses.replace(cfg, cases=cfg.cases[:1])
+  bench_prefill._check_mesh(one, MeshConfig(sequence=8), config)
+  with pytest.raises(ConfigError, match=r"phases \['vs'\]: the phase"):
+    bench_prefill._check_mesh(dataclasses.replace(one, phases=("vs",)),
+                              MeshConfig(sequence=8), config)
+  pieces = dataclasses.replace(
+      one, cases=(CaseSpec("p", executor="pieces"),))
+  with pytest.raises(ConfigError, match="case 'p': executor 'pieces'"):
+    bench_prefill._check_mesh(pieces, MeshConfig(sequence=8), config)
