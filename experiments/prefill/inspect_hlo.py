@@ -157,7 +157,7 @@ def abstract_h200_mesh():
   Pallas -> Triton / Mosaic GPU lowering without a GPU."""
   from jax.sharding import AbstractDevice, AbstractMesh, AxisType
 
-  return AbstractMesh((1,), ("x",), (AxisType.Explicit,),
+  return AbstractMesh((1,), ("x",), (AxisType.Auto,),
                       abstract_device=AbstractDevice(
                           device_kind="NVIDIA H200", num_cores=None,
                           platform="gpu"))

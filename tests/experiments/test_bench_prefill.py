@@ -406,6 +406,9 @@ def test_replayed_layer_step_lowers_for_an_h200():
   calls = re.findall(r"stablehlo\.custom_call @([\w$.]+)", text)
   assert calls.count("__gpu$xla.gpu.triton") == 3, calls
   assert not any("callback" in c for c in calls)
+  # The inspection tool's own layer step, with the MLP in sequence chunks.
+  chunked = inspect_hlo.gpu_layer_calls(config, 2 * 65536, "triton")
+  assert chunked["custom_calls"] == {"__gpu$xla.gpu.triton": 3}, chunked
 
 
 def test_mesh_blocks_are_checked_before_any_work(tmp_path):
