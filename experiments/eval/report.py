@@ -129,6 +129,20 @@ def _devices(records: list[dict]) -> str:
   return ", ".join(kinds) if kinds else jax.devices()[0].device_kind
 
 
+def _counts_note(cfg: EvalConfig, gen_tasks: list[str]) -> str:
+  """What the tables average over: samples of the generation tasks,
+  documents of perplexity; and the seed. One sentence."""
+  clauses = []
+  if gen_tasks:
+    clauses += ["Scores x100", f"{cfg.samples} samples per task and length"
+                f"{_depth_note(cfg)}"]
+  if len(gen_tasks) < len(cfg.tasks):
+    clauses.append(f"perplexity over {cfg.ppl_docs} documents per length")
+  clauses.append(f"seed {cfg.seed}")
+  text = "; ".join(clauses)
+  return f" {text[0].upper()}{text[1:]}."
+
+
 def markdown(cfg: EvalConfig, s: dict, command: str,
              devices: str = "") -> str:
   """The run's markdown summary (with the command and the device)."""
@@ -155,9 +169,8 @@ def markdown(cfg: EvalConfig, s: dict, command: str,
       " decoding; prompts in the chat template with the answer prefix in"
       f" the assistant turn; haystacks from {prose.SOURCE_LABEL}"
       f" ({prose.LICENCE}), so RULER/NIAH numbers are 'RULER-KJV', not"
-      " comparable 1:1 with published essay/PG-19 numbers. Scores x100;"
-      f" {cfg.samples} samples per task and length"
-      f"{_depth_note(cfg)}; seed {cfg.seed}.",
+      " comparable 1:1 with published essay/PG-19 numbers."
+      f"{_counts_note(cfg, gen_tasks)}",
   ]
   if gen_tasks:
     lines += ["", "## Accuracy (%)", "", "| task | length | n | " + head,

@@ -145,3 +145,20 @@ def test_bad_values_are_config_errors(tmp_path):
     _config(tmp_path, "depths=[1.5]")
   with pytest.raises(ConfigError, match="distinct names"):
     _config(tmp_path, "attention=[{name: a}, {name: a}]")
+
+
+def test_report_says_what_its_tables_average(tmp_path):
+  from experiments.eval import report
+
+  def header(**kw):
+    cfg = EvalConfig(output_dir=str(tmp_path), **kw)
+    return report.markdown(cfg, report.summarize(cfg, []), "cmd", "cpu")
+
+  ppl_only = header(tasks=("ppl/kjv",), ppl_docs=3)
+  assert "Perplexity over 3 documents per length; seed 0." in ppl_only
+  assert "samples per task" not in ppl_only
+  both = header(tasks=("niah/needle", "ppl/kjv"), samples=4, ppl_docs=3)
+  assert "Scores x100; 4 samples per task and length" in both
+  assert "perplexity over 3 documents per length; seed 0." in both
+  gen_only = header(tasks=("niah/needle",), samples=4)
+  assert "documents" not in gen_only and "; seed 0." in gen_only
