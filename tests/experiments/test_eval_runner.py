@@ -162,3 +162,11 @@ def test_report_says_what_its_tables_average(tmp_path):
   assert "perplexity over 3 documents per length; seed 0." in both
   gen_only = header(tasks=("niah/needle",), samples=4)
   assert "documents" not in gen_only and "; seed 0." in gen_only
+
+
+@pytest.mark.parametrize(
+    "path", sorted((FIXTURES_DIR.parent.parent / "configs" / "eval")
+                   .glob("*.yaml")), ids=lambda p: p.stem)
+def test_committed_eval_configs_parse(path):
+  cfg = load_config(EvalConfig, path)
+  assert cfg.name == path.stem and cfg.attention and cfg.tasks
