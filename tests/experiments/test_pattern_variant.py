@@ -2,7 +2,6 @@
 kept, and the result loads as a pattern config."""
 
 import importlib.util
-import json
 
 import pytest
 from paths import REPO_DIR
@@ -33,8 +32,7 @@ def test_dense_variant_of_the_searched_config(tmp_path):
       else:
         assert new == old
   assert changed > 0  # the committed config has Block-Sparse heads
-  _, count = variant.dense_variant(json.loads(SEARCHED.read_text()),
-                                   {"block_sparse"})
+  _, count = variant.dense_variant(before, {PatternKind.BLOCK_SPARSE})
   assert count == changed
 
 
