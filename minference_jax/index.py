@@ -32,6 +32,9 @@ from minference_jax.index_vs_layout import (
 )
 from minference_jax.index_vs_layout import layout_bytes as layout_bytes
 from minference_jax.index_vs_layout import (
+    layout_workspace_bytes as layout_workspace_bytes,
+)
+from minference_jax.index_vs_layout import (
     layout_heads_per_step as layout_heads_per_step,
 )
 from pallas_kernels.layouts import AShapeLayout

@@ -211,6 +211,24 @@ def layout_heads_per_step(batch: int, heads: int, seq_len: int,
   return max(fits, default=1)
 
 
+def layout_workspace_bytes(batch: int, heads: int, seq_len: int,
+                           n_vertical: int, n_slash: int,
+                           block_size: int = BLOCK_SIZE,
+                           max_workspace_bytes: int = LAYOUT_WORKSPACE_BYTES
+                           ) -> int:
+  """Temporaries of `vertical_slash_layout` as it runs: all heads' builder
+  in one step, or, in groups, one group's builder plus one group's layout
+  (its arrays, copied into the output)."""
+  group = layout_heads_per_step(batch, heads, seq_len, n_vertical, n_slash,
+                                block_size, max_workspace_bytes)
+  if group == heads:
+    return layout_builder_bytes(batch, heads, seq_len, n_vertical, n_slash,
+                                block_size)
+  return (layout_builder_bytes(1, group, seq_len, n_vertical, n_slash,
+                               block_size)
+          + layout_bytes(1, group, seq_len, n_vertical, n_slash, block_size))
+
+
 @functools.partial(jax.jit,
                    static_argnames=("seq_len", "block_size", "heads_per_step"))
 def _vs_layout_jit(indices: VerticalSlashIndices, seq_len: int, block_size,

@@ -4,19 +4,13 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Literal
 
-from minference_jax.index import (
-    layout_builder_bytes,
-    layout_bytes,
-    layout_heads_per_step,
-)
+from minference_jax.index import layout_bytes, layout_workspace_bytes
 from models.config import ModelConfig
 
 GIB = 1024**3
 # MInference's vertical-slash estimate scores the last 64 queries against
 # every key (reference/minference.md).
 VS_LAST_Q = 64
-# Row blocks of the sparse kernels' layouts.
-LAYOUT_BLOCK = 64
 
 AttentionKind = Literal["dense_cudnn", "dense_xla", "vertical_slash"]
 
@@ -65,27 +59,18 @@ def vs_layout_workspace(config: ModelConfig, seq_len: int, n_vertical: int,
   The layout (`minference_jax.index.vertical_slash_layout`) holds int32
   block_offset [B, N, Tb, NS] and column_index [B, N, Tb, NV] (Tb = T / 64,
   NS and NV capped at T) plus two [B, N, Tb] counts. Its builder's
-  temporaries (`minference_jax.index.layout_builder_bytes`, fitted to XLA's
-  buffer assignment; how close the fit is, by length: docs/models.md) are
-  2-4x the layout when all heads are built at once; past the builder's
-  default cap it builds groups of heads one after another
-  (`layout_heads_per_step`), and the temporaries are one group's builder
-  plus one group's layout (copied into the output). At 1M tokens, 32 heads
-  and (1000, 6096) lines: 14.9 GB of layout, and 34.3 GB of temporaries at
-  once or 12.3 GB in groups of 8 heads.
+  temporaries (`minference_jax.index.layout_workspace_bytes`, fitted to
+  XLA's buffer assignment; how close the fit is, by length: docs/models.md)
+  are 2-4x the layout when all heads are built at once; past the builder's
+  default cap it builds groups of heads one after another, and the
+  temporaries are one group's builder plus one group's layout. At 1M tokens,
+  32 heads and (1000, 6096) lines: 14.9 GB of layout, and 34.3 GB of
+  temporaries at once or 12.3 GB in groups of 8 heads.
   """
   heads = config.num_heads
-  layout = layout_bytes(batch, heads, seq_len, n_vertical, n_slash,
-                        LAYOUT_BLOCK)
-  group = layout_heads_per_step(batch, heads, seq_len, n_vertical, n_slash,
-                                LAYOUT_BLOCK)
-  if group == heads:
-    return layout + layout_builder_bytes(batch, heads, seq_len, n_vertical,
-                                         n_slash, LAYOUT_BLOCK)
-  return layout + (
-      layout_builder_bytes(1, group, seq_len, n_vertical, n_slash,
-                           LAYOUT_BLOCK)
-      + layout_bytes(1, group, seq_len, n_vertical, n_slash, LAYOUT_BLOCK))
+  return (layout_bytes(batch, heads, seq_len, n_vertical, n_slash)
+          + layout_workspace_bytes(batch, heads, seq_len, n_vertical,
+                                   n_slash))
 
 
 def attention_workspace(
