@@ -45,8 +45,9 @@ GPU_TEST_PART_4 := -k 'one_million'
 gpu-test:
 	@if [ -n "$(GPU_TEST_PART)" ] && [ -z "$(GPU_TEST_PART_$(GPU_TEST_PART))" ]; then \
 	  echo "GPU_TEST_PART must be 1, 2, 3 or 4, got '$(GPU_TEST_PART)'"; exit 2; fi
-	PYTHONPATH=. $(GPU_PYTHON) -m pytest -m gpu -q -p no:cacheprovider \
-	  --durations=15 tests $(GPU_TEST_PART_$(GPU_TEST_PART)) $(GPU_TEST_ARGS)
+	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PYTHON) -m pytest -m gpu \
+	  -q -p no:cacheprovider --durations=15 tests \
+	  $(GPU_TEST_PART_$(GPU_TEST_PART)) $(GPU_TEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis outputs
