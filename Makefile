@@ -31,10 +31,12 @@ test: $(STAMP)
 # hypothesis, jaxtyping, beartype, chex, flax, pyyaml, gguf): the tests
 # marked `gpu` (tests/pallas_kernels/test_gpu.py), natively on the GPU.
 # GPU_TEST_ARGS selects tests, e.g. GPU_TEST_ARGS="-k one_million".
-# The whole set should take about 15 minutes on an H100 (extrapolated: 11
-# cases ran in 230 s, each battery case compiling for ~20 s); GPU_TEST_PART=1,
-# 2, 3 or 4 runs one part sized for a 10-minute device call
-# (docs/gpu_runs.md). GPU_PYTHON names another interpreter (e.g. a venv's).
+# On an H100 (2026-12-08) the 37 tests other than the one-million-token ones
+# took 254 s with GPU_TEST_ARGS="-n 6 -k 'not one_million'" (six pytest-xdist
+# workers compiling side by side; set XLA_PYTHON_CLIENT_PREALLOCATE=false so
+# they share the card) and the three 1M tests 67 s (GPU_TEST_PART=4, alone);
+# one by one, each battery case compiles for ~20 s. GPU_TEST_PART=1, 2, 3 or
+# 4 runs one part (docs/gpu_runs.md). GPU_PYTHON names another interpreter.
 GPU_TEST_ARGS ?=
 GPU_TEST_PART ?=
 GPU_PYTHON ?= python3

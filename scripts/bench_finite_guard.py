@@ -13,7 +13,11 @@ timed as the median of repeats (`experiments.bench_common.time_jitted`);
 compile seconds are reported beside, since the branch variant lowers the
 kernel twice. Writes `<out_dir>/finite_guard.json` and `.md`.
 
-  python scripts/bench_finite_guard.py OUT_DIR [T ...]   # default 32768 131072
+  python scripts/bench_finite_guard.py OUT_DIR [T ...] [OP ...]
+
+T: lengths (default 32768 131072); OP: ops to time (default all of flash,
+vertical_slash, block_sparse, a_shape). The files are rewritten after every
+row, so a run cut short keeps what it finished.
 """
 
 import sys
@@ -57,13 +61,28 @@ def _guard(q, k, v, out):
   return finite.mark_rows(out, rows), v
 
 
+COLUMNS = [
+    ("op", "op"), ("T", "T"), ("raw_ms", "dispatch ms"),
+    ("entry_ms", "entry point ms"), ("guard_ms", "guard alone ms"),
+    ("overhead", "entry / dispatch - 1"), ("branch_ms", "branch ms"),
+    ("branch_overhead", "branch / dispatch - 1"),
+    ("entry_compile_s", "entry compile s"),
+    ("branch_compile_s", "branch compile s")]
+
+
 def main(argv) -> None:
   out_dir = argv[0] if argv else "outputs"
-  lengths = [int(x) for x in argv[1:]] or [32768, 131072]
+  lengths = [int(x) for x in argv[1:] if x.isdigit()] or [32768, 131072]
+  names = [x for x in argv[1:] if not x.isdigit()]
+  known = list(_ops(64))
+  if set(names) - set(known):
+    sys.exit(f"unknown ops {sorted(set(names) - set(known))}; known: {known}")
   rows = []
   for t in lengths:
     q, k, v = bc.gaussian_qkv(jax.random.key(0), 1, t, N, K, D, DTYPE)
     for name, (entry, op, layout) in _ops(t).items():
+      if names and name not in names:
+        continue
       # The layout is closed over: concrete, as the A-shape XLA path needs.
       extra = () if layout is None else (layout,)
       kwargs = dict(q_offset=0) if layout is None else {}
@@ -88,14 +107,9 @@ def main(argv) -> None:
       row["branch_overhead"] = row["branch_ms"] / row["raw_ms"] - 1.0
       rows.append(row)
       print(row, flush=True)
+      bc.write_results(out_dir, "finite_guard", bc.environment(), rows,
+                       COLUMNS)
       del out
-  bc.write_results(out_dir, "finite_guard", bc.environment(), rows, [
-      ("op", "op"), ("T", "T"), ("raw_ms", "dispatch ms"),
-      ("entry_ms", "entry point ms"), ("guard_ms", "guard alone ms"),
-      ("overhead", "entry / dispatch - 1"), ("branch_ms", "branch ms"),
-      ("branch_overhead", "branch / dispatch - 1"),
-      ("entry_compile_s", "entry compile s"),
-      ("branch_compile_s", "branch compile s")])
 
 
 if __name__ == "__main__":

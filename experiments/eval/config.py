@@ -139,6 +139,12 @@ class EvalConfig:
     resume_from: results.jsonl files of earlier calls whose finished cases
       are copied into this run's file first (a run split over several
       device calls, each with an empty output folder).
+    layerwise_from: prefills of at least this many tokens run layer by
+      layer (`models.CausalLM`: one compiled step per distinct layer, so a
+      config whose layers are alike compiles its kernels once), shorter
+      ones as one jitted program over all layers (None: the model's
+      default, `models.LAYERWISE_FROM`; 0: always layer by layer). The
+      executor changes compile time, not results (equal up to rounding).
   """
 
   name: str = "eval"
@@ -163,6 +169,7 @@ class EvalConfig:
   report_only: bool = False
   compare_with: str | None = None
   resume_from: tuple[str, ...] = ()
+  layerwise_from: int | None = None
 
   def __post_init__(self):
     try:
@@ -186,6 +193,9 @@ class EvalConfig:
                           f" {getattr(self, key)}")
     if self.density_samples < 0:
       raise ConfigError("config key 'density_samples' must be >= 0")
+    if self.layerwise_from is not None and self.layerwise_from < 0:
+      raise ConfigError("config key 'layerwise_from' must be >= 0 or null,"
+                        f" got {self.layerwise_from}")
     need = max(TASKS[t].max_new_tokens for t in tasks)
     if self.generation_reserve < need:
       raise ConfigError(

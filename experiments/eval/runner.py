@@ -157,6 +157,13 @@ class Runner:
                         " GGUF)")
 
   # -- identity
+  def executor(self) -> dict:
+    """CausalLM's executor options (`layerwise_from` when the config
+    sets it); not part of the fingerprint: results do not depend on it."""
+    if self.cfg.layerwise_from is None:
+      return {}
+    return {"layerwise_from": self.cfg.layerwise_from}
+
   def fingerprint(self, ra: ResolvedAttention) -> str:
     return digest({
         "model": self.model_id, "dtype": self.cfg.model.dtype,
@@ -334,7 +341,8 @@ class Runner:
           ra = resolved[(spec.name, length)]
           fp = self.fingerprint(ra)
           model = CausalLM(config, self.loaded.params,
-                           attention=ra.make(self.cfg.interpret))
+                           attention=ra.make(self.cfg.interpret),
+                           **self.executor())
           begin, count = time.perf_counter(), 0
           for r, f, task, cases in todo:
             if r is not ra:

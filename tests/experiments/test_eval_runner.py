@@ -13,6 +13,7 @@ from paths import FIXTURES_DIR
 from experiments.config import ConfigError, load_config
 from experiments.eval import command, model_calls, records, runner
 from experiments.eval.config import EvalConfig
+from models import LAYERWISE_FROM
 
 
 def _config(tmp_path, *overrides):
@@ -145,6 +146,29 @@ def test_bad_values_are_config_errors(tmp_path):
     _config(tmp_path, "depths=[1.5]")
   with pytest.raises(ConfigError, match="distinct names"):
     _config(tmp_path, "attention=[{name: a}, {name: a}]")
+  with pytest.raises(ConfigError, match="layerwise_from"):
+    _config(tmp_path, "layerwise_from=-1")
+
+
+def test_layerwise_from_picks_the_executor_not_the_results(tmp_path,
+                                                          monkeypatch):
+  loaded = tiny_model(max_len=1024)
+  seen = []
+
+  def fake_answers(model, prompts, max_new_tokens, eos_ids, total_length):
+    seen.append(model.layerwise_from)
+    return [[]] * prompts.shape[0]
+
+  monkeypatch.setattr(model_calls, "greedy_answers", fake_answers)
+  default = _config(tmp_path / "a", "tasks=[infinitebench/passkey]")
+  always = _config(tmp_path / "b", "tasks=[infinitebench/passkey]",
+                   "layerwise_from=0")
+  for cfg in (default, always):
+    runner.run_eval(cfg, loaded, platform="cpu", log=lambda _: None)
+  assert set(seen[:2]) == {LAYERWISE_FROM} and set(seen[2:]) == {0}
+  fps = [{r["run_fingerprint"] for r in records.iter_records(
+      tmp_path / name / "results.jsonl")} for name in ("a", "b")]
+  assert fps[0] == fps[1]
 
 
 def test_report_says_what_its_tables_average(tmp_path):

@@ -214,7 +214,7 @@ def rows_relative_error(out, q, k, v, rows, mask_fn, heads_per_chunk=8):
     got = f32(out[:, rows_j, heads])
     num += float(jnp.sum((got - want) ** 2))
     den += float(jnp.sum(want**2))
-  finite = bool(jnp.all(jnp.isfinite(out.astype(jnp.float32))))
+  finite = bool(jnp.all(jnp.isfinite(out)))
   return math.sqrt(num / max(den, 1e-30)), finite
 
 
@@ -301,5 +301,5 @@ def test_one_call_over_one_million_tokens(kind):
     out = jax.block_until_ready(
         OPS[kind](q, k, v, layout, implementation=name))
     check(kind, name, out, q, k, v, layout, rows,
-          f"{kind} T=1M N=32 K=32 D=128, seed={seed}", heads_per_chunk=4)
+          f"{kind} T=1M N=32 K=32 D=128, seed={seed}", heads_per_chunk=1)
     del out
