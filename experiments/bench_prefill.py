@@ -361,6 +361,7 @@ def run_case(cfg: PrefillConfig, setup: Setup, params, case: CaseSpec,
   if lines is not None:
     row["replay"] = dict(lines.source, capped_heads=lines.capped,
                          mean_slash_lines=lines.density_lines)
+    row["line_density"] = lines.density()
   before = accounting.device_memory()
   run_params = weights.layer_subset(params, layers)
   run = _executor(cfg, setup, run_params, case, t, mode, lines, kind)

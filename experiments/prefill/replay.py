@@ -114,6 +114,37 @@ class ReplayedLines:
     """Mean slash count per head (a quick density proxy for the report)."""
     return float(np.mean(self.slash_count))
 
+  def density(self) -> float:
+    """Mean over the running layers and heads of `line_density`."""
+    t = int(self.seq_len)
+    return float(np.mean([
+        line_density(v[:cv], s[:cs], t)
+        for v, cv, s, cs in zip(
+            self.vertical.reshape(-1, self.vertical.shape[-1]),
+            self.vertical_count.ravel(),
+            self.slash.reshape(-1, self.slash.shape[-1]),
+            self.slash_count.ravel())]))
+
+
+def line_density(vertical: np.ndarray, slash: np.ndarray, t: int) -> float:
+  """The share of the causal T x T triangle's cells on one head's lines.
+
+  Vertical v covers the T - v cells (r, v), r >= v; slash offset o the
+  T - o cells (r, r - o). A cell on both is (v + o, v), one per pair with
+  v + o < T, so the union is sum(T - v) + sum(T - o) - #{v + o < T}
+  (exact, element level: the kernels compute whole 64-row tiles, more).
+
+  Args:
+    vertical: [nv] distinct key columns in [0, T).
+    slash: [ns] distinct diagonal offsets in [0, T).
+    t: T.
+  """
+  v = np.sort(np.asarray(vertical, np.int64))
+  o = np.asarray(slash, np.int64)
+  both = int(np.searchsorted(v, t - o, side="left").sum())
+  covered = int((t - v).sum() + (t - o).sum()) - both
+  return covered / (t * (t + 1) / 2)
+
 
 def find_recording(index_dirs, seq_len: int) -> Path | None:
   """The first `model_head_indices_T<T>.npz` in index_dirs, or None."""

@@ -80,6 +80,7 @@ COLUMNS = [
     ("model_s", "prefill s"), ("vs_dense", "x dense"),
     ("repeats", "runs"), ("compile_s", "compile s"),
     ("executables", "executables"), ("density", "density"),
+    ("line_density", "line density"),
     ("peak_gib", "peak GiB"), ("estimate_gib", "estimate GiB"),
     ("xla_predicted_gib", "XLA buffers GiB"), ("note", "note"),
 ]
@@ -103,7 +104,12 @@ def markdown(meta: dict, rows: list[dict]) -> str:
             " (embedding, every layer, logits of the last position); rows"
             " marked (scaled) ran the listed layers and were scaled to all"
             " layers (embedding and logits counted once). x dense: the"
-            " dense case of the same length and mode over this one.", ""]
+            " dense case of the same length and mode over this one."
+            " density: the share of the causal area the sparse kernels"
+            " computed (phase runs); line density: the share of the causal"
+            " triangle's cells on replayed Vertical-Slash lines (element"
+            " level: the kernels compute the 64 x 64 tiles around them).",
+            ""]
   lines.append("| " + " | ".join(h for _, h in COLUMNS) + " |")
   lines.append("|" + "---|" * len(COLUMNS))
   for r in rows:

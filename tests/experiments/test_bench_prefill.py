@@ -328,6 +328,32 @@ def test_replay_budgets_below_the_clamps_keep_the_clamped_lines():
   assert (lines.slash_count == 50).all()
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_line_density_counts_the_union_of_lines_in_the_causal_triangle(
+    seed):
+  rng = np.random.default_rng(seed)
+  t = int(rng.integers(1, 300))
+  vertical = rng.choice(t, int(rng.integers(0, t + 1)), replace=False)
+  slash = rng.choice(t, int(rng.integers(0, t + 1)), replace=False)
+  rows, cols = np.indices((t, t))
+  on_lines = (np.isin(cols, vertical) | np.isin(rows - cols, slash)) & (
+      cols <= rows)
+  want = on_lines.sum() / (t * (t + 1) / 2)
+  got = replay.line_density(vertical, slash, t)
+  assert got == pytest.approx(want, abs=1e-12), f"seed={seed}, T={t}"
+
+
+def test_replayed_lines_density_is_the_mean_over_heads():
+  rec = _recording(5)
+  budgets = [(VerticalSlash(40, 60),) * 8] * 2
+  lines = replay.replay_lines(rec, [0, 1], 2, 8, 2, budgets)
+  per_head = [replay.line_density(lines.vertical[i, h, :40],
+                                  lines.slash[i, h, :60], lines.seq_len)
+              for i in range(2) for h in range(8)]
+  assert lines.density() == pytest.approx(np.mean(per_head))
+  assert 0 < lines.density() < 1
+
+
 def test_settings_defaults_cover_the_issue():
   cfg = PrefillConfig()
   assert cfg.seq_lens == (32768, 131072, 524288, 1048576)
