@@ -33,20 +33,20 @@ N, K, D, DTYPE = 32, 8, 128, jnp.bfloat16
 OPS = ("flash", "vertical_slash", "block_sparse", "a_shape")
 
 
-def _ops(t: int):
-  """op -> (entry point, raw dispatch, layout or None)."""
+def _op(name: str, t: int):
+  """(entry point, raw dispatch, layout or None) of one op at length t."""
   key = jax.random.key(t)
-  a_layout = AShapeLayout(jnp.full((N,), 128, jnp.int32),
-                          jnp.full((N,), 3968, jnp.int32))
-  return {
-      "flash": (flash.flash_attention, flash.OP, None),
-      "vertical_slash": (vertical_slash.vertical_slash_attention,
-                         vertical_slash.OP,
-                         bc.clustered_vs_layout(key, 1, N, t, 1000, 6096)),
-      "block_sparse": (block_sparse.block_sparse_attention, block_sparse.OP,
-                       bc.clustered_bs_layout(key, 1, N, t, 100)),
-      "a_shape": (a_shape.a_shape_attention, a_shape.OP, a_layout),
-  }
+  if name == "flash":
+    return flash.flash_attention, flash.OP, None
+  if name == "vertical_slash":
+    return (vertical_slash.vertical_slash_attention, vertical_slash.OP,
+            bc.clustered_vs_layout(key, 1, N, t, 1000, 6096))
+  if name == "block_sparse":
+    return (block_sparse.block_sparse_attention, block_sparse.OP,
+            bc.clustered_bs_layout(key, 1, N, t, 100))
+  return (a_shape.a_shape_attention, a_shape.OP,
+          AShapeLayout(jnp.full((N,), 128, jnp.int32),
+                       jnp.full((N,), 3968, jnp.int32)))
 
 
 def _branch_guarded(entry, op, q, k, v, extra, kwargs):
@@ -74,15 +74,14 @@ COLUMNS = [
 def main(argv) -> None:
   out_dir = argv[0] if argv else "outputs"
   lengths = [int(x) for x in argv[1:] if x.isdigit()] or [32768, 131072]
-  names = [x for x in argv[1:] if not x.isdigit()]
+  names = [x for x in argv[1:] if not x.isdigit()] or list(OPS)
   if set(names) - set(OPS):
     sys.exit(f"unknown ops {sorted(set(names) - set(OPS))}; known: {OPS}")
   rows = []
   for t in lengths:
     q, k, v = bc.gaussian_qkv(jax.random.key(0), 1, t, N, K, D, DTYPE)
-    for name, (entry, op, layout) in _ops(t).items():
-      if names and name not in names:
-        continue
+    for name in names:
+      entry, op, layout = _op(name, t)
       # The layout is closed over: concrete, as the A-shape XLA path needs.
       extra = () if layout is None else (layout,)
       kwargs = dict(q_offset=0) if layout is None else {}
