@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from experiments.config import ConfigError
 from experiments.eval.tasks import TASKS, expand_tasks
+from models import LAYERWISE_FROM
 
 AttentionKind = Literal["dense", "vertical_slash", "a_shape", "block_sparse",
                         "pattern_file"]
@@ -139,12 +140,12 @@ class EvalConfig:
     resume_from: results.jsonl files of earlier calls whose finished cases
       are copied into this run's file first (a run split over several
       device calls, each with an empty output folder).
-    layerwise_from: prefills of at least this many tokens run layer by
-      layer (`models.CausalLM`: one compiled step per distinct layer, so a
-      config whose layers are alike compiles its kernels once), shorter
-      ones as one jitted program over all layers (None: the model's
-      default, `models.LAYERWISE_FROM`; 0: always layer by layer). The
-      executor changes compile time, not results (equal up to rounding).
+    layerwise_from: `models.CausalLM`'s option: prefills of at least this
+      many tokens run layer by layer (one compiled step per distinct
+      layer, so a config whose layers are alike compiles its kernels once),
+      shorter ones as one jitted program over all layers (0: always layer
+      by layer; null: never). It changes compile time, not results (equal
+      up to rounding), so it is not part of a run's fingerprint.
   """
 
   name: str = "eval"
@@ -169,7 +170,7 @@ class EvalConfig:
   report_only: bool = False
   compare_with: str | None = None
   resume_from: tuple[str, ...] = ()
-  layerwise_from: int | None = None
+  layerwise_from: int | None = LAYERWISE_FROM
 
   def __post_init__(self):
     try:

@@ -157,13 +157,6 @@ class Runner:
                         " GGUF)")
 
   # -- identity
-  def executor(self) -> dict:
-    """CausalLM's executor options (`layerwise_from` when the config
-    sets it); not part of the fingerprint: results do not depend on it."""
-    if self.cfg.layerwise_from is None:
-      return {}
-    return {"layerwise_from": self.cfg.layerwise_from}
-
   def fingerprint(self, ra: ResolvedAttention) -> str:
     return digest({
         "model": self.model_id, "dtype": self.cfg.model.dtype,
@@ -342,7 +335,7 @@ class Runner:
           fp = self.fingerprint(ra)
           model = CausalLM(config, self.loaded.params,
                            attention=ra.make(self.cfg.interpret),
-                           **self.executor())
+                           layerwise_from=self.cfg.layerwise_from)
           begin, count = time.perf_counter(), 0
           for r, f, task, cases in todo:
             if r is not ra:
