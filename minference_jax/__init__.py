@@ -9,6 +9,10 @@ from minference_jax.attention import available_backends as available_backends
 from minference_jax.attention import make_attention as make_attention
 from minference_jax.attention import register_backend as register_backend
 from minference_jax.pattern_config import PatternConfig as PatternConfig
+from minference_jax.pattern_table import (
+    PatternTableAttention as PatternTableAttention,
+)
+from minference_jax.pattern_table import pattern_tables as pattern_tables
 from minference_jax.patterns import AShape as AShape
 from minference_jax.patterns import BlockSparse as BlockSparse
 from minference_jax.patterns import Dense as Dense

@@ -60,12 +60,12 @@ DEFAULT_DENSE_THRESHOLDS = (
 # The largest of them: one threshold that is safe for every kind.
 DEFAULT_DENSE_THRESHOLD = max(v for _, v in DEFAULT_DENSE_THRESHOLDS)
 SparseBackend = Literal["xla", "pallas"]
-_OPS = {
+KIND_OPS = {
     PatternKind.A_SHAPE: a_shape_attention,
     PatternKind.VERTICAL_SLASH: vertical_slash_attention,
     PatternKind.BLOCK_SPARSE: block_sparse_attention,
 }
-_KERNEL_SCOPES = {
+KERNEL_SCOPES = {
     PatternKind.A_SHAPE: "minf_a_shape",
     PatternKind.VERTICAL_SLASH: "minf_vertical_slash",
     PatternKind.BLOCK_SPARSE: "minf_block_sparse",
@@ -384,16 +384,16 @@ class MInferenceAttention:
     kind = group.kind
 
     def run(layout, config):
-      return _OPS[kind](q, k, v, layout,
+      return KIND_OPS[kind](q, k, v, layout,
                         implementation=self.implementation_order(kind),
                         config=config, interpret=self.interpret)
 
     if kind is PatternKind.A_SHAPE:  # no estimate: per-head bounds only
-      with jax.named_scope(_KERNEL_SCOPES[kind]):
+      with jax.named_scope(KERNEL_SCOPES[kind]):
         return run(*self._layout(group, q, k))
     with jax.named_scope("minf_estimate"):
       layout, config = self._layout(group, q, k)
-    with jax.named_scope(_KERNEL_SCOPES[kind]):
+    with jax.named_scope(KERNEL_SCOPES[kind]):
       o = run(layout, config)
     return mark_rows(o, ~estimate_finite_rows(group.first(), q, k))
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 from beartype import beartype
-from jaxtyping import Array, Float, jaxtyped
+from jaxtyping import Array, Float, Int, jaxtyped
 
 from minference_jax.index_checks import (
     bs_estimate_finite,
@@ -38,12 +38,11 @@ def _mean_pool(x: jax.Array, block: int) -> jax.Array:
   return x.reshape(b, nb, block, h, d).sum(axis=2) / block  # [B, nb, H, D]
 
 
-@functools.partial(jax.jit, static_argnames=("counts", "block", "radix"))
-def _bs_jit(q, k, counts, block, radix):
+@functools.partial(jax.jit, static_argnames=("kb", "block", "radix"))
+def _bs_jit(q, k, counts, kb, block, radix):
   b, t, n, _ = q.shape
   kv_heads = k.shape[2]
   g = n // kv_heads
-  kb = max(max(counts), 1)
   q_pool = jnp.moveaxis(_mean_pool(q, block), 2, 0)  # [N, B, Tb, D]
   k_pool = _mean_pool(k, block)  # [B, Sb, K, D]
   nb = q_pool.shape[2]
@@ -75,7 +74,7 @@ def _bs_jit(q, k, counts, block, radix):
   # One query head at a time: peak memory is one [B, Tb, Sb] score matrix.
   index, count = jax.lax.map(
       one_head,
-      (jnp.arange(n), q_pool, jnp.asarray(counts, jnp.int32)),
+      (jnp.arange(n), q_pool, counts),
   )  # [N, B, Tb, KB], [N, Tb]
   # A row block whose estimate read a NaN or inf keeps no blocks (count 0,
   # which no finite estimate of an active head gives; padding: its block).
@@ -139,5 +138,46 @@ def block_sparse_indices(
   on = per_head_active(active, n)
   n_blocks = -(-t // block)
   counts = tuple(min(kk, n_blocks) if a else 0 for kk, a in zip(budget, on))
-  return _bs_jit(q, k, counts=counts, block=block,
-                 radix=n_blocks >= RADIX_MIN_BLOCKS)
+  return _bs_jit(q, k, jnp.asarray(counts, jnp.int32), kb=max(max(counts), 1),
+                 block=block, radix=n_blocks >= RADIX_MIN_BLOCKS)
+
+
+def block_sparse_indices_traced(
+    q: Float[Array, "B T N D"],
+    k: Float[Array, "B S K D"],
+    top_k: Int[Array, "N"],
+    active: jax.Array,
+    *,
+    max_top_k: int,
+    block: int = BLOCK_SIZE,
+) -> BlockSparseLayout:
+  """`block_sparse_indices` with per-head budgets as an [N] array, which may
+  be traced: heads whose budgets differ share one program.
+
+  A head keeps min(top_k_h, Sb) blocks per row (0 when inactive), as there;
+  `max_top_k` is a static upper bound of the budgets over every head the
+  program serves, so block_index is min(max_top_k, Sb) wide (at least 1).
+  Equal layouts to the static builder for budgets within the bound, except
+  for the width of the padding.
+
+  Raises:
+    ValueError: arrays that are not [N], non-integer budgets, a bound < 0,
+      a block < 1.
+  """
+  _, t, n, _, _ = check_prefill_qk(q, k)
+  for name, arr in (("top_k", top_k), ("active", active)):
+    if jnp.shape(arr) != (n,):
+      raise ValueError(f"{name} must have shape ({n},) (one entry per query"
+                       f" head), got {jnp.shape(arr)}")
+  if not jnp.issubdtype(jnp.asarray(top_k).dtype, jnp.integer):
+    raise ValueError(f"top_k must be integers, got {jnp.asarray(top_k).dtype}")
+  if isinstance(max_top_k, bool) or not isinstance(max_top_k, int) or (
+      max_top_k < 0):
+    raise ValueError(f"max_top_k must be an int >= 0, got {max_top_k!r}")
+  if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+    raise ValueError(f"block must be an int >= 1, got {block!r}")
+  n_blocks = -(-t // block)
+  counts = jnp.where(jnp.asarray(active, bool),
+                     jnp.minimum(jnp.asarray(top_k, jnp.int32), n_blocks), 0)
+  return _bs_jit(q, k, counts, kb=max(min(max_top_k, n_blocks), 1),
+                 block=block, radix=n_blocks >= RADIX_MIN_BLOCKS)

@@ -175,30 +175,41 @@ def _line_scores_with(scores: str, interpret: bool):
 
 @functools.partial(
     jax.jit,
-    static_argnames=("v_counts", "s_counts", "last_q", "scores", "interpret"),
+    static_argnames=("width_vertical", "width_slash", "last_q", "scores",
+                     "interpret"),
 )
-def _vs_indices_jit(q, k, v_counts, s_counts, last_q, scores, interpret):
-  b, t, n, _ = q.shape
-  nv, ns = max(max(v_counts), 1), max(max(s_counts), 1)
+def _vs_indices_jit(q, k, v_cnt, s_cnt, width_vertical, width_slash, last_q,
+                    scores, interpret):
+  t = q.shape[1]
   vertical, slash = _line_scores_with(scores, interpret)(
       q, k, last_q)  # [B, N, S] f32 each
   cols = jnp.arange(t)  # [S]
   vertical = jnp.where(cols < VS_MIN_VERTICAL, jnp.inf, vertical)
   slash = jnp.where(cols < VS_FORCED_SLASH_OFFSETS, jnp.inf, slash)
-  v_cnt = jnp.asarray(v_counts, jnp.int32)  # [N]
-  s_cnt = jnp.asarray(s_counts, jnp.int32)
   # A head whose estimate read a NaN or inf gets no lines (counts 0, which
   # no finite estimate of an active head gives), never lines ranked by NaN.
   ok = vs_estimate_finite(q, k, last_q)  # [B, N]
   keep = lambda x, pad: jnp.where(ok[..., None], x, pad)  # noqa: E731
   return VerticalSlashIndices(
-      vertical=keep(top_sorted_positions(vertical, v_cnt, nv,
+      vertical=keep(top_sorted_positions(vertical, v_cnt, width_vertical,
                                          descending=False), t - 1),
       vertical_count=jnp.where(ok, v_cnt, 0),
-      slash=keep(top_sorted_positions(slash, s_cnt, ns, descending=True), 0),
+      slash=keep(top_sorted_positions(slash, s_cnt, width_slash,
+                                      descending=True), 0),
       slash_count=jnp.where(ok, s_cnt, 0),
       seq_len=t,
   )
+
+
+def vs_line_counts(n_vertical, n_slash, active, seq_len: int):
+  """MInference's clamped per-head budgets: min(T, max(v, 30)) verticals and
+  min(T, max(s, 50)) slashes for an active head, 0 for an inactive one.
+  Works on ints (static) and on [N] arrays (traced) alike."""
+  if isinstance(n_vertical, int):
+    return ((min(seq_len, max(n_vertical, VS_MIN_VERTICAL)) if active else 0),
+            (min(seq_len, max(n_slash, VS_MIN_SLASH)) if active else 0))
+  return (jnp.where(active, jnp.clip(n_vertical, VS_MIN_VERTICAL, seq_len), 0),
+          jnp.where(active, jnp.clip(n_slash, VS_MIN_SLASH, seq_len), 0))
 
 
 @jaxtyped(typechecker=beartype)
@@ -265,16 +276,75 @@ def vertical_slash_indices(
   s_budget = per_head_ints("n_slash", n_slash, n)
   last_q = min(check_int("last_q", last_q, 1), t)
   on = per_head_active(active, n)
-  v_counts = tuple(
-      min(t, max(v, VS_MIN_VERTICAL)) if a else 0
-      for v, a in zip(v_budget, on)
-  )
-  s_counts = tuple(
-      min(t, max(s, VS_MIN_SLASH)) if a else 0 for s, a in zip(s_budget, on)
-  )
+  counts = [vs_line_counts(v, s_, a, t)
+            for v, s_, a in zip(v_budget, s_budget, on)]
+  v_counts, s_counts = zip(*counts)
   if last_q > PALLAS_SCORES_MAX_LAST_Q:
     scores = "xla"
   return _vs_indices_jit(
-      q, k, v_counts=v_counts, s_counts=s_counts, last_q=last_q,
-      scores=scores, interpret=bool(interpret) and scores == "pallas",
+      q, k, jnp.asarray(v_counts, jnp.int32), jnp.asarray(s_counts, jnp.int32),
+      width_vertical=max(max(v_counts), 1), width_slash=max(max(s_counts), 1),
+      last_q=last_q, scores=scores,
+      interpret=bool(interpret) and scores == "pallas",
+  )
+
+
+def vertical_slash_indices_traced(
+    q: Float[Array, "B T N D"],
+    k: Float[Array, "B S K D"],
+    n_vertical: Int[Array, "N"],
+    n_slash: Int[Array, "N"],
+    active: jax.Array,
+    *,
+    max_vertical: int,
+    max_slash: int,
+    last_q: int = VS_LAST_Q,
+    scores: str = "xla",
+    interpret: bool = False,
+) -> VerticalSlashIndices:
+  """`vertical_slash_indices` with per-head budgets as [N] arrays, which may
+  be traced: heads whose budgets differ share one program.
+
+  The budgets are clamped as there (`vs_line_counts`); `max_vertical` and
+  `max_slash` are static upper bounds of the raw budgets over every head the
+  program serves, so the index arrays are min(T, max(max_vertical, 30))
+  and min(T, max(max_slash, 50)) wide. Equal sets to the static builder
+  for budgets within the bounds.
+
+  Args:
+    q: [B, T, N, D] queries (RoPE applied).
+    k: [B, S, K, D] keys, S == T, N % K == 0.
+    n_vertical: [N] int vertical budgets.
+    n_slash: [N] int slash budgets.
+    active: [N] bool; inactive heads get counts 0.
+    max_vertical, max_slash: static bounds of the budgets.
+    last_q, scores, interpret: as in `vertical_slash_indices`.
+
+  Raises:
+    ValueError: arrays that are not [N], non-integer budgets, bounds < 0.
+  """
+  _, t, n, _, _ = check_prefill_qk(q, k)
+  for name, arr in (("n_vertical", n_vertical), ("n_slash", n_slash),
+                    ("active", active)):
+    if jnp.shape(arr) != (n,):
+      raise ValueError(f"{name} must have shape ({n},) (one entry per query"
+                       f" head), got {jnp.shape(arr)}")
+  for name, arr in (("n_vertical", n_vertical), ("n_slash", n_slash)):
+    if not jnp.issubdtype(jnp.asarray(arr).dtype, jnp.integer):
+      raise ValueError(f"{name} must be integers, got {jnp.asarray(arr).dtype}")
+  bound_v = check_int("max_vertical", max_vertical, 0)
+  bound_s = check_int("max_slash", max_slash, 0)
+  if scores not in ("xla", "pallas"):
+    raise ValueError(f"scores must be 'xla' or 'pallas', got {scores!r}")
+  last_q = min(check_int("last_q", last_q, 1), t)
+  if last_q > PALLAS_SCORES_MAX_LAST_Q:
+    scores = "xla"
+  v_cnt, s_cnt = vs_line_counts(jnp.asarray(n_vertical, jnp.int32),
+                                jnp.asarray(n_slash, jnp.int32),
+                                jnp.asarray(active, bool), t)
+  width_v, width_s = vs_line_counts(bound_v, bound_s, True, t)
+  return _vs_indices_jit(
+      q, k, v_cnt, s_cnt, width_vertical=width_v, width_slash=width_s,
+      last_q=last_q, scores=scores,
+      interpret=bool(interpret) and scores == "pallas",
   )

@@ -50,6 +50,7 @@ from models.layerwise import CompiledPrefill as CompiledPrefill
 from models.layerwise import LayerAttentions as LayerAttentions
 from models.layerwise import LayerwisePrefill as LayerwisePrefill
 from models.layerwise import attention_layer_key as attention_layer_key
+from models.layerwise import shared_step_attention as shared_step_attention
 from models.llama import LAYERWISE_FROM as LAYERWISE_FROM
 from models.llama import CausalLM as CausalLM
 from models.llama import KVCache as KVCache

@@ -37,6 +37,8 @@ import numpy as np
 from minference_jax.attention import DenseAttention as SeamDenseAttention
 from minference_jax.attention import MInferenceAttention
 from minference_jax.parallel import UlyssesAttention
+from minference_jax.pattern_config import PatternConfig
+from minference_jax.pattern_table import pattern_tables
 from minference_jax.patterns import PatternKind
 from minference_jax.types import AttentionFn, check_attention_fits
 from models import layers
@@ -76,6 +78,25 @@ class LayerAttentions:
     for attention in self.layers:
       check_attention_fits(attention, num_layers=num_layers,
                            num_heads=num_heads)
+
+
+def shared_step_attention(attention: AttentionFn, num_layers: int,
+                          num_heads: int) -> AttentionFn:
+  """A MInferenceAttention whose layers differ, as one
+  `minference_jax.PatternTableAttention` per layer (a LayerAttentions), so
+  that a layerwise prefill compiles one layer step for all of them (every
+  layer then launches every pattern group the model uses; see
+  `minference_jax.pattern_table`). Any other attention, and one Pattern for
+  every head (already one step), is returned unchanged.
+
+  Raises:
+    ValueError: if the pattern config does not have the model's layers and
+      query heads.
+  """
+  if not isinstance(attention, MInferenceAttention) or not isinstance(
+      attention.pattern_config, PatternConfig):
+    return attention
+  return LayerAttentions(pattern_tables(attention, num_layers, num_heads))
 
 
 def layer_attention(attention: AttentionFn, layer_idx: int) -> AttentionFn:

@@ -18,6 +18,7 @@ from minference_jax import VerticalSlash
 from minference_jax.attention import make_attention
 from minference_jax.pattern_config import load_pattern_config
 from minference_jax.patterns import Pattern
+from models import shared_step_attention
 
 BLOCK = 64
 
@@ -96,11 +97,23 @@ class ResolvedAttention:
     return {"spec": spec, "pattern": pattern, "backend": self.backend}
 
   def make(self, interpret: bool = False):
-    """The attention callable (sparse heads always sparse: threshold 0)."""
+    """The attention callable (sparse heads always sparse: threshold 0).
+
+    A PatternConfig runs as one pattern table per layer
+    (`models.shared_step_attention`): a layer-by-layer prefill then
+    compiles one layer step whatever its layers' patterns, where a config
+    whose layers all differ (a searched one) would compile one per layer.
+    The outputs are those of `MInferenceAttention` (tested), so this is not
+    part of the run's fingerprint.
+    """
     if self.patterns is None:
       return make_attention(None, backend="dense")
-    return make_attention(self.patterns, backend=self.backend,
-                          dense_threshold=0, interpret=interpret)
+    attention = make_attention(self.patterns, backend=self.backend,
+                               dense_threshold=0, interpret=interpret)
+    if isinstance(self.patterns, PatternConfig):
+      return shared_step_attention(attention, self.patterns.num_layers,
+                                   self.patterns.num_heads)
+    return attention
 
 
 def resolve_backend(backend: str, platform: str) -> str:

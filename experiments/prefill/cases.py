@@ -23,7 +23,7 @@ from experiments.prefill.replay import (
 from experiments.prefill.settings import CaseSpec, PrefillConfig
 from minference_jax import Pattern, PatternConfig, PatternKind, VerticalSlash
 from minference_jax.pattern_config import load_pattern_config
-from models import LayerAttentions, ModelConfig
+from models import LayerAttentions, ModelConfig, shared_step_attention
 
 Source = PatternConfig | VerticalSlash | None
 
@@ -138,13 +138,19 @@ def _sparse_at(case: CaseSpec, patterns, t: int) -> bool:
 def online_attention(cfg: PrefillConfig, case: CaseSpec, source: Source,
                      layers: list[int]):
   """The library attention for the running layers (config rows reordered
-  to the run's layer numbering)."""
-  if isinstance(source, PatternConfig):
-    source = dataclasses.replace(
-        source, layers=tuple(source.layers[i] for i in layers),
-        scores=None, defaulted=(), minference_sizes=())
-  return ops.build_attention(source, case.implementation,
-                             case.dense_threshold, cfg.interpret)
+  to the run's layer numbering); with `case.shared_steps` one pattern table
+  per layer (`models.shared_step_attention`)."""
+  if not isinstance(source, PatternConfig):
+    return ops.build_attention(source, case.implementation,
+                               case.dense_threshold, cfg.interpret)
+  source = dataclasses.replace(
+      source, layers=tuple(source.layers[i] for i in layers),
+      scores=None, defaulted=(), minference_sizes=())
+  attention = ops.build_attention(source, case.implementation,
+                                  case.dense_threshold, cfg.interpret)
+  if case.shared_steps:
+    return shared_step_attention(attention, len(layers), source.num_heads)
+  return attention
 
 
 def _index_build(q, k, lines, *, patterns, implementation, interpret):

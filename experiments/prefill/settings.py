@@ -111,6 +111,11 @@ class CaseSpec:
     pattern_file: the file of attention "pattern_file".
     optional: a missing pattern file skips the case (its rows say why)
       instead of stopping the run.
+    shared_steps: run a per-head pattern config as one pattern table per
+      layer (`models.shared_step_attention`): one compiled layer step where
+      layers with different patterns would compile one each, at the price
+      of every layer launching every pattern group of the config (online
+      indices, executors "layerwise", "model" and the mesh only).
   """
 
   label: str
@@ -125,6 +130,7 @@ class CaseSpec:
   max_len: int = 1 << 40
   pattern_file: str | None = None
   optional: bool = False
+  shared_steps: bool = False
 
   def __post_init__(self):
     if not self.label or any(c in self.label for c in "/\\ "):
@@ -162,6 +168,15 @@ class CaseSpec:
     if self.attention == "dense" and self.dense_threshold is not None:
       raise ValueError(f"case {self.label!r}: dense_threshold has no effect"
                        " on a dense case")
+    if self.shared_steps and (
+        self.attention in ("dense", "vertical_slash")
+        or self.indices == "replay" or self.executor == "pieces"
+        or "cache_host" in self.modes):
+      raise ValueError(f"case {self.label!r}: shared_steps applies to a"
+                       " per-head pattern config (minference, searched,"
+                       " pattern_file) with online indices, run by the"
+                       " 'layerwise' or 'model' executor without a host"
+                       " cache")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,6 +7,7 @@ command writes its result files, says that the CPU backend has no memory
 statistics, and a rerun resumes.
 """
 
+import dataclasses
 import json
 
 import jax
@@ -21,8 +22,14 @@ from experiments.prefill import cases, replay, weights
 from experiments.prefill.executors import LibraryPrefill
 from experiments.prefill.pieces import DecoderPieces, PiecesPrefill
 from experiments.prefill.settings import CaseSpec, ModelSpec, PrefillConfig
-from minference_jax import DenseAttention
-from models import forward_jit
+from minference_jax import (
+    AShape,
+    BlockSparse,
+    DenseAttention,
+    PatternConfig,
+    VerticalSlash,
+)
+from models import LayerAttentions, LayerwisePrefill, forward_jit
 
 T = 1024
 TINY = dict(hidden_size=64, intermediate_size=128, num_layers=2,
@@ -168,3 +175,30 @@ def test_command_writes_results_and_resumes(tmp_path, capsys):
   assert "dense T=1024" not in capsys.readouterr().err
   again = json.loads((out / "tiny.json").read_text())["rows"]
   assert len(again) == 3
+
+
+def test_shared_steps_case_runs_a_per_head_config_in_one_step(model):
+  """`shared_steps`: a config whose layers differ runs as pattern tables,
+  one compiled layer step, with the per-layer attention's logits."""
+  config, params, tokens = model
+  heads = config.num_heads
+  source = PatternConfig(layers=(
+      (VerticalSlash(64, 96),) * heads,
+      (AShape(16, 256), BlockSparse(4)) * (heads // 2)))
+  plain_case = CaseSpec("p", attention="pattern_file", pattern_file="p.json",
+                        implementation="xla")
+  shared_case = dataclasses.replace(plain_case, shared_steps=True)
+  layers = [1, 0]  # reordered to the run's numbering
+  plain = cases.online_attention(CFG, plain_case, source, layers)
+  shared = cases.online_attention(CFG, shared_case, source, layers)
+  assert isinstance(shared, LayerAttentions)
+  assert LayerwisePrefill(config, plain).num_steps(T) == 2
+  assert LayerwisePrefill(config, shared).num_steps(T) == 1
+  want, _ = LayerwisePrefill(config, plain)(params, tokens)
+  got, _ = LayerwisePrefill(config, shared)(params, tokens)
+  np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+  for bad in (dict(attention="vertical_slash"),
+              dict(indices="replay", attention="minference"),
+              dict(attention="minference", executor="pieces")):
+    with pytest.raises(ValueError, match="shared_steps applies"):
+      CaseSpec("b", shared_steps=True, **bad)

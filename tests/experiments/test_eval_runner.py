@@ -6,14 +6,23 @@ before any model work."""
 
 import json
 
+import jax.numpy as jnp
+import numpy as np
 import pytest
 from eval_helpers import tiny_model
 from paths import FIXTURES_DIR
 
 from experiments.config import ConfigError, load_config
-from experiments.eval import command, model_calls, records, runner
+from experiments.eval import (
+    attention_configs,
+    command,
+    model_calls,
+    records,
+    runner,
+)
 from experiments.eval.config import EvalConfig
-from models import LAYERWISE_FROM
+from minference_jax import AShape, PatternConfig, VerticalSlash, make_attention
+from models import LAYERWISE_FROM, CausalLM, LayerAttentions
 
 
 def _config(tmp_path, *overrides):
@@ -194,3 +203,34 @@ def test_report_says_what_its_tables_average(tmp_path):
 def test_committed_eval_configs_parse(path):
   cfg = load_config(EvalConfig, path)
   assert cfg.name == path.stem and cfg.attention and cfg.tasks
+
+
+def test_a_pattern_file_runs_its_layers_through_one_step(tmp_path):
+  """A pattern file whose layers differ (a searched config) becomes one
+  pattern table per layer: one compiled layer step, same logits as the
+  per-layer MInferenceAttention."""
+  loaded = tiny_model(max_len=1024)
+  config = loaded.config
+  kinds = (VerticalSlash(30, 50), AShape(4, 60))
+  patterns = PatternConfig(layers=tuple(
+      tuple(kinds[(i + h) % 2] for h in range(config.num_heads))
+      for i in range(config.num_layers)))
+  path = tmp_path / "searched.json"
+  patterns.save_json(str(path))
+  cfg = _config(tmp_path, "attention=[{name: searched, kind: pattern_file,"
+                f" path: {path}}}]")
+  resolved = attention_configs.resolve(cfg, cfg.attention[0], 512,
+                                       config.num_layers, config.num_heads,
+                                       "cpu")
+  shared = resolved.make()
+  assert isinstance(shared, LayerAttentions)
+  model = CausalLM(config, loaded.params, attention=shared)
+  assert model.layerwise.num_steps(512) == 1
+  plain = make_attention(patterns, backend="xla", dense_threshold=0)
+  assert CausalLM(config, loaded.params,
+                  attention=plain).layerwise.num_steps(512) == min(
+                      2, config.num_layers)
+  tokens = jnp.asarray(np.arange(256)[None] % 90 + 5, jnp.int32)
+  got, _ = model.prefill(tokens)
+  want, _ = CausalLM(config, loaded.params, attention=plain).prefill(tokens)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
