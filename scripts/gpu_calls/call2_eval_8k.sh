@@ -9,7 +9,7 @@ export PYTHONPATH=.:/tmp/site:.gl/site JAX_COMPILATION_CACHE_DIR=/tmp/jaxcache
 M=.gl/SmolLM2-135M-Instruct.Q4_1.gguf
 python3 scripts/gpu_calls/searched_first.py configs/eval/smollm2_fidelity.yaml /tmp/fidelity.yaml
 timeout $((560-(SECONDS-T0))) python3 -m experiments.cli eval --config /tmp/fidelity.yaml \
-  model.path=$M layerwise_from=0 output_dir=/tmp/o2/fidelity 'lengths=[8192]' \
+  model.path=$M output_dir=/tmp/o2/fidelity 'lengths=[8192]' \
   'run_attention=[searched,vs_scaled,a_shape_scaled,bs_scaled]' \
   'resume_from=[experiments/results/eval_smollm2_fidelity_h100.jsonl]' > /tmp/o2/eval8k.log 2>&1
 echo "eval 8K: rc=$? at $((SECONDS-T0)) s"; grep -v "it/s\]" /tmp/o2/eval8k.log | tail -25

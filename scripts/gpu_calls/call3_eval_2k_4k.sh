@@ -9,7 +9,7 @@ M=.gl/SmolLM2-135M-Instruct.Q4_1.gguf
 python3 scripts/gpu_calls/searched_first.py configs/eval/smollm2_fidelity.yaml /tmp/fidelity.yaml
 RESUME=${RESUME:-/tmp/o2/fidelity/results.jsonl}
 timeout $((560-(SECONDS-T0))) python3 -m experiments.cli eval --config /tmp/fidelity.yaml \
-  model.path=$M layerwise_from=0 output_dir=/tmp/o3/fidelity 'lengths=[2048,4096]' \
+  model.path=$M output_dir=/tmp/o3/fidelity 'lengths=[2048,4096]' \
   "resume_from=[$RESUME]" > /tmp/o3/eval2k4k.log 2>&1
 echo "eval 2K/4K: rc=$? at $((SECONDS-T0)) s"; grep -v "it/s\]" /tmp/o3/eval2k4k.log | tail -25
 echo "total $((SECONDS-T0)) s"; tar czf "$OUT/call3.tgz" -C /tmp/o3 .
