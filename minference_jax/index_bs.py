@@ -10,8 +10,11 @@ from jaxtyping import Array, Float, Int, jaxtyped
 
 from minference_jax.index_checks import (
     bs_estimate_finite,
+    check_counts_fit,
+    check_int,
     check_prefill_qk,
     per_head_active,
+    per_head_array,
     per_head_ints,
 )
 from minference_jax.topk import top_sorted_positions
@@ -160,24 +163,28 @@ def block_sparse_indices_traced(
   Equal layouts to the static builder for budgets within the bound, except
   for the width of the padding.
 
+  Args:
+    q: [B, T, N, D] queries.
+    k: [B, S, K, D] keys, S == T (full prefill), N % K == 0.
+    top_k: [N] int blocks per row.
+    active: [N] bool; inactive heads get counts 0.
+    max_top_k: static bound of the budgets.
+    block: static block size (64 for the kernels).
+
   Raises:
-    ValueError: arrays that are not [N], non-integer budgets, a bound < 0,
-      a block < 1.
+    TypeError: a non-int bound or block, non-float q/k.
+    ValueError: inconsistent q/k shapes, `top_k` or `active` that are not
+      [N] integers / bools, a negative bound, a block < 1, and for concrete
+      (untraced) budgets: negative ones or an active head's above the bound.
   """
   _, t, n, _, _ = check_prefill_qk(q, k)
-  for name, arr in (("top_k", top_k), ("active", active)):
-    if jnp.shape(arr) != (n,):
-      raise ValueError(f"{name} must have shape ({n},) (one entry per query"
-                       f" head), got {jnp.shape(arr)}")
-  if not jnp.issubdtype(jnp.asarray(top_k).dtype, jnp.integer):
-    raise ValueError(f"top_k must be integers, got {jnp.asarray(top_k).dtype}")
-  if isinstance(max_top_k, bool) or not isinstance(max_top_k, int) or (
-      max_top_k < 0):
-    raise ValueError(f"max_top_k must be an int >= 0, got {max_top_k!r}")
-  if isinstance(block, bool) or not isinstance(block, int) or block < 1:
-    raise ValueError(f"block must be an int >= 1, got {block!r}")
+  top_k = per_head_array("top_k", top_k, n, jnp.integer)
+  active = per_head_array("active", active, n, jnp.bool_)
+  bound = check_int("max_top_k", max_top_k, 0)
+  block = check_int("block", block, 1)
   n_blocks = -(-t // block)
-  counts = jnp.where(jnp.asarray(active, bool),
-                     jnp.minimum(jnp.asarray(top_k, jnp.int32), n_blocks), 0)
-  return _bs_jit(q, k, counts, kb=max(min(max_top_k, n_blocks), 1),
-                 block=block, radix=n_blocks >= RADIX_MIN_BLOCKS)
+  counts = jnp.where(active, jnp.minimum(top_k.astype(jnp.int32), n_blocks), 0)
+  width = max(min(bound, n_blocks), 1)
+  check_counts_fit("top_k", top_k, counts, width, "max_top_k", bound)
+  return _bs_jit(q, k, counts, kb=width, block=block,
+                 radix=n_blocks >= RADIX_MIN_BLOCKS)

@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def check_prefill_qk(q, k) -> tuple[int, int, int, int, int]:
@@ -81,6 +82,50 @@ def per_head_active(active, n_heads: int) -> tuple[bool, ...]:
   if not all(isinstance(a, bool) for a in active):
     raise TypeError(f"active must hold Python bools, got {active}")
   return tuple(active)
+
+
+def per_head_array(name: str, value, n_heads: int, dtype) -> jax.Array:
+  """Checks an [N] per-query-head array (which may be traced).
+
+  Args:
+    name: the argument's name, for the error.
+    value: the array.
+    n_heads: N.
+    dtype: the dtype family required, e.g. jnp.integer or jnp.bool_.
+
+  Returns:
+    value as an array.
+
+  Raises:
+    ValueError: a shape other than [N], or a dtype outside the family.
+  """
+  value = jnp.asarray(value)
+  if value.shape != (n_heads,):
+    raise ValueError(f"{name} must have shape ({n_heads},) (one entry per"
+                     f" query head), got {value.shape}")
+  if not jnp.issubdtype(value.dtype, dtype):
+    raise ValueError(f"{name} must hold {dtype.__name__} values, got dtype"
+                     f" {value.dtype}")
+  return value
+
+
+def check_counts_fit(name: str, budgets, counts, width: int, bound_name: str,
+                     bound: int) -> None:
+  """Raises ValueError where concrete per-head budgets are negative or an
+  active head's clamped count exceeds the static index width that the bound
+  gives. Traced budgets (under jit) cannot be read: their caller guarantees
+  them."""
+  if isinstance(budgets, jax.core.Tracer) or isinstance(counts,
+                                                        jax.core.Tracer):
+    return
+  budgets, counts = np.asarray(budgets), np.asarray(counts)
+  if (budgets < 0).any():
+    raise ValueError(f"{name} must be >= 0, got {budgets.min()}")
+  over = counts > width
+  if over.any():
+    raise ValueError(
+        f"{name} holds an active head's budget of {budgets[over].max()},"
+        f" above {bound_name}={bound} (index width {width})")
 
 
 # ------------------------------------------------- non-finite estimate input

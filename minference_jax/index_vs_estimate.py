@@ -18,9 +18,11 @@ from beartype import beartype
 from jaxtyping import Array, Float, Int, jaxtyped
 
 from minference_jax.index_checks import (
+    check_counts_fit,
     check_int,
     check_prefill_qk,
     per_head_active,
+    per_head_array,
     per_head_ints,
     vs_estimate_finite,
 )
@@ -321,17 +323,16 @@ def vertical_slash_indices_traced(
     last_q, scores, interpret: as in `vertical_slash_indices`.
 
   Raises:
-    ValueError: arrays that are not [N], non-integer budgets, bounds < 0.
+    TypeError: non-int bounds or last_q, non-float q/k.
+    ValueError: inconsistent q/k shapes, budgets or `active` that are not
+      [N] integers / bools, negative bounds, an unknown `scores`, and for
+      concrete (untraced) budgets: negative ones or an active head's budget
+      above its bound.
   """
   _, t, n, _, _ = check_prefill_qk(q, k)
-  for name, arr in (("n_vertical", n_vertical), ("n_slash", n_slash),
-                    ("active", active)):
-    if jnp.shape(arr) != (n,):
-      raise ValueError(f"{name} must have shape ({n},) (one entry per query"
-                       f" head), got {jnp.shape(arr)}")
-  for name, arr in (("n_vertical", n_vertical), ("n_slash", n_slash)):
-    if not jnp.issubdtype(jnp.asarray(arr).dtype, jnp.integer):
-      raise ValueError(f"{name} must be integers, got {jnp.asarray(arr).dtype}")
+  n_vertical = per_head_array("n_vertical", n_vertical, n, jnp.integer)
+  n_slash = per_head_array("n_slash", n_slash, n, jnp.integer)
+  active = per_head_array("active", active, n, jnp.bool_)
   bound_v = check_int("max_vertical", max_vertical, 0)
   bound_s = check_int("max_slash", max_slash, 0)
   if scores not in ("xla", "pallas"):
@@ -339,10 +340,12 @@ def vertical_slash_indices_traced(
   last_q = min(check_int("last_q", last_q, 1), t)
   if last_q > PALLAS_SCORES_MAX_LAST_Q:
     scores = "xla"
-  v_cnt, s_cnt = vs_line_counts(jnp.asarray(n_vertical, jnp.int32),
-                                jnp.asarray(n_slash, jnp.int32),
-                                jnp.asarray(active, bool), t)
+  v_cnt, s_cnt = vs_line_counts(n_vertical.astype(jnp.int32),
+                                n_slash.astype(jnp.int32), active, t)
   width_v, width_s = vs_line_counts(bound_v, bound_s, True, t)
+  check_counts_fit("n_vertical", n_vertical, v_cnt, width_v, "max_vertical",
+                   bound_v)
+  check_counts_fit("n_slash", n_slash, s_cnt, width_s, "max_slash", bound_s)
   return _vs_indices_jit(
       q, k, v_cnt, s_cnt, width_vertical=width_v, width_slash=width_s,
       last_q=last_q, scores=scores,

@@ -156,7 +156,23 @@ class PatternTableAttention:
       layer_idx: int,
       q_offset: int = 0,
   ) -> Float[Array, "B T N D"]:
-    """Causal attention with the table's per-head patterns.
+    """Causal attention with the table's per-head patterns:
+    `MInferenceAttention.__call__` for the layer the table holds.
+
+    Every launch group of the model runs, also one without an active head
+    in this layer (its counts are all 0); a full prefill below every
+    group's dense threshold, a decode or chunked step runs `dense`.
+
+    Args:
+      q: [B, T, N, D] queries (RoPE applied).
+      k: [B, S, K, D] keys, N % K == 0; head n reads KV head n // (N // K).
+      v: [B, S, K, D] values.
+      layer_idx: static layer index (named scope only: the table is the
+        layer's).
+      q_offset: static position of q[:, 0]; nonzero runs dense.
+
+    Returns:
+      [B, T, N, D] in q's dtype.
 
     Raises:
       ValueError, TypeError: on inconsistent shapes or dtypes, or q with
