@@ -369,9 +369,8 @@ class MInferenceAttention:
         return vertical_slash_chain_layout(
             indices, t, builder="pallas", interpret=self.interpret), None
       return vertical_slash_layout(indices, t), None
-    pattern = group.first()
-    return block_sparse_indices(q, k, pattern.top_k, pattern.block,
-                                active=group.active), None
+    return block_sparse_indices(q, k, group.values("top_k"),
+                                group.first().block, active=group.active), None
 
   def _run_sparse(self, group: HeadGroup, q, k, v) -> jax.Array:
     """Index building plus the group's op (all N heads).

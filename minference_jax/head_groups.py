@@ -1,4 +1,5 @@
-"""The split of a layer's heads into launch groups, one per pattern kind."""
+"""The split of a layer's heads into launch groups: one index build and
+kernel launch per pattern kind and static builder parameter."""
 
 import dataclasses
 
@@ -10,6 +11,31 @@ from minference_jax.patterns import (
     PatternKind,
     VerticalSlash,
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchGroup:
+  """A pattern kind with the static parameter of its index builder
+  (`last_q` for Vertical-Slash, `block` for Block-Sparse, else 0): heads
+  with equal LaunchGroups share one index build and one kernel launch (the
+  per-head budgets are arrays of the builders)."""
+
+  kind: PatternKind
+  param: int = 0
+
+
+def launch_group(pattern: Pattern) -> LaunchGroup:
+  """The launch group of a head's pattern."""
+  if isinstance(pattern, VerticalSlash):
+    return LaunchGroup(pattern.kind, pattern.last_q)
+  if isinstance(pattern, BlockSparse):
+    return LaunchGroup(pattern.kind, pattern.block)
+  return LaunchGroup(pattern.kind)
+
+
+def launch_order(group: LaunchGroup) -> tuple[int, int]:
+  """The order groups launch in: by PatternKind, then parameter."""
+  return list(PatternKind).index(group.kind), group.param
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,14 +65,13 @@ class HeadGroup:
 def group_heads(
     patterns: tuple[Pattern, ...], fold_dense_len: int | None = None
 ) -> list[HeadGroup]:
-  """Splits a layer's heads into launch groups, in PatternKind order.
+  """Splits a layer's heads into launch groups, in `launch_order`.
 
-  One group per kind; Vertical-Slash heads are split further by `last_q`
-  and Block-Sparse heads by `top_k` (these are static scalars of the index
-  builders), which in practice still gives <= 3 sparse groups. With
-  `fold_dense_len = T`, Dense heads become AShape(0, T) heads (exactly
-  causal dense attention) and share the A-shape launch, where the other
-  heads cost nothing.
+  One group per `launch_group` (Vertical-Slash heads split by `last_q`,
+  Block-Sparse heads by `block`: the static scalars of the index builders;
+  in practice <= 3 sparse groups). With `fold_dense_len = T`, Dense heads
+  become AShape(0, T) heads (exactly causal dense attention) and share the
+  A-shape launch, where the other heads cost nothing.
   """
   if fold_dense_len is not None:
     patterns = tuple(
@@ -54,21 +79,6 @@ def group_heads(
         else p
         for p in patterns
     )
-
-  def key(p: Pattern):
-    if isinstance(p, VerticalSlash):
-      return p.last_q
-    if isinstance(p, BlockSparse):
-      return p.top_k
-    return 0
-
-  order = {kind: i for i, kind in enumerate(PatternKind)}
-  keys = sorted({(order[p.kind], key(p)) for p in patterns})
-  kinds = list(PatternKind)
-  groups = []
-  for kind_pos, param in keys:
-    active = tuple(
-        order[p.kind] == kind_pos and key(p) == param for p in patterns
-    )
-    groups.append(HeadGroup(kinds[kind_pos], active, patterns))
-  return groups
+  keys = [launch_group(p) for p in patterns]
+  return [HeadGroup(group.kind, tuple(k == group for k in keys), patterns)
+          for group in sorted(set(keys), key=launch_order)]

@@ -40,6 +40,7 @@ from minference_jax.attention import (
 from minference_jax.attention_inputs import check_inputs, is_prefill
 from minference_jax.index_bs import block_sparse_indices_traced
 from minference_jax.index_vs_estimate import vertical_slash_indices_traced
+from minference_jax.head_groups import LaunchGroup, launch_group, launch_order
 from minference_jax.index_vs_layout import (
     vertical_slash_chain_layout,
     vertical_slash_layout,
@@ -49,7 +50,6 @@ from minference_jax.patterns import (
     AShape,
     BlockSparse,
     Dense,
-    Pattern,
     PatternKind,
     VerticalSlash,
 )
@@ -58,16 +58,6 @@ from pallas_kernels.finite import mark_rows
 from pallas_kernels.layouts import AShapeLayout
 
 DENSE_GROUP = -1  # `group` of a Dense head
-
-
-@dataclasses.dataclass(frozen=True)
-class LaunchGroup:
-  """One index build and kernel launch per layer: a pattern kind with its
-  static builder parameter (`last_q` for Vertical-Slash, `block` for
-  Block-Sparse, 0 for A-shape)."""
-
-  kind: PatternKind
-  param: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,16 +70,6 @@ class TableBounds:
   top_k: int = 0
   n_init: int = 0
   n_local: int = 0
-
-
-def _launch_group(pattern: Pattern) -> LaunchGroup | None:
-  if isinstance(pattern, VerticalSlash):
-    return LaunchGroup(PatternKind.VERTICAL_SLASH, pattern.last_q)
-  if isinstance(pattern, BlockSparse):
-    return LaunchGroup(PatternKind.BLOCK_SPARSE, pattern.block)
-  if isinstance(pattern, AShape):
-    return LaunchGroup(PatternKind.A_SHAPE)
-  return None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -189,7 +169,7 @@ class PatternTableAttention:
     if fold and self.has_dense and LaunchGroup(PatternKind.A_SHAPE) not in (
         groups):
       groups = tuple(sorted((*groups, LaunchGroup(PatternKind.A_SHAPE)),
-                            key=_group_order))
+                            key=launch_order))
     is_dense = self.group == DENSE_GROUP  # [N]
     with jax.named_scope(f"minf_layer{layer_idx}"):
       dense_out = None
@@ -269,11 +249,6 @@ jax.tree_util.register_dataclass(
     meta_fields=["options", "groups", "bounds", "has_dense"])
 
 
-def _group_order(group: LaunchGroup) -> tuple[int, int]:
-  """MInferenceAttention's launch order: by kind, then parameter."""
-  return list(PatternKind).index(group.kind), group.param
-
-
 def pattern_tables(
     attention: MInferenceAttention, num_layers: int, num_heads: int
 ) -> tuple[PatternTableAttention, ...]:
@@ -299,8 +274,8 @@ def pattern_tables(
   attention.check_model(num_layers=num_layers, num_heads=num_heads)
   layers = [attention.layer_patterns(i, num_heads) for i in range(num_layers)]
   heads = [p for layer in layers for p in layer]
-  groups = tuple(sorted({g for g in map(_launch_group, heads) if g},
-                        key=_group_order))
+  sparse = [launch_group(p) for p in heads if not isinstance(p, Dense)]
+  groups = tuple(sorted(set(sparse), key=launch_order))
 
   def field(pattern_type, name):
     return [getattr(p, name) if isinstance(p, pattern_type) else 0
@@ -314,8 +289,8 @@ def pattern_tables(
       "n_local": field(AShape, "n_local"),
   }
   bounds = TableBounds(**{name: max(col) for name, col in columns.items()})
-  group_ids = [DENSE_GROUP if _launch_group(p) is None
-               else groups.index(_launch_group(p)) for p in heads]
+  group_ids = [DENSE_GROUP if isinstance(p, Dense)
+               else groups.index(launch_group(p)) for p in heads]
   options = dataclasses.replace(attention, pattern_config=Dense())
 
   def table(values, layer):
